@@ -1,0 +1,68 @@
+# Every command a developer or CI needs. `make run` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+CONFIG ?=
+SIM_PORT ?= 9000
+DEMO_PORT ?= 8080
+DEMO_ADMIN_PORT ?= 9464
+
+.PHONY: help run test lint types unit system-tools demo bench fuzz clean
+
+help:
+	@echo "make run    - create .venv, install, start the proxy on its embedded defaults"
+	@echo "make test   - install test needs, then lint, types and the whole suite"
+	@echo "make demo   - the simulator with the proxy in front of it, and curl lines to try"
+	@echo "make bench  - benchmarks that print figures"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(BIN)/defender-proxy run $(if $(CONFIG),--config $(CONFIG))
+
+# System tools the suite uses for real: promtool (Debian package prometheus) and redis-server.
+system-tools:
+	@missing=(); \
+	command -v promtool >/dev/null || missing+=(prometheus); \
+	command -v redis-server >/dev/null || missing+=(redis-server); \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $${missing[*]}"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $${missing[@]} >/dev/null; \
+	  else \
+	    echo "the tests need these Debian packages: $${missing[*]} (apt-get install $${missing[*]})" >&2; exit 1; \
+	  fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) system-tools
+	$(BIN)/python -m pytest -q
+
+test: lint types unit
+
+demo: $(VENV)/.installed
+	@bash bench/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.first
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,77 @@
+"""The proxy's own answers, in the Defender envelope.
+
+Every response the proxy makes itself (a refused target, an unreachable upstream, a quota refusal)
+uses the envelope the Defender API uses, ``{"error": {"code", "message", "target"}}``, with a fresh
+target id that also goes into the request's log line, and carries ``PROXY_HEADER`` so a caller can
+tell the proxy answered, not the API.
+
+Exceptions raised inside the proxy to end a request early::
+
+    ProxyError                 carries status, code and message of the answer
+    ├── GuardRefusal           the request is not ours to forward (400, 413)
+    └── UpstreamFailure        the upstream could not be reached or did not answer (502, 504)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+#: Set on every response the proxy makes itself; the value is the error code.
+PROXY_HEADER: Final = "X-Defender-Proxy-Error"
+
+
+class ProxyError(Exception):
+    """A request ends with an answer made by the proxy."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class GuardRefusal(ProxyError):
+    """The request is refused before anything is sent upstream."""
+
+
+class UpstreamFailure(ProxyError):
+    """The upstream failed before its answer could begin (refused, reset, timed out)."""
+
+    def __init__(self, status: int, code: str, message: str, kind: str) -> None:
+        super().__init__(status, code, message)
+        #: connect | reset | timeout | tls | other: a closed set, used as a metric label.
+        self.kind = kind
+
+
+def new_target() -> str:
+    """A fresh tracking id for an answer the proxy makes itself."""
+    return str(uuid.uuid4())
+
+
+def envelope(code: str, message: str, target: str) -> bytes:
+    """The Defender error envelope as JSON bytes."""
+    return orjson.dumps({"error": {"code": code, "message": message, "target": target}})
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A complete proxy-made error response."""
+    response = web.Response(
+        status=status,
+        body=envelope(code, message, target),
+        content_type="application/json",
+        charset="utf-8",
+    )
+    response.headers[PROXY_HEADER] = code
+    if headers:
+        response.headers.update(headers)
+    return response
