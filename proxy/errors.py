@@ -8,8 +8,8 @@ tell the proxy answered, not the API.
 Exceptions raised inside the proxy to end a request early::
 
     ProxyError                 carries status, code and message of the answer
-    ├── GuardRefusal           the request is not ours to forward (400, 413)
-    └── UpstreamFailure        the upstream could not be reached or did not answer (502, 504)
+    ├── RefusalError           the request is not ours to forward (400, 413)
+    └── UpstreamError        the upstream could not be reached or did not answer (502, 504)
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ class ProxyError(Exception):
         self.message = message
 
 
-class GuardRefusal(ProxyError):
+class RefusalError(ProxyError):
     """The request is refused before anything is sent upstream."""
 
 
-class UpstreamFailure(ProxyError):
+class UpstreamError(ProxyError):
     """The upstream failed before its answer could begin (refused, reset, timed out)."""
 
     def __init__(self, status: int, code: str, message: str, kind: str) -> None:

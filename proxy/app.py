@@ -1,0 +1,77 @@
+"""Wiring: the proxy handler, the admin application and the state they share.
+
+The proxy port is served by aiohttp's low-level server (no router, no middleware: one handler for
+every method and target, absolute-form and ``*`` included, which the guard then refuses). The admin
+port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``) whose
+``cleanup_ctx`` owns the process's resources, so they live exactly as long as the admin app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.handler import Proxy
+from proxy.metrics import Metrics
+
+class Lifecycle:
+    """Whether the process takes new work; flipped once, on SIGTERM or SIGINT."""
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
+
+
+def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Proxy, web.Application]:
+    """The proxy handler and the admin app that owns its resources."""
+    proxy = Proxy(settings, metrics or Metrics())
+    admin = web.Application()
+    admin[PROXY] = proxy
+    admin[STATE] = Lifecycle()
+    admin.router.add_get("/metrics", _metrics)
+    admin.router.add_get("/healthz", _healthz)
+    admin.router.add_get("/readyz", _readyz)
+    admin.cleanup_ctx.append(_resources)
+    return proxy, admin
+
+
+def proxy_server(proxy: Proxy) -> web.Server:
+    """The low-level server for the proxy port."""
+    limits = proxy.settings.limits
+    return web.Server(
+        proxy.handle,
+        access_log=None,
+        max_field_size=limits.max_header_size,
+        max_line_size=limits.max_header_size,
+    )
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY]
+    await proxy.start()
+    proxy.metrics.ready.set(1)
+    yield
+    proxy.metrics.ready.set(0)
+    await proxy.close()
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[PROXY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[STATE].draining or request.app[PROXY].session is None:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready"})

@@ -1,0 +1,120 @@
+"""The ``defender-proxy`` command: run, check-config, simulate, catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from proxy import __version__, logs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defender-proxy",
+        description="A sidecar reverse proxy for the Microsoft Defender API.",
+    )
+    parser.add_argument("--version", action="version", version=f"defender-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="start the proxy", description="Start the proxy.")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: $DEFENDER_PROXY_CONFIG, else the embedded defaults)",
+    )
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file without starting",
+        description="Validate a config file (and the DEFENDER_PROXY_* environment) and exit.",
+    )
+    check.add_argument("file", metavar="FILE")
+
+    from proxy.simulator.__main__ import add_arguments  # noqa: PLC0415
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a stand-in Defender API for demos and tests",
+        description="Run a stand-in Defender API: the error table, odd bodies, quotas.",
+    )
+    add_arguments(simulate)
+
+    commands.add_parser(
+        "catalogue",
+        help="print the route catalogue and its limits",
+        description="Print the built-in route catalogue: names, patterns and limits.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``defender-proxy`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "check-config":
+        return _check(args.file)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "catalogue":
+        return _catalogue()
+    _parser().print_help()
+    return 2
+
+
+def _run(path: str | None) -> int:
+    from proxy.config import ConfigError, load_settings  # noqa: PLC0415
+    from proxy.serve import run  # noqa: PLC0415
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"defender-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    return run(settings)
+
+
+def _check(path: str) -> int:
+    from proxy.config import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}, "
+        f"admin {settings.admin_listen})"
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from proxy.simulator import serve  # noqa: PLC0415
+    from proxy.simulator.__main__ import config_from_args  # noqa: PLC0415
+
+    try:
+        serve(args.host, args.port, config_from_args(args))
+    except OSError as exc:
+        print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _catalogue() -> int:
+    from proxy.routing import Router  # noqa: PLC0415
+
+    rows = [("route", "limits", "match")]
+    for spec in Router().routes:
+        limits = ", ".join(str(limit) for limit in spec.limits)
+        rows.append((spec.name, limits, "; ".join(spec.match) or "(anything else)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, limits, match in rows:
+        print(f"{name:<{widths[0]}}  {limits:<{widths[1]}}  {match}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

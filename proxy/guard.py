@@ -1,0 +1,72 @@
+"""The first step of a request: refuse what is not ours to forward.
+
+Only the configured upstream origin is ever contacted. A ``CONNECT``, an asterisk-form target, an
+absolute-form target naming any other origin, a path that tries to climb out of itself (``..``,
+``%2e%2e``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), and a declared body over the limit are
+refused here, before any upstream connection is made, with a Defender-shaped 400 or 413.
+"""
+
+from __future__ import annotations
+
+import re
+
+from yarl import URL
+
+from proxy.errors import RefusalError
+
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?=/|$|\?)", re.IGNORECASE)
+_ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|00)|\\", re.IGNORECASE)
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def _split_absolute(absolute: str) -> tuple[str, str]:
+    """(normalised origin, origin-form rest) of an absolute-form target."""
+    scheme, _, rest = absolute.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, remainder = rest[:cut], rest[cut:]
+    if "@" in authority:
+        raise RefusalError(400, "BadRequest", "credentials in the request target are refused")
+    try:
+        origin = str(URL(f"{scheme}://{authority}").origin())
+    except ValueError:
+        raise RefusalError(400, "BadRequest", "the request target is not a valid URL") from None
+    return origin, remainder if remainder.startswith("/") else "/" + remainder
+
+
+def upstream_target(method: str, raw_target: str, upstream: str) -> str:
+    """The origin-form target (path and query, byte-exact) to send upstream, or a refusal."""
+    if method == "CONNECT":
+        raise RefusalError(
+            400, "BadRequest", "CONNECT is refused: this proxy forwards only to its configured API"
+        )
+    if raw_target.startswith("/"):
+        target = raw_target
+    elif _ABSOLUTE.match(raw_target):
+        origin, target = _split_absolute(raw_target)
+        if origin != upstream:
+            raise RefusalError(
+                400,
+                "BadRequest",
+                "absolute-form targets naming another origin are refused: "
+                "this proxy forwards only to its configured API",
+            )
+    else:
+        raise RefusalError(400, "BadRequest", "the request target must be a path such as /api/...")
+    path = target.partition("?")[0]
+    if _DOT_SEGMENT.search(path):
+        raise RefusalError(400, "BadRequest", "dot segments ('.', '..') in the path are refused")
+    if _ENCODED_SEPARATOR.search(path):
+        raise RefusalError(
+            400, "BadRequest", "encoded separators (%2F, %5C, %00) or '\\' in the path are refused"
+        )
+    return target
+
+
+def check_body_size(content_length: int | None, max_body: int) -> None:
+    """Refuse a declared body over the limit before reading any of it."""
+    if content_length is not None and content_length > max_body:
+        raise RefusalError(
+            413,
+            "PayloadTooLarge",
+            f"the request body of {content_length} bytes is over this proxy's limit of {max_body}",
+        )

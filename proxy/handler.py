@@ -1,0 +1,271 @@
+"""One request, start to end: guard → route → forward → classify → observe.
+
+``Proxy.handle`` is the aiohttp low-level handler of the proxy port. It never raises for anything a
+caller or the upstream does: every outcome is an answer (the upstream's, or the proxy's own in the
+Defender envelope), one metrics update and one log line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy import classify, forward, guard
+from proxy.catalogue import OTHER_ROUTE, RouteSpec
+from proxy.config import Settings
+from proxy.errors import ProxyError, RefusalError, UpstreamError, error_response, new_target
+from proxy.logs import get_logger
+from proxy.metrics import Metrics, method_label, status_label
+from proxy.routing import Router
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
+_MAX_LOGGED_PATH: Final = 512
+# Status recorded for a caller that went away before its answer was complete (nginx's convention).
+CLIENT_CLOSED: Final = 499
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request did: the fields of its log line and its metrics."""
+
+    method: str
+    path: str
+    request_id: str
+    route: RouteSpec = OTHER_ROUTE
+    status: int = 0
+    source: str = "proxy"
+    upstream_seconds: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+class Proxy:
+    """The proxy port's request handler and the state it needs."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, router: Router | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = router or Router()
+        self.session: aiohttp.ClientSession | None = None
+        self.in_flight = 0
+        self._upstream = settings.upstream
+        self._cap = settings.limits.error_body_cap
+        self._max_body = settings.limits.max_body
+        self._log = get_logger("access")
+
+    async def start(self) -> None:
+        """Open the upstream connection pool."""
+        self.session = forward.make_session(self.settings)
+
+    async def close(self) -> None:
+        """Close the upstream connection pool."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request on the proxy port."""
+        started = time.perf_counter()
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], _request_id(request))
+        try:
+            try:
+                target = guard.upstream_target(request.method, request.raw_path, self._upstream)
+                outcome.route = self.router.match(request.method, target.partition("?")[0])
+                guard.check_body_size(request.content_length, self._max_body)
+                return await self._forward(request, target, outcome)
+            except ProxyError as exc:
+                return self._answer(exc, outcome)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self._observe(outcome, time.perf_counter() - started)
+
+    async def _forward(
+        self, request: web.BaseRequest, target: str, outcome: Outcome
+    ) -> web.StreamResponse:
+        assert self.session is not None, "Proxy.start() was not awaited"
+        incoming = request.headers
+        added_id = None if "client-request-id" in incoming else outcome.request_id
+        headers = forward.request_headers(incoming, added_id)
+        data: Any = None
+        counter = forward.BodyCounter()
+        if forward.method_has_body(incoming):
+            if incoming.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            data = forward.limited_body(request.content, self._max_body, counter)
+        sent = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                URL(self._upstream + target, encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            refusal = _refusal_in(exc)
+            if refusal is not None:
+                raise refusal from None
+            raise forward.upstream_error(exc) from None
+        finally:
+            outcome.bytes_in = counter.count
+        outcome.upstream_seconds = time.perf_counter() - sent
+        outcome.source = "upstream"
+        outcome.status = upstream.status
+        try:
+            return await self._relay(request, upstream, outcome)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, outcome: Outcome
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=forward.response_headers(upstream.headers),
+        )
+        prefix = b""
+        failed = False
+        if upstream.status >= 400:
+            prefix, complete, failed = await _read_prefix(upstream.content, self._cap)
+            # A body cut short by the upstream is parsed as far as it got (usually _truncated).
+            self._classify(upstream, prefix, complete or failed, outcome)
+        try:
+            await response.prepare(request)
+            if prefix:
+                await response.write(prefix)
+                outcome.bytes_out += len(prefix)
+            if not failed:
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                        outcome.bytes_out += len(chunk)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failed = True
+                    outcome.note = f"upstream failed mid-body: {type(exc).__name__}"
+        except ConnectionError:
+            # The caller went away: drop the upstream connection instead of draining it.
+            upstream.close()
+            outcome.status = CLIENT_CLOSED
+            outcome.note = "caller disconnected mid-response"
+            return response
+        if failed:
+            # Mirror the upstream's broken body: the caller must not take a partial body for whole.
+            upstream.close()
+            if request.transport is not None:
+                request.transport.abort()
+            outcome.note = outcome.note or "upstream failed mid-body"
+        return response
+
+    def _classify(
+        self, upstream: aiohttp.ClientResponse, prefix: bytes, complete: bool, outcome: Outcome
+    ) -> None:
+        info = classify.classify(
+            prefix,
+            complete=complete,
+            content_encoding=upstream.headers.get("Content-Encoding"),
+            content_type=upstream.headers.get("Content-Type"),
+            cap=self._cap,
+        )
+        outcome.error = {
+            "code": info.code,
+            "message": info.message,
+            "target": info.target or upstream.headers.get("request-id", "")[:128],
+        }
+        if info.inner_code:
+            outcome.error["inner_code"] = info.inner_code
+        self.metrics.api_errors.labels(
+            outcome.route.name, status_label(upstream.status), self.metrics.codes.label(info.code)
+        ).inc()
+
+    def _answer(self, exc: ProxyError, outcome: Outcome) -> web.Response:
+        target = new_target()
+        outcome.status = exc.status
+        outcome.source = "proxy"
+        outcome.error = {"code": exc.code, "message": exc.message, "target": target}
+        if isinstance(exc, UpstreamError):
+            self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
+        response = error_response(exc.status, exc.code, exc.message, target)
+        if isinstance(exc, RefusalError):
+            # The caller may still be sending a body we will never read.
+            response.force_close()
+        outcome.bytes_out = response.content_length or 0
+        return response
+
+    def _observe(self, outcome: Outcome, seconds: float) -> None:
+        route = outcome.route.name
+        m = self.metrics
+        m.requests.labels(
+            route, method_label(outcome.method), status_label(outcome.status), outcome.source
+        ).inc()
+        m.request_duration.labels(route).observe(seconds)
+        if outcome.upstream_seconds is not None:
+            m.upstream_duration.labels(route).observe(outcome.upstream_seconds)
+        fields: dict[str, Any] = {
+            "method": outcome.method,
+            "route": route,
+            "path": outcome.path,
+            "status": outcome.status,
+            "source": outcome.source,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": None
+            if outcome.upstream_seconds is None
+            else round(outcome.upstream_seconds * 1000, 3),
+            "bytes_in": outcome.bytes_in,
+            "bytes_out": outcome.bytes_out,
+            "request_id": outcome.request_id,
+        }
+        if outcome.error:
+            fields.update(outcome.error)
+        if outcome.note:
+            fields["note"] = outcome.note
+        self._log.info("request", **fields)
+
+
+def _request_id(request: web.BaseRequest) -> str:
+    """The caller's request id when it is a sane token, else a fresh one."""
+    headers = request.headers
+    given = headers.get("client-request-id") or headers.get("x-request-id")
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return str(uuid.uuid4())
+
+
+def _refusal_in(exc: BaseException) -> RefusalError | None:
+    """The body-limit refusal aiohttp wrapped while streaming the request upstream, if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, RefusalError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def _read_prefix(content: aiohttp.StreamReader, cap: int) -> tuple[bytes, bool, bool]:
+    """Up to ``cap`` (+ one chunk) bytes of an error body: (bytes, complete, upstream failed)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size <= cap:
+            chunk = await content.readany()
+            if not chunk:
+                return b"".join(parts), True, False
+            parts.append(chunk)
+            size += len(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        return b"".join(parts), False, True
+    return b"".join(parts), False, False

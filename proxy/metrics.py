@@ -1,0 +1,121 @@
+"""Every metric the proxy exports, declared in one place, with bounded label sets.
+
+Label values come from closed sets only: ``route`` is a catalogue name or ``other``; ``method`` one
+of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` a known Defender
+code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
+wire — after that ``other``. No upstream, however hostile, can grow the series without bound.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from proxy import __version__, classify, codes
+
+#: How many codes outside the known set get their own label value before the rest become ``other``.
+MAX_DYNAMIC_CODES: Final = 100
+OTHER: Final = "other"
+
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CODE_SHAPE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
+# Request latency through a sidecar is small; the upstream's (hunting queries) can be minutes.
+_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0,
+)  # fmt: skip
+
+
+class CodeLabels:
+    """Maps raw error codes to a bounded set of label values."""
+
+    __slots__ = ("_known", "_seen")
+
+    def __init__(self) -> None:
+        self._known: frozenset[str] = (
+            frozenset(codes.ERROR_TABLE)
+            | codes.SEEN_IN_THE_WILD
+            | codes.PROXY_CODES
+            | classify.MARKERS
+        )
+        self._seen: set[str] = set()
+
+    def label(self, code: str) -> str:
+        """The label value for ``code``."""
+        if code in self._known or code in self._seen:
+            return code
+        if len(self._seen) >= MAX_DYNAMIC_CODES or not _CODE_SHAPE.match(code):
+            return OTHER
+        self._seen.add(code)
+        return code
+
+
+def method_label(method: str) -> str:
+    """The label value for an HTTP method."""
+    return method if method in _METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    """The label value for an HTTP status."""
+    return str(status) if 100 <= status <= 599 else OTHER
+
+
+class Metrics:
+    """The proxy's metrics on one registry (a fresh registry per app, so tests stay isolated)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.codes = CodeLabels()
+        r = self.registry
+        self.api_errors = Counter(
+            "defender_api_errors",
+            "Error responses (status >= 400) from the Defender API, by parsed error code.",
+            ["route", "status", "code"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "defender_proxy_requests",
+            "Requests answered, by route, method, status and who answered (upstream or proxy).",
+            ["route", "method", "status", "source"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "defender_proxy_request_duration_seconds",
+            "Time from receiving a request to the end of its response.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "defender_proxy_upstream_duration_seconds",
+            "Time from sending a request upstream to receiving the response headers.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            "defender_proxy_upstream_failures",
+            "Upstream requests that got no response, by kind (connect, reset, timeout, tls, other).",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "defender_proxy_in_flight_requests",
+            "Requests being handled right now.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "defender_proxy_ready",
+            "1 while the proxy accepts new requests, 0 while it drains.",
+            registry=r,
+        )
+        self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version()})
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
