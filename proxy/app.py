@@ -16,6 +16,7 @@ from proxy.config import Settings
 from proxy.handler import Proxy
 from proxy.metrics import Metrics
 
+
 class Lifecycle:
     """Whether the process takes new work; flipped once, on SIGTERM or SIGINT."""
 
@@ -64,7 +65,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[PROXY].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
 
 
 async def _healthz(_: web.Request) -> web.Response:

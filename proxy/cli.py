@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
-    from proxy.simulator.__main__ import add_arguments  # noqa: PLC0415
+    from proxy.simulator.__main__ import add_arguments
 
     simulate = commands.add_parser(
         "simulate",
@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(path: str | None) -> int:
-    from proxy.config import ConfigError, load_settings  # noqa: PLC0415
-    from proxy.serve import run  # noqa: PLC0415
+    from proxy.config import ConfigError, load_settings
+    from proxy.serve import run
 
     try:
         settings = load_settings(path)
@@ -77,7 +77,7 @@ def _run(path: str | None) -> int:
 
 
 def _check(path: str) -> int:
-    from proxy.config import ConfigError, load_settings  # noqa: PLC0415
+    from proxy.config import ConfigError, load_settings
 
     try:
         settings = load_settings(path)
@@ -92,8 +92,8 @@ def _check(path: str) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from proxy.simulator import serve  # noqa: PLC0415
-    from proxy.simulator.__main__ import config_from_args  # noqa: PLC0415
+    from proxy.simulator import serve
+    from proxy.simulator.__main__ import config_from_args
 
     try:
         serve(args.host, args.port, config_from_args(args))
@@ -104,7 +104,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _catalogue() -> int:
-    from proxy.routing import Router  # noqa: PLC0415
+    from proxy.routing import Router
 
     rows = [("route", "limits", "match")]
     for spec in Router().routes:

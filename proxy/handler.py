@@ -7,6 +7,7 @@ Defender envelope), one metrics update and one log line.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -157,10 +158,12 @@ class Proxy:
                     outcome.note = f"upstream failed mid-body: {type(exc).__name__}"
         except ConnectionError:
             # The caller went away: drop the upstream connection instead of draining it.
-            upstream.close()
-            outcome.status = CLIENT_CLOSED
-            outcome.note = "caller disconnected mid-response"
+            self._caller_left(upstream, outcome)
             return response
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the caller's connection is lost.
+            self._caller_left(upstream, outcome)
+            raise
         if failed:
             # Mirror the upstream's broken body: the caller must not take a partial body for whole.
             upstream.close()
@@ -168,6 +171,12 @@ class Proxy:
                 request.transport.abort()
             outcome.note = outcome.note or "upstream failed mid-body"
         return response
+
+    @staticmethod
+    def _caller_left(upstream: aiohttp.ClientResponse, outcome: Outcome) -> None:
+        upstream.close()
+        outcome.status = CLIENT_CLOSED
+        outcome.note = "caller disconnected mid-response"
 
     def _classify(
         self, upstream: aiohttp.ClientResponse, prefix: bytes, complete: bool, outcome: Outcome

@@ -30,7 +30,9 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     await proxy_runner.setup()
     try:
         proxy_site = web.TCPSite(proxy_runner, settings.listen.host, settings.listen.port)
-        admin_site = web.TCPSite(admin_runner, settings.admin_listen.host, settings.admin_listen.port)
+        admin_site = web.TCPSite(
+            admin_runner, settings.admin_listen.host, settings.admin_listen.port
+        )
         await proxy_site.start()
         await admin_site.start()
     except OSError as exc:
@@ -78,7 +80,7 @@ def run(settings: Settings) -> int:
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if sys.platform != "win32":
         try:
-            import uvloop  # noqa: PLC0415
+            import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
             pass
         else:

@@ -1,0 +1,70 @@
+"""``python -m proxy.simulator``: run the simulator from the command line.
+
+``build_parser`` and ``config_from_args`` are public so the project's CLI can offer the same
+options under ``defender-proxy simulate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from proxy.simulator.app import SimConfig, serve
+from proxy.units import Limit, parse_limit
+
+
+def _limit(text: str) -> Limit:
+    # argparse shows ArgumentTypeError's own message; a ValueError would become "invalid value".
+    try:
+        return parse_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
+    parser.add_argument(
+        "--limit",
+        type=_limit,
+        action="append",
+        default=[],
+        metavar="COUNT/WINDOW",
+        help="sliding-window quota such as 100/1m; repeat for several",
+    )
+    parser.add_argument(
+        "--count-rejected",
+        action="store_true",
+        help="count requests answered 429 against the window too, as Graph does",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m proxy.simulator``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.simulator",
+        description="Run a stand-in Defender API (answers chosen with the X-Simulate header).",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The simulator configuration the parsed options describe."""
+    return SimConfig(limits=tuple(args.limit), count_rejected=args.count_rejected)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGINT or SIGTERM; the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        serve(args.host, args.port, config_from_args(args))
+    except OSError as exc:
+        print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

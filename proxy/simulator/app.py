@@ -1,0 +1,129 @@
+"""The simulator's application: its configuration, its routes and the blocking ``serve``.
+
+Every request outside ``/_sim/`` goes through the quota first (a throttled request gets the 429,
+whatever it asked for), then through its ``X-Simulate`` directives. ``/_sim/stats`` and
+``/_sim/reset`` are the control endpoints; they are exempt from the quota and not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+from proxy.simulator import behaviour
+from proxy.simulator.directives import HEADER, DirectiveError, parse
+from proxy.simulator.quota import SlidingQuota, refusal_message
+from proxy.units import Limit
+
+CONTROL_PREFIX: Final = "/_sim/"
+#: Seconds in-flight answers (a slow one, a long download) get to finish on shutdown.
+_SHUTDOWN_GRACE: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the simulator throttles."""
+
+    #: Sliding-window quota applied to every request outside ``/_sim/``.
+    limits: tuple[Limit, ...] = ()
+    #: Graph-like: requests answered 429 also count against the window.
+    count_rejected: bool = False
+    #: Injectable so tests move time instead of sleeping.
+    clock: Callable[[], float] = time.monotonic
+
+
+QUOTA: Final = web.AppKey("quota", SlidingQuota)
+DEFAULT_CONFIG: Final = SimConfig()
+
+
+def make_app(config: SimConfig = DEFAULT_CONFIG) -> web.Application:
+    """The simulator as an aiohttp application, with fresh quota state."""
+    app = web.Application()
+    app[QUOTA] = SlidingQuota(config.limits, config.count_rejected, config.clock)
+    app.router.add_get("/_sim/stats", _stats)
+    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_route("*", "/{tail:.*}", _answer)
+    return app
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith(CONTROL_PREFIX):
+        # Control paths never fall through to the fake API: a typo there must not be counted.
+        return _plain(
+            behaviour.error_answer(
+                404, "NotFound", f"no simulator endpoint {request.method} {request.path}"
+            )
+        )
+    refusal = request.app[QUOTA].admit()
+    if refusal is not None:
+        return _plain(
+            behaviour.error_answer(
+                429,
+                "TooManyRequests",
+                refusal_message(refusal),
+                {"Retry-After": str(refusal.retry_after)},
+            )
+        )
+    try:
+        directives = parse(";".join(request.headers.getall(HEADER, [])))
+    except DirectiveError as exc:
+        return _plain(behaviour.error_answer(400, "BadRequest", str(exc)))
+    return await behaviour.respond(request, directives)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[QUOTA].stats())
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[QUOTA].reset()
+    return web.json_response({"reset": True})
+
+
+def _plain(answer: behaviour.Answer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+def serve(host: str, port: int, config: SimConfig) -> None:
+    """Run the simulator until SIGINT or SIGTERM; print one line once it listens."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        # Optional: a faster loop makes the simulator a cheaper upstream in benchmarks.
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(host, port, config))
+
+
+async def _serve(host: str, port: int, config: SimConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    # auto_decompress=False: echo reports request bodies byte for byte, as sent.
+    runner = web.AppRunner(
+        make_app(config),
+        handle_signals=False,
+        access_log=None,
+        auto_decompress=False,
+        shutdown_timeout=_SHUTDOWN_GRACE,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        print(f"simulator listening on http://{shown}:{bound}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

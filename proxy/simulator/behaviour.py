@@ -1,0 +1,264 @@
+"""Turning checked ``X-Simulate`` directives into an answer, and sending it (or failing to).
+
+An answer is planned first (status, headers, body bytes or a chunk generator, or a fault) and sent
+second, so the modifiers (``slow``, ``stall-body``, ``retry-after``, ``set-header``) work the same
+whatever the answer. JSON bodies go out with a Content-Length; only streams may be chunked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.errors import envelope, new_target
+from proxy.simulator import bodies
+from proxy.simulator.directives import Directives
+
+#: Echoes the tracking id (Defender ``target``, Graph ``request-id``) so tests can compare.
+TARGET_HEADER: Final = "X-Sim-Target"
+JSON: Final = "application/json; charset=utf-8"
+_HUNTING_RETRY_AFTER: Final = "10"
+_RESET_BODY_LENGTH: Final = 1000
+_RESET_BODY_SENT: Final = b'{"value":['
+_TRUNCATED_CHUNK: Final = b'{"value":[{"id":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"},'
+
+
+@dataclass(slots=True)
+class Answer:
+    """A planned response: a body in memory, or a stream with its length (``None``: chunked)."""
+
+    status: int
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    body: bytes = b""
+    stream: Iterable[bytes] | None = None
+    length: int | None = None
+    #: ``reset-body`` or ``truncate-chunked``: send ``body`` as the first part (then stall, if
+    #: asked), then cut.
+    fault: str | None = None
+
+
+def error_answer(
+    status: int, code: str, message: str, extra: dict[str, str] | None = None
+) -> Answer:
+    """A Defender envelope with a fresh target, echoed in ``X-Sim-Target``."""
+    target = new_target()
+    headers = CIMultiDict({"Content-Type": JSON, TARGET_HEADER: target})
+    headers.update(extra or {})
+    return Answer(status, headers, envelope(code, message, target))
+
+
+async def respond(request: web.Request, directives: Directives) -> web.StreamResponse:
+    """Answer ``request`` as ``directives`` ask."""
+    if directives.slow:
+        await asyncio.sleep(directives.slow)
+    if directives.answer == "reset":
+        _reset(request)
+        # aiohttp's attempt to send this finds the transport closed and gives up quietly.
+        return web.Response()
+    answer = await _plan(request, directives)
+    _adjust_headers(answer.headers, directives)
+    if answer.fault is not None:
+        return await _send_fault(request, answer, directives.stall)
+    if answer.stream is None and not directives.stall:
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        _honour_connection_close(response)
+        return response
+    return await _send_stream(request, answer, directives.stall)
+
+
+async def _plan(request: web.Request, d: Directives) -> Answer:
+    match d.answer:
+        case None:
+            return Answer(200, CIMultiDict({"Content-Type": JSON}), bodies.DEFAULT_BODY)
+        case "status":
+            return _status_only(d.status or 200)
+        case "error":
+            return error_answer(d.status or 500, d.value, bodies.message_for(d.value))
+        case "graph-error":
+            return _graph_error(request, d)
+        case "hunting-429":
+            return error_answer(
+                429, "429", bodies.HUNTING_MESSAGE, {"Retry-After": _HUNTING_RETRY_AFTER}
+            )
+        case "cpu-429":
+            return error_answer(429, "429", bodies.CPU_MESSAGE)
+        case "body":
+            return _body(d)
+        case "download":
+            size = d.size or 0
+            headers = CIMultiDict({"Content-Type": "application/octet-stream"})
+            return Answer(
+                d.status or 200,
+                headers,
+                stream=bodies.download(size),
+                length=None if d.chunked else size,
+            )
+        case "gzip-download":
+            headers = CIMultiDict(
+                {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}
+            )
+            return Answer(d.status or 200, headers, stream=bodies.gzip_download(d.size or 0))
+        case "echo":
+            return await _echo(request)
+        case "reset-body":
+            headers = CIMultiDict({"Content-Type": JSON})
+            return Answer(
+                d.status or 200,
+                headers,
+                _RESET_BODY_SENT,
+                length=_RESET_BODY_LENGTH,
+                fault="reset-body",
+            )
+        case "truncate-chunked":
+            headers = CIMultiDict({"Content-Type": JSON})
+            return Answer(d.status or 200, headers, _TRUNCATED_CHUNK, fault="truncate-chunked")
+    raise AssertionError(f"unplanned answer {d.answer!r}")
+
+
+def _status_only(status: int) -> Answer:
+    if status in (204, 304):
+        return Answer(status)
+    if status < 400:
+        return Answer(status, CIMultiDict({"Content-Type": JSON}), orjson.dumps({"status": status}))
+    code = bodies.code_for_status(status)
+    return error_answer(status, code, bodies.message_for(code))
+
+
+def _graph_error(request: web.Request, d: Directives) -> Answer:
+    code, status = d.value, d.status or 500
+    request_id = new_target()
+    client_id = bodies.client_request_id(request.headers.get("client-request-id"))
+    headers = CIMultiDict(
+        {
+            "Content-Type": JSON,
+            TARGET_HEADER: request_id,
+            "request-id": request_id,
+            "client-request-id": client_id,
+        }
+    )
+    return Answer(status, headers, bodies.graph_envelope(code, d.inner, request_id, client_id))
+
+
+def _body(d: Directives) -> Answer:
+    kind = d.value
+    status = d.status or (502 if kind == "html" else 500)
+    target = new_target()
+    headers = CIMultiDict({"Content-Type": "text/html" if kind == "html" else JSON})
+    if kind == "oversize":
+        headers[TARGET_HEADER] = target
+        length, chunks = bodies.oversize(d.size or 2 * 1024 * 1024, status, target)
+        return Answer(status, headers, stream=chunks, length=length)
+    body, encoding = bodies.broken_body(kind, status, target)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    if kind in ("truncated", "gzip", "deflate", "br"):
+        headers[TARGET_HEADER] = target
+    return Answer(status, headers, body)
+
+
+async def _echo(request: web.Request) -> Answer:
+    # Streamed and hashed so an upload of any size costs one chunk of memory.
+    digest = hashlib.sha256()
+    length = 0
+    async for chunk in request.content.iter_chunked(bodies.CHUNK_SIZE):
+        digest.update(chunk)
+        length += len(chunk)
+    version = request.version
+    description = {
+        "method": request.method,
+        "raw_path": request.raw_path,
+        "version": f"HTTP/{version.major}.{version.minor}",
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+        "body_length": length,
+        "body_sha256": digest.hexdigest(),
+    }
+    return Answer(200, CIMultiDict({"Content-Type": JSON}), orjson.dumps(description))
+
+
+def _adjust_headers(headers: CIMultiDict[str], d: Directives) -> None:
+    if d.retry_after is not None:
+        headers["Retry-After"] = d.retry_after
+    # A set-header replaces the simulator's own header of that name; repeats of it all go out.
+    for name in {name for name, _ in d.headers}:
+        headers.popall(name, None)
+    for name, value in d.headers:
+        headers.add(name, value)
+
+
+def _honour_connection_close(response: web.StreamResponse) -> None:
+    # A Connection: close the caller asked for should be true, not just a header.
+    tokens = {t.strip().lower() for t in response.headers.get("Connection", "").split(",")}
+    if "close" in tokens:
+        response.force_close()
+
+
+async def _send_stream(request: web.Request, answer: Answer, stall: float) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, headers=answer.headers)
+    _honour_connection_close(response)
+    chunks: Iterator[bytes]
+    if answer.stream is None:
+        half = len(answer.body) // 2
+        chunks = iter((answer.body[:half], answer.body[half:]))
+        response.content_length = len(answer.body)
+    else:
+        chunks = iter(answer.stream)
+        if answer.length is None:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = answer.length
+    await response.prepare(request)
+    if _bodiless(request, answer.status):
+        # aiohttp drops the headers that announce a body here, but not the body we would write.
+        chunks = iter(())
+    first = next(chunks, b"")
+    if first:
+        await response.write(first)
+    if stall:
+        await asyncio.sleep(stall)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _send_fault(request: web.Request, answer: Answer, stall: float) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, headers=answer.headers)
+    if answer.length is None:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = answer.length
+    await response.prepare(request)
+    if not _bodiless(request, answer.status):
+        await response.write(answer.body)
+    if stall:
+        await asyncio.sleep(stall)
+    # close(), not abort(): the partial body already handed to the transport must reach the
+    # caller before the connection ends, or the fault would look like a plain reset.
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return response
+
+
+def _bodiless(request: web.Request, status: int) -> bool:
+    return request.method == "HEAD" or status in (204, 304)
+
+
+def _reset(request: web.Request) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0 turns the close into a TCP RST: "connection reset by peer", not a polite FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -1,0 +1,107 @@
+"""Fixtures shared by every test: the simulator as upstream, the proxy in front of it, captured logs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import RawTestServer, TestClient, TestServer
+
+from proxy import logs
+from proxy.config import Settings, Timeouts
+from proxy.handler import Proxy
+from proxy.metrics import Metrics
+from proxy.simulator import SimConfig, make_app
+
+
+class LogCapture:
+    """The JSON lines the proxy wrote during a test."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self, event: str | None = None) -> list[dict[str, Any]]:
+        parsed = [orjson.loads(line) for line in self.text.splitlines() if line.strip()]
+        return [p for p in parsed if event is None or p.get("event") == event]
+
+
+@pytest.fixture
+def captured_logs() -> LogCapture:
+    """Route every structlog line of the test into memory, as JSON."""
+    capture = LogCapture()
+    logs.configure("json", "debug", capture.stream)
+    return capture
+
+
+@dataclass
+class Stack:
+    """The proxy in front of the simulator, with a client pointed at the proxy."""
+
+    proxy: Proxy
+    client: TestClient[Any, Any]
+    upstream: TestServer
+    logs: LogCapture
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.proxy.metrics
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def simulator(aiohttp_server: Callable[..., Any]) -> TestServer:
+    """The stand-in Defender API on a free loopback port."""
+    server: TestServer = await aiohttp_server(make_app(SimConfig()))
+    return server
+
+
+@pytest.fixture
+def base_settings(simulator: TestServer) -> Settings:
+    """Settings pointing at the simulator, with short timeouts."""
+    return Settings(
+        upstream=f"http://127.0.0.1:{simulator.port}",
+        timeouts=Timeouts(connect=1.0, read=2.0),
+    )
+
+
+@pytest.fixture
+async def make_stack(
+    aiohttp_raw_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    simulator: TestServer,
+    base_settings: Settings,
+    captured_logs: LogCapture,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build a proxy stack, optionally with settings changed from the test defaults."""
+    proxies: list[Proxy] = []
+
+    async def build(**changes: Any) -> Stack:
+        settings = replace(base_settings, **changes)
+        proxy = Proxy(settings, Metrics())
+        await proxy.start()
+        proxies.append(proxy)
+        server: RawTestServer = await aiohttp_raw_server(proxy.handle)
+        client = await aiohttp_client(server, auto_decompress=False)
+        return Stack(proxy, client, simulator, captured_logs)
+
+    yield build
+    for proxy in proxies:
+        await proxy.close()
+
+
+@pytest.fixture
+async def stack(make_stack: Callable[..., Any]) -> Stack:
+    """A proxy stack with the test defaults."""
+    built: Stack = await make_stack()
+    return built
