@@ -59,7 +59,7 @@ unit: $(STAMP) system-tools
 test: lint types unit
 
 demo: $(VENV)/.installed
-	@bash bench/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
+	@bash deploy/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.first

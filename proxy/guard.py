@@ -52,6 +52,10 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
             )
     else:
         raise RefusalError(400, "BadRequest", "the request target must be a path such as /api/...")
+    if "#" in target:
+        # A fragment never belongs in a request; the URL library would drop it and what follows
+        # it, so the path checked here would not be the path sent.
+        raise RefusalError(400, "BadRequest", "a fragment ('#') in the request target is refused")
     path = target.partition("?")[0]
     if _DOT_SEGMENT.search(path):
         raise RefusalError(400, "BadRequest", "dot segments ('.', '..') in the path are refused")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
@@ -115,6 +115,36 @@ class Metrics:
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
+
+        # Label children cached per label tuple: the label sets are closed, so these stay small.
+        self._request_children: dict[tuple[str, str, int, str], Any] = {}
+        self._duration_children: dict[str, tuple[Any, Any]] = {}
+
+    def observe_request(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        source: str,
+        seconds: float,
+        upstream_seconds: float | None,
+    ) -> None:
+        """Count one answered request and record its durations."""
+        key = (route, method, status, source)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self.requests.labels(
+                route, method_label(method), status_label(status), source
+            )
+            self._request_children[key] = counter
+        counter.inc()
+        durations = self._duration_children.get(route)
+        if durations is None:
+            durations = (self.request_duration.labels(route), self.upstream_duration.labels(route))
+            self._duration_children[route] = durations
+        durations[0].observe(seconds)
+        if upstream_seconds is not None:
+            durations[1].observe(upstream_seconds)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -7,12 +7,13 @@ Durations are written ``500ms``, ``2s``, ``1m``, ``1h`` (a bare number means sec
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Final
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
 _SIZE_UNITS: Final = {
     None: 1,
@@ -35,12 +36,14 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 500ms, 2s, 1m or 1h, got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a duration must be a finite number ≥ 0, got {value!r}")
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
+            if match.group(2) == "ms":  # divide, so that 9ms is exactly 0.009
+                return float(match.group(1)) / 1000
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     raise ValueError(f"expected a duration like 500ms, 2s, 1m or 1h, got {value!r}")
 
@@ -76,7 +79,7 @@ def parse_limit(value: object) -> Limit:
     if isinstance(value, str) and "/" in value:
         count_text, _, window_text = value.partition("/")
         try:
-            count = int(count_text.strip())
+            count = int(count_text.strip()) if count_text.strip().isdigit() else 0
             window = parse_duration(window_text)
         except ValueError:
             pass
@@ -88,10 +91,11 @@ def parse_limit(value: object) -> Limit:
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of a duration: ``1h``, ``1m``, ``30s``, ``250ms``."""
+    seconds = float(seconds)
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    millis = seconds * 1000
+    millis = round(seconds * 1000, 6)
     if millis.is_integer():
         return f"{int(millis)}ms"
-    return f"{seconds}s"
+    return f"{millis:f}".rstrip("0").rstrip(".") + "ms"
