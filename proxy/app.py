@@ -75,6 +75,6 @@ async def _healthz(_: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[STATE].draining or request.app[PROXY].session is None:
+    if request.app[STATE].draining or request.app[PROXY].pool is None:
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready"})

@@ -3,95 +3,90 @@
 Hop-by-hop headers are removed in both directions as RFC 9110 §7.6.1 says, together with every
 header the ``Connection`` header names; ``Host`` is set to the upstream's; everything else passes
 through unchanged, ``Authorization`` included. Bodies are never decompressed or re-encoded on their
-way through: the session runs with ``auto_decompress=False`` and adds no headers of its own.
+way through, and the upstream client adds no headers of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
-from proxy.errors import RefusalError, UpstreamError
+from proxy.errors import RefusalError
+from proxy.upstream import Pool
 
 # RFC 9110 §7.6.1, plus the proxy-only credentials and the legacy Proxy-Connection.
 HOP_BY_HOP: Final = frozenset(
     {
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "trailer",
-        "proxy-authenticate",
-        "proxy-authorization",
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
     }
 )
-# Not hop-by-hop, but the proxy owns them: Host is the upstream's, Expect is answered locally.
-_REQUEST_OWNED: Final = frozenset({"host", "expect"})
-# aiohttp would otherwise add these to every upstream request.
-_NO_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Not hop-by-hop, but the proxy owns them: Host is the upstream's, Expect is answered locally,
+# and client-request-id is re-added below when the proxy chose the id.
+_REQUEST_OWNED: Final = frozenset({b"host", b"expect"})
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+def _connection_tokens(raw: RawHeaders) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
 
 
-def request_headers(
-    incoming: CIMultiDictProxy[str], request_id: str | None
-) -> list[tuple[str, str]]:
-    """The headers to send upstream; ``request_id`` is added as ``client-request-id`` if given."""
-    dropped = HOP_BY_HOP | _REQUEST_OWNED | _connection_tokens(incoming)
-    out = [(k, v) for k, v in incoming.items() if k.lower() not in dropped]
+def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes, bytes]]:
+    """The caller's header bytes to send upstream; ``request_id`` added as client-request-id."""
+    dropped = HOP_BY_HOP | _REQUEST_OWNED | _connection_tokens(raw)
+    out = [(name, value) for name, value in raw if name.lower() not in dropped]
     if request_id is not None:
-        out.append(("client-request-id", request_id))
+        out.append((b"client-request-id", request_id.encode("ascii")))
     return out
 
 
-def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
     """The upstream's response headers as the caller should see them."""
-    dropped = HOP_BY_HOP | _connection_tokens(incoming)
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in dropped)
+    dropped = HOP_BY_HOP | _connection_tokens(raw)
+    return CIMultiDict(
+        (name.decode("latin-1"), value.decode("utf-8", "replace"))
+        for name, value in raw
+        if name.lower() not in dropped
+    )
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | bool:
-    """Verified TLS by default, with an optional custom CA bundle; ``False`` only when asked."""
-    if not settings.tls.verify:
-        return False
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verified TLS by default, with an optional custom CA bundle; unverified only when asked."""
     context = ssl.create_default_context(cafile=settings.tls.ca_bundle)
+    if not settings.tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """One pooled session to the upstream origin for the life of the process."""
-    connector = aiohttp.TCPConnector(
-        limit=settings.pool.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=settings.pool.keepalive,
-        ssl=tls_context(settings),
-        ttl_dns_cache=60,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.timeouts.connect,
-            sock_read=settings.timeouts.read,
-        ),
-        auto_decompress=False,
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to another
-        max_field_size=settings.limits.max_header_size,
-        read_bufsize=2**16,
+def make_pool(settings: Settings) -> Pool:
+    """The pool of connections to the upstream origin for the life of the process."""
+    return Pool(
+        settings.upstream,
+        ssl_context=tls_context(settings) if settings.upstream.startswith("https:") else None,
+        connect_timeout=settings.timeouts.connect,
+        read_timeout=settings.timeouts.read,
+        max_connections=settings.pool.max_connections,
+        keepalive=settings.pool.keepalive,
+        # Responses may carry more headers than callers are allowed to send.
+        max_header_size=settings.limits.max_header_size * 4,
     )
 
 
@@ -117,28 +112,7 @@ class BodyCounter:
         self.count = 0
 
 
-def upstream_error(exc: BaseException) -> UpstreamError:
-    """The proxy's answer for an upstream that failed before its response began."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamError(
-            504, "GatewayTimeout", "timed out connecting to the upstream", "timeout"
-        )
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError(
-            504, "GatewayTimeout", "the upstream did not answer in time", "timeout"
-        )
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return UpstreamError(502, "BadGateway", "TLS with the upstream failed", "tls")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, "BadGateway", "the upstream could not be reached", "connect")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
-        return UpstreamError(
-            502, "BadGateway", "the upstream closed the connection before answering", "reset"
-        )
-    return UpstreamError(502, "BadGateway", "the upstream sent an invalid response", "other")
-
-
-def method_has_body(headers: CIMultiDictProxy[str]) -> bool:
+def has_body(headers: CIMultiDictProxy[str]) -> bool:
     """Whether the request declares a body (a length above zero, or any transfer coding)."""
     length = headers.get("Content-Length")
     if length is not None:

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
+from multidict import CIMultiDict
 
 from proxy import classify, forward, guard
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
@@ -25,6 +24,7 @@ from proxy.errors import ProxyError, RefusalError, UpstreamError, error_response
 from proxy.logs import get_logger
 from proxy.metrics import Metrics, status_label
 from proxy.routing import Router
+from proxy.upstream import Pool, Response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
 _MAX_LOGGED_PATH: Final = 512
@@ -59,7 +59,7 @@ class Proxy:
         self.settings = settings
         self.metrics = metrics
         self.router = router or Router()
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
         self.in_flight = 0
         self._upstream = settings.upstream
         self._cap = settings.limits.error_body_cap
@@ -68,13 +68,13 @@ class Proxy:
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
-        self.session = forward.make_session(self.settings)
+        self.pool = forward.make_pool(self.settings)
 
     async def close(self) -> None:
         """Close the upstream connection pool."""
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request on the proxy port."""
@@ -90,6 +90,14 @@ class Proxy:
                 return await self._forward(request, target, outcome)
             except ProxyError as exc:
                 return self._answer(exc, outcome)
+            except Exception as exc:
+                self._log.error("unexpected error", error=repr(exc), exc_info=True)
+                return self._answer(
+                    ProxyError(
+                        500, "InternalServerError", "the proxy failed to handle the request"
+                    ),
+                    outcome,
+                )
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -98,30 +106,25 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, target: str, outcome: Outcome
     ) -> web.StreamResponse:
-        assert self.session is not None, "Proxy.start() was not awaited"
+        assert self.pool is not None, "Proxy.start() was not awaited"
         incoming = request.headers
         added_id = None if "client-request-id" in incoming else outcome.request_id
-        headers = forward.request_headers(incoming, added_id)
-        data: Any = None
+        headers = forward.request_headers(request.raw_headers, added_id)
+        body = None
         counter = forward.BodyCounter()
-        if forward.method_has_body(incoming):
+        if forward.has_body(incoming):
             if incoming.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            data = forward.limited_body(request.content, self._max_body, counter)
+            body = forward.limited_body(request.content, self._max_body, counter)
         sent = time.perf_counter()
         try:
-            upstream = await self.session.request(
+            upstream = await self.pool.request(
                 request.method,
-                URL(self._upstream + target, encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
+                target,
+                headers,
+                body,
+                chunked=body is not None and request.content_length is None,
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            refusal = _refusal_in(exc)
-            if refusal is not None:
-                raise refusal from None
-            raise forward.upstream_error(exc) from None
         finally:
             outcome.bytes_in = counter.count
         outcome.upstream_seconds = time.perf_counter() - sent
@@ -133,19 +136,18 @@ class Proxy:
             upstream.release()
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, outcome: Outcome
+        self, request: web.BaseRequest, upstream: Response, outcome: Outcome
     ) -> web.StreamResponse:
+        headers = forward.response_headers(upstream.headers)
         response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=forward.response_headers(upstream.headers),
+            status=upstream.status, reason=upstream.reason, headers=headers
         )
         prefix = b""
         failed = False
         if upstream.status >= 400:
-            prefix, complete, failed = await _read_prefix(upstream.content, self._cap)
+            prefix, complete, failed = await _read_prefix(upstream, self._cap)
             # A body cut short by the upstream is parsed as far as it got (usually _truncated).
-            self._classify(upstream, prefix, complete or failed, outcome)
+            self._classify(headers, upstream.status, prefix, complete or failed, outcome)
         try:
             await response.prepare(request)
             if prefix:
@@ -153,12 +155,12 @@ class Proxy:
                 outcome.bytes_out += len(prefix)
             if not failed:
                 try:
-                    async for chunk in upstream.content.iter_any():
+                    while chunk := await upstream.read():
                         await response.write(chunk)
                         outcome.bytes_out += len(chunk)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except UpstreamError as exc:
                     failed = True
-                    outcome.note = f"upstream failed mid-body: {type(exc).__name__}"
+                    outcome.note = f"upstream failed mid-body ({exc.kind})"
         except ConnectionError:
             # The caller went away: drop the upstream connection instead of draining it.
             self._caller_left(upstream, outcome)
@@ -176,30 +178,35 @@ class Proxy:
         return response
 
     @staticmethod
-    def _caller_left(upstream: aiohttp.ClientResponse, outcome: Outcome) -> None:
+    def _caller_left(upstream: Response, outcome: Outcome) -> None:
         upstream.close()
         outcome.status = CLIENT_CLOSED
         outcome.note = "caller disconnected mid-response"
 
     def _classify(
-        self, upstream: aiohttp.ClientResponse, prefix: bytes, complete: bool, outcome: Outcome
+        self,
+        headers: CIMultiDict[str],
+        status: int,
+        prefix: bytes,
+        complete: bool,
+        outcome: Outcome,
     ) -> None:
         info = classify.classify(
             prefix,
             complete=complete,
-            content_encoding=upstream.headers.get("Content-Encoding"),
-            content_type=upstream.headers.get("Content-Type"),
+            content_encoding=headers.get("Content-Encoding"),
+            content_type=headers.get("Content-Type"),
             cap=self._cap,
         )
         outcome.error = {
             "code": info.code,
             "message": info.message,
-            "target": info.target or upstream.headers.get("request-id", "")[:128],
+            "target": info.target or headers.get("request-id", "")[:128],
         }
         if info.inner_code:
             outcome.error["inner_code"] = info.inner_code
         self.metrics.api_errors.labels(
-            outcome.route.name, status_label(upstream.status), self.metrics.codes.label(info.code)
+            outcome.route.name, status_label(status), self.metrics.codes.label(info.code)
         ).inc()
 
     def _answer(self, exc: ProxyError, outcome: Outcome) -> web.Response:
@@ -262,29 +269,17 @@ def fresh_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _refusal_in(exc: BaseException) -> RefusalError | None:
-    """The body-limit refusal aiohttp wrapped while streaming the request upstream, if any."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return None
-        if isinstance(seen, RefusalError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-async def _read_prefix(content: aiohttp.StreamReader, cap: int) -> tuple[bytes, bool, bool]:
+async def _read_prefix(upstream: Response, cap: int) -> tuple[bytes, bool, bool]:
     """Up to ``cap`` (+ one chunk) bytes of an error body: (bytes, complete, upstream failed)."""
     parts: list[bytes] = []
     size = 0
     try:
         while size <= cap:
-            chunk = await content.readany()
+            chunk = await upstream.read()
             if not chunk:
                 return b"".join(parts), True, False
             parts.append(chunk)
             size += len(chunk)
-    except (aiohttp.ClientError, TimeoutError):
+    except UpstreamError:
         return b"".join(parts), False, True
     return b"".join(parts), False, False

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from aiohttp.test_utils import RawTestServer, TestClient, TestServer
 
 from proxy import logs
@@ -16,6 +17,11 @@ from proxy.config import Settings, Timeouts
 from proxy.handler import Proxy
 from proxy.metrics import Metrics
 from proxy.simulator import SimConfig, make_app
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Every test runs on uvloop, the loop the proxy runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 class LogCapture:

@@ -98,7 +98,23 @@ async def test_caller_leaving_mid_download_releases_the_upstream(stack: Stack) -
     [line] = stack.logs.lines("request")
     assert line["status"] == 499
     assert line["bytes_out"] < 2**30
-    connector = stack.proxy.session.connector if stack.proxy.session else None
-    assert connector is not None
+    assert stack.proxy.pool is not None
     # The half-read upstream connection was closed, not returned to the pool.
-    assert sum(len(conns) for conns in connector._conns.values()) == 0
+    assert stack.proxy.pool.open_connections == 0
+
+
+async def test_a_bug_costs_one_request_not_the_process(stack: Stack, monkeypatch: Any) -> None:
+    """An unexpected exception becomes a 500 in the envelope; the next request is served."""
+
+    class Broken:
+        def match(self, method: str, path: str) -> Any:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(stack.proxy, "router", Broken())
+    response = await stack.client.get("/api/machines")
+    assert response.status == 500
+    assert (await response.json())["error"]["code"] == "InternalServerError"
+    assert response.headers[PROXY_HEADER] == "InternalServerError"
+    monkeypatch.undo()
+    response = await stack.client.get("/api/machines")
+    assert response.status == 200
