@@ -2,11 +2,19 @@
 
 The header is a ``;``-separated list of directives, ``name`` or ``name=value``; several
 ``X-Simulate`` headers read as one list. At most one directive chooses the answer (``error``,
-``graph-error``, ``hunting-429``, ``cpu-429``, ``body``, ``download``, ``gzip-download``, ``echo``,
-``reset``, ``reset-body``, ``truncate-chunked``, or ``status`` alone); the others adjust it
-(``status``, ``size``, ``chunked``, ``inner``, ``slow``, ``stall-body``, ``retry-after``,
-``set-header``, ``set-cookie``). Anything unknown, malformed or contradictory raises
-``DirectiveError`` so a typo in a test is a 400, never a silent default answer.
+``graph-error``, ``hunting-429``, ``cpu-429``, ``body``, ``download``, ``gzip-download``,
+``eof-body``, ``echo``, ``reset``, ``reset-body``, ``truncate-chunked``, or ``status`` alone); the
+others adjust it (``status``, ``size``, ``chunked``, ``inner``, ``slow``, ``stall-body``,
+``retry-after``, ``early-hints``, ``set-header``, ``set-cookie``). Anything unknown, malformed or
+contradictory raises ``DirectiveError`` so a typo in a test is a 400, never a silent default answer.
+
+Two of them exercise HTTP/1.1 framing a client must cope with:
+
+- ``eof-body=<size>`` answers ``<size>`` bytes of the download pattern delimited by closing the
+  connection, HTTP/1.0 style: no Content-Length, no chunked coding, ``Connection: close``.
+- ``early-hints`` sends an interim ``103 Early Hints`` (with ``Link: </x>; rel=preload``) before
+  anything else, ``slow`` included, then the final answer on the same connection. HTTP/1.0
+  callers never get it (RFC 9110 §15.2), and it does not go with ``reset``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ ANSWERS: Final = frozenset(
         "body",
         "download",
         "gzip-download",
+        "eof-body",
         "echo",
         "reset",
         "reset-body",
@@ -37,7 +46,16 @@ ANSWERS: Final = frozenset(
     }
 )
 _FLAGS: Final = frozenset(
-    {"hunting-429", "cpu-429", "echo", "reset", "reset-body", "truncate-chunked", "chunked"}
+    {
+        "hunting-429",
+        "cpu-429",
+        "echo",
+        "reset",
+        "reset-body",
+        "truncate-chunked",
+        "chunked",
+        "early-hints",
+    }
 )
 _VALUED: Final = frozenset(
     {
@@ -49,6 +67,7 @@ _VALUED: Final = frozenset(
         "size",
         "download",
         "gzip-download",
+        "eof-body",
         "slow",
         "stall-body",
         "retry-after",
@@ -58,7 +77,7 @@ _VALUED: Final = frozenset(
 _REPEATABLE: Final = frozenset({"set-header", "set-cookie"})
 #: The answers whose status ``status=`` may set; the others carry their own.
 _STATUS_TAKERS: Final = frozenset(
-    {"body", "download", "gzip-download", "reset-body", "truncate-chunked"}
+    {"body", "download", "gzip-download", "eof-body", "reset-body", "truncate-chunked"}
 )
 BODY_KINDS: Final = frozenset(
     {
@@ -93,13 +112,16 @@ class Directives:
     value: str = ""
     #: ``status=``, or the status ``error=`` / ``graph-error=`` comes with.
     status: int | None = None
-    #: Bytes: the ``size=`` of ``body=oversize``, or the ``download=`` / ``gzip-download=`` size.
+    #: Bytes: the ``size=`` of ``body=oversize``, or the ``download=`` / ``gzip-download=`` /
+    #: ``eof-body=`` size.
     size: int | None = None
     chunked: bool = False
     inner: str | None = None
     slow: float = 0.0
     stall: float = 0.0
     retry_after: str | None = None
+    #: Send ``103 Early Hints`` before the answer.
+    early_hints: bool = False
     #: Extra response headers, in order: ``set-header`` and ``set-cookie``.
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -144,6 +166,7 @@ def parse(text: str) -> Directives:
         slow=_duration("slow", seen["slow"]) if "slow" in seen else 0.0,
         stall=_duration("stall-body", seen["stall-body"]) if "stall-body" in seen else 0.0,
         retry_after=seen.get("retry-after"),
+        early_hints="early-hints" in seen,
         headers=tuple(headers),
     )
 
@@ -171,10 +194,12 @@ def _check_companions(answer: str | None, seen: dict[str, str]) -> None:
         raise DirectiveError("X-Simulate inner= only goes with graph-error=")
     if "stall-body" in seen and answer == "reset":
         raise DirectiveError("X-Simulate stall-body does not go with reset: there is no body")
+    if "early-hints" in seen and answer == "reset":
+        raise DirectiveError("X-Simulate early-hints does not go with reset: there is no answer")
 
 
 def _download_size(answer: str | None, seen: dict[str, str]) -> int | None:
-    if answer in ("download", "gzip-download"):
+    if answer in ("download", "gzip-download", "eof-body"):
         return _size(answer, seen[answer])
     return None
 
