@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.config import Settings
+from proxy.config import Settings, effective_routes, route_policies
 from proxy.handler import Proxy
 from proxy.metrics import Metrics
+from proxy.quota import make_store
+from proxy.quota.limiter import Limiter
+from proxy.routing import Router
 
 
 class Lifecycle:
@@ -32,7 +35,16 @@ STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
 
 def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Proxy, web.Application]:
     """The proxy handler and the admin app that owns its resources."""
-    proxy = Proxy(settings, metrics or Metrics())
+    metrics = metrics or Metrics()
+    router = Router(effective_routes(settings.throttle))
+    limiter = Limiter(
+        settings.throttle,
+        router.routes,
+        route_policies(settings.throttle),
+        make_store(settings.throttle, metrics),
+        metrics,
+    )
+    proxy = Proxy(settings, metrics, router, limiter)
     admin = web.Application()
     admin[PROXY] = proxy
     admin[STATE] = Lifecycle()

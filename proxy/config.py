@@ -4,7 +4,8 @@ Every key is optional; unknown keys are errors. Validation never stops at the fi
 of them are collected and raised together in one ``ConfigError``, each prefixed with where it came
 from (``contoso.yaml: timeouts.connect: ...`` or ``DEFENDER_PROXY_LISTEN: ...``). Environment
 variables win over the file. No problem text ever carries a password: URLs are shown through
-``redact_url``.
+``redact_url``. The ``throttle`` section's own types and its list of routes live in
+``throttle_config``; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,41 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from proxy.units import parse_duration, parse_size
+from proxy.throttle_config import (
+    Fallback,
+    NestedValueError,
+    RouteOverride,
+    Throttle,
+    effective_routes,
+    parse_mode,
+    parse_name,
+    parse_routes,
+    route_policies,
+)
+from proxy.units import format_duration, parse_duration, parse_size
+
+__all__ = [
+    "Address",
+    "ConfigError",
+    "Fallback",
+    "Limits",
+    "Pool",
+    "RouteOverride",
+    "Settings",
+    "Throttle",
+    "Timeouts",
+    "Tls",
+    "effective_routes",
+    "load_settings",
+    "parse_settings",
+    "redact_url",
+    "route_policies",
+]
 
 
 class ConfigError(Exception):
@@ -75,13 +105,6 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
-class Throttle:
-    """Where quota state lives: ``memory`` or a ``redis://``, ``rediss://`` or ``unix://`` URL."""
-
-    store: str = "memory"
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the proxy is configured with; ``upstream`` is a normalised origin."""
 
@@ -95,7 +118,7 @@ class Settings:
     tls: Tls = Tls()
     limits: Limits = Limits()
     pool: Pool = Pool()
-    throttle: Throttle = Throttle()
+    throttle: Throttle = Throttle()  # noqa: RUF009 - frozen, so one shared default is safe
 
 
 # The password runs to the *last* "@": a raw "@", "/" or "#" in it must not leak the tail, so this
@@ -204,6 +227,33 @@ def _positive(parse: Callable[[object], _Number]) -> Callable[[object], _Number]
     return checked
 
 
+def _below(ceiling: float, parse: Callable[[object], float]) -> Callable[[object], float]:
+    def checked(value: object) -> float:
+        seconds = parse(value)
+        if seconds >= ceiling:
+            raise ValueError(f"must be less than {format_duration(ceiling)}, got {value!r}")
+        return seconds
+
+    return checked
+
+
+def _at_most(ceiling: float, parse: Callable[[object], float]) -> Callable[[object], float]:
+    def checked(value: object) -> float:
+        seconds = parse(value)
+        if seconds > ceiling:
+            raise ValueError(f"must be at most {format_duration(ceiling)}, got {value!r}")
+        return seconds
+
+    return checked
+
+
+def _share(value: object) -> float:
+    """A fraction of a window: 0 (none) up to, but not including, 1 (all of it)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise ValueError(f"expected a number from 0 up to (not including) 1, got {value!r}")
+
+
 def _boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -227,7 +277,7 @@ def _ca_bundle(value: object) -> str | None:
 
 
 _Parser = Callable[[object], object]
-_Spec = _Parser | dict[str, _Parser]
+_Spec: TypeAlias = "_Parser | dict[str, _Spec]"
 
 # One entry per key; a nested dict is a section (a mapping in YAML, a dataclass in Settings).
 _SCHEMA: Final[dict[str, _Spec]] = {
@@ -245,7 +295,18 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "max_header_size": _positive(parse_size),
     },
     "pool": {"max_connections": _count, "keepalive": parse_duration},
-    "throttle": {"store": _store},
+    "throttle": {
+        "store": _store,
+        "namespace": parse_name,
+        "mode": parse_mode,
+        "max_wait": parse_duration,
+        "store_timeout": _at_most(5.0, _positive(parse_duration)),
+        "margin": _below(10.0, parse_duration),
+        "max_pause": _positive(parse_duration),
+        "bulk_reserve": _share,
+        "fallback": {"expected_replicas": _count, "cooldown": _positive(parse_duration)},
+        "routes": parse_routes,
+    },
 }
 
 _ENVIRONMENT: Final[dict[str, tuple[str, ...]]] = {
@@ -257,6 +318,15 @@ _ENVIRONMENT: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+def _leaf(path: tuple[str, ...]) -> _Parser:
+    spec: _Spec = _SCHEMA
+    for key in path:
+        assert isinstance(spec, dict)
+        spec = spec[key]
+    assert not isinstance(spec, dict)
+    return spec
+
+
 def _parse(data: object, source: str, environ: Mapping[str, str], problems: list[str]) -> Settings:
     # Any: each value has the type its key's parser returns, which _SCHEMA pairs up.
     values: dict[tuple[str, ...], Any] = {}
@@ -266,6 +336,9 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
     def put(path: tuple[str, ...], parse: _Parser, raw: object, origin: str) -> None:
         try:
             values[path] = parse(raw)
+        except NestedValueError as error:  # a list of mappings: each problem has its own path
+            problems.extend(f"{origin}{where}: {text}" for where, text in error.problems)
+            failed.add(path)
         except ValueError as error:
             problems.append(f"{origin}: {error}")
             failed.add(path)
@@ -294,19 +367,19 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
     for variable, path in _ENVIRONMENT.items():
         # An empty variable counts as unset, as compose files and shells often leave them.
         if raw := environ.get(variable):
-            spec = _SCHEMA[path[0]]
-            put(path, spec[path[1]] if isinstance(spec, dict) else spec, raw, variable)
+            put(path, _leaf(path), raw, variable)
 
-    defaults = Settings()
-    sections = {
-        name: replace(
-            getattr(defaults, name), **{p[1]: v for p, v in values.items() if p[0] == name}
-        )
-        for name, spec in _SCHEMA.items()
-        if isinstance(spec, dict)
-    }
-    scalars = {p[0]: v for p, v in values.items() if len(p) == 1}
-    settings = replace(defaults, **scalars, **sections)
+    def build(defaults: Any, schema: Mapping[str, _Spec], path: tuple[str, ...]) -> Any:
+        changes = {
+            key: build(getattr(defaults, key), spec, (*path, key))
+            if isinstance(spec, dict)
+            else values[(*path, key)]
+            for key, spec in schema.items()
+            if isinstance(spec, dict) or (*path, key) in values
+        }
+        return replace(defaults, **changes)
+
+    settings: Settings = build(Settings(), _SCHEMA, ())
 
     # Checks across keys, skipped where a value involved is itself invalid.
     listen, admin = settings.listen, settings.admin_listen

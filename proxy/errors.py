@@ -27,15 +27,23 @@ PROXY_HEADER: Final = "X-Defender-Proxy-Error"
 class ProxyError(Exception):
     """A request ends with an answer made by the proxy."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        #: extra response headers (Retry-After on a quota refusal)
+        self.headers = headers
 
 
 class RefusalError(ProxyError):
     """The request is refused before anything is sent upstream."""
+
+
+class QuotaRefusal(ProxyError):  # noqa: N818 - a refusal, not a failure
+    """The quota has no slot for the request within its deadline."""
 
 
 class UpstreamError(ProxyError):

@@ -37,6 +37,8 @@ HOP_BY_HOP: Final = frozenset(
 # and client-request-id is re-added below when the proxy chose the id.
 _REQUEST_OWNED: Final = frozenset({b"host", b"expect"})
 
+_PROXY_PREFIX: Final = b"x-defender-proxy-"
+
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
@@ -49,9 +51,16 @@ def _connection_tokens(raw: RawHeaders) -> frozenset[bytes]:
 
 
 def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes, bytes]]:
-    """The caller's header bytes to send upstream; ``request_id`` added as client-request-id."""
+    """The caller's header bytes to send upstream; ``request_id`` added as client-request-id.
+
+    Headers addressed to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
+    """
     dropped = HOP_BY_HOP | _REQUEST_OWNED | _connection_tokens(raw)
-    out = [(name, value) for name, value in raw if name.lower() not in dropped]
+    out = [
+        (name, value)
+        for name, value in raw
+        if (lowered := name.lower()) not in dropped and not lowered.startswith(_PROXY_PREFIX)
+    ]
     if request_id is not None:
         out.append((b"client-request-id", request_id.encode("ascii")))
     return out

@@ -20,9 +20,17 @@ from multidict import CIMultiDict
 from proxy import classify, forward, guard
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
-from proxy.errors import ProxyError, RefusalError, UpstreamError, error_response, new_target
+from proxy.errors import (
+    ProxyError,
+    QuotaRefusal,
+    RefusalError,
+    UpstreamError,
+    error_response,
+    new_target,
+)
 from proxy.logs import get_logger
 from proxy.metrics import Metrics, status_label
+from proxy.quota.limiter import Admission, Limiter
 from proxy.routing import Router
 from proxy.upstream import Pool, Response
 
@@ -50,15 +58,23 @@ class Outcome:
     bytes_out: int = 0
     error: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    admission: Admission | None = None
 
 
 class Proxy:
     """The proxy port's request handler and the state it needs."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        router: Router | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.router = router or Router()
+        self.limiter = limiter
         self.pool: Pool | None = None
         self.in_flight = 0
         self._upstream = settings.upstream
@@ -71,10 +87,12 @@ class Proxy:
         self.pool = forward.make_pool(self.settings)
 
     async def close(self) -> None:
-        """Close the upstream connection pool."""
+        """Close the upstream connection pool and the quota store."""
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        if self.limiter is not None:
+            await self.limiter.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request on the proxy port."""
@@ -87,6 +105,11 @@ class Proxy:
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)
+                if self.limiter is not None:
+                    admission = await self.limiter.admit(
+                        outcome.route.name, fresh_request_id(), request.headers
+                    )
+                    outcome.admission = admission
                 return await self._forward(request, target, outcome)
             except ProxyError as exc:
                 return self._answer(exc, outcome)
@@ -190,7 +213,7 @@ class Proxy:
         prefix: bytes,
         complete: bool,
         outcome: Outcome,
-    ) -> None:
+    ) -> str:
         info = classify.classify(
             prefix,
             complete=complete,
@@ -208,6 +231,7 @@ class Proxy:
         self.metrics.api_errors.labels(
             outcome.route.name, status_label(status), self.metrics.codes.label(info.code)
         ).inc()
+        return info.message
 
     def _answer(self, exc: ProxyError, outcome: Outcome) -> web.Response:
         target = new_target()
@@ -216,7 +240,9 @@ class Proxy:
         outcome.error = {"code": exc.code, "message": exc.message, "target": target}
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
-        response = error_response(exc.status, exc.code, exc.message, target)
+        elif isinstance(exc, QuotaRefusal):
+            outcome.note = "refused by the quota"
+        response = error_response(exc.status, exc.code, exc.message, target, exc.headers)
         if isinstance(exc, RefusalError):
             # The caller may still be sending a body we will never read.
             response.force_close()
@@ -251,6 +277,10 @@ class Proxy:
             fields.update(outcome.error)
         if outcome.note:
             fields["note"] = outcome.note
+        if outcome.admission is not None:
+            fields["quota"] = outcome.admission.outcome
+            if outcome.admission.waited:
+                fields["wait_ms"] = round(outcome.admission.waited * 1000, 3)
         self._log.info("request", **fields)
 
 

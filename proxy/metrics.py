@@ -113,6 +113,47 @@ class Metrics:
             "1 while the proxy accepts new requests, 0 while it drains.",
             registry=r,
         )
+        self.admissions = Counter(
+            "defender_proxy_admissions",
+            "Quota decisions by route and outcome: admitted (at once), waited (after a wait), "
+            "refused (429 from the proxy), shadow_waited and shadow_refused (shadow mode).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.admission_wait = Histogram(
+            "defender_proxy_admission_wait_seconds",
+            "How long admitted requests waited for their slot in the quota.",
+            ["route"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.quota_remaining = Gauge(
+            "defender_proxy_quota_remaining",
+            "Requests left in the route's quota window ending now, as of the last admission.",
+            ["route", "window"],
+            registry=r,
+        )
+        self.upstream_throttled = Counter(
+            "defender_proxy_upstream_throttled",
+            "429 answers from the API, by route and parsed reason (calls, cpu, unknown).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.pauses_active = Gauge(
+            "defender_proxy_upstream_pauses_active",
+            "Routes whose quota is paused after an upstream 429, as this replica knows.",
+            registry=r,
+        )
+        self.store_fallback = Gauge(
+            "defender_proxy_quota_store_fallback",
+            "1 while the shared quota store is unreachable and the local share is used.",
+            registry=r,
+        )
+        self.store_fallbacks = Counter(
+            "defender_proxy_quota_store_fallbacks",
+            "Times the shared quota store became unreachable and the local share took over.",
+            registry=r,
+        )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
 

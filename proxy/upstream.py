@@ -55,7 +55,8 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes received before the headers were complete
+        self._header_size = 0  # bytes of the parsed header fields
         self._head_only = False
         self._interim = False
         self._eof_delimited = False
@@ -83,6 +84,13 @@ class Connection(asyncio.Protocol):
             if self._error is None:
                 self._fail(
                     _ConnectionError("other", f"the upstream sent an invalid response: {exc}")
+                )
+        if not self.headers_done.done():
+            # llhttp buffers an unfinished status line or header without limit: bound it here.
+            self._header_bytes += len(data)
+            if self._header_bytes > 2 * self._max_header_size:
+                self._fail(
+                    _ConnectionError("other", "the upstream's response headers are too large")
                 )
 
     def eof_received(self) -> bool:
@@ -112,8 +120,8 @@ class Connection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._max_header_size:
+        self._header_size += len(name) + len(value) + 4
+        if self._header_size > self._max_header_size:
             self._fail(_ConnectionError("other", "the upstream's response headers are too large"))
             raise httptools.HttpParserError("headers too large")
         self.headers.append((name, value))
@@ -125,15 +133,14 @@ class Connection(asyncio.Protocol):
             self._interim = True
             self.headers = []
             self.reason = b""
-            self._header_bytes = 0
+            self._header_size = 0
             return
         self.status = status
-        framing = {name.lower() for name, _ in self.headers}
-        self._eof_delimited = (
-            b"content-length" not in framing
-            and b"transfer-encoding" not in framing
-            and status not in (204, 304)
-        )
+        length = any(name.lower() == b"content-length" for name, _ in self.headers)
+        codings = b",".join(v for n, v in self.headers if n.lower() == b"transfer-encoding")
+        chunked = codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        # RFC 9112 §6.3: without a length, a body not ending in chunked runs to the close.
+        self._eof_delimited = not length and not chunked and status not in (204, 304)
         self.headers_done.set_result(None)
         if self._head_only:
             # llhttp cannot be told a response to HEAD has no body: end it here, and never
@@ -183,6 +190,7 @@ class Connection(asyncio.Protocol):
         body: AsyncIterator[bytes] | None,
         chunked: bool,
         head_only: bool,
+        timeout: float,
     ) -> None:
         """Write the request: ``head`` (request line and headers), then the body if any."""
         assert self.transport is not None
@@ -200,7 +208,12 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.write(chunk)
             if self._write_ready is not None and not self._write_ready.done():
-                await self._write_ready
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._write_ready
+                except TimeoutError:
+                    self._fail(_ConnectionError("timeout", "the upstream stopped reading the body"))
+                    raise self._error from None  # type: ignore[misc]
         if chunked and not self.closed:
             self.transport.write(b"0\r\n\r\n")
 
@@ -302,6 +315,7 @@ class Pool:
         self._idle: list[tuple[Connection, float]] = []
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     @property
     def open_connections(self) -> int:
@@ -328,7 +342,7 @@ class Pool:
         for attempt in (1, 2):
             conn, reused = await self._acquire()
             try:
-                await conn.send(head, body, chunked, head_only)
+                await conn.send(head, body, chunked, head_only, self.read_timeout)
                 async with asyncio.timeout(self.read_timeout):
                     await conn.headers_done
                 return Response(self, conn)
@@ -343,6 +357,8 @@ class Pool:
                 # request was processed, so one retry on a fresh connection is safe.
                 if attempt == 1 and reused and body is None and not conn.received_any:
                     continue
+                if exc.kind == "timeout":
+                    raise UpstreamError(504, "GatewayTimeout", str(exc), "timeout") from None
                 raise UpstreamError(502, "BadGateway", _message(exc.kind), exc.kind) from None
             except TimeoutError:
                 conn.close()
@@ -392,6 +408,10 @@ class Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # this caller was woken but leaves: pass it on
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -429,7 +449,7 @@ class Pool:
 
     def release(self, conn: Connection) -> None:
         """Return a connection after its exchange: pooled if reusable, else closed."""
-        if conn.reusable:
+        if conn.reusable and not self._closed:
             self._idle.append((conn, time.monotonic()))
         else:
             conn.close()
@@ -445,6 +465,7 @@ class Pool:
 
     async def close(self) -> None:
         """Close every idle connection (busy ones close as their exchanges end)."""
+        self._closed = True
         while self._idle:
             conn, _ = self._idle.pop()
             conn.close()

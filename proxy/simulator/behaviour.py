@@ -2,7 +2,8 @@
 
 An answer is planned first (status, headers, body bytes or a chunk generator, or a fault) and sent
 second, so the modifiers (``slow``, ``stall-body``, ``retry-after``, ``set-header``) work the same
-whatever the answer. JSON bodies go out with a Content-Length; only streams may be chunked.
+whatever the answer. JSON bodies go out with a Content-Length; only streams may be chunked, and
+``eof-body`` alone ends its body by closing the connection. ``early-hints`` goes out first of all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from proxy.errors import envelope, new_target
@@ -30,6 +31,7 @@ _HUNTING_RETRY_AFTER: Final = "10"
 _RESET_BODY_LENGTH: Final = 1000
 _RESET_BODY_SENT: Final = b'{"value":['
 _TRUNCATED_CHUNK: Final = b'{"value":[{"id":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"},'
+_EARLY_HINTS: Final = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
 
 
 @dataclass(slots=True)
@@ -44,6 +46,8 @@ class Answer:
     #: ``reset-body`` or ``truncate-chunked``: send ``body`` as the first part (then stall, if
     #: asked), then cut.
     fault: str | None = None
+    #: ``eof-body``: the stream has no framing; closing the connection ends it.
+    until_close: bool = False
 
 
 def error_answer(
@@ -58,6 +62,10 @@ def error_answer(
 
 async def respond(request: web.Request, directives: Directives) -> web.StreamResponse:
     """Answer ``request`` as ``directives`` ask."""
+    if directives.early_hints and request.version >= HttpVersion11:
+        # Written raw ahead of the response, as aiohttp writes its own 100 Continue; never to
+        # an HTTP/1.0 caller (RFC 9110 §15.2).
+        await request.writer.write(_EARLY_HINTS)
     if directives.slow:
         await asyncio.sleep(directives.slow)
     if directives.answer == "reset":
@@ -68,6 +76,8 @@ async def respond(request: web.Request, directives: Directives) -> web.StreamRes
     _adjust_headers(answer.headers, directives)
     if answer.fault is not None:
         return await _send_fault(request, answer, directives.stall)
+    if answer.until_close:
+        return await _send_until_close(request, answer, directives.stall)
     if answer.stream is None and not directives.stall:
         response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         _honour_connection_close(response)
@@ -107,6 +117,11 @@ async def _plan(request: web.Request, d: Directives) -> Answer:
                 {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}
             )
             return Answer(d.status or 200, headers, stream=bodies.gzip_download(d.size or 0))
+        case "eof-body":
+            headers = CIMultiDict({"Content-Type": "application/octet-stream"})
+            return Answer(
+                d.status or 200, headers, stream=bodies.download(d.size or 0), until_close=True
+            )
         case "echo":
             return await _echo(request)
         case "reset-body":
@@ -247,6 +262,33 @@ async def _send_fault(request: web.Request, answer: Answer, stall: float) -> web
     if transport is not None:
         transport.close()
     return response
+
+
+async def _send_until_close(
+    request: web.Request, answer: Answer, stall: float
+) -> web.StreamResponse:
+    # aiohttp frames every HTTP/1.1 body it sends (a length or chunks), so this head and body go
+    # out raw on the request's writer, which frames nothing before a response is prepared.
+    answer.headers.setdefault("Connection", "close")
+    lines = [f"HTTP/1.1 {answer.status} {bodies.phrase(answer.status)}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in answer.headers.items())
+    lines.append("\r\n")
+    writer = request.writer
+    await writer.write("".join(lines).encode("utf-8"))
+    chunks = iter(()) if _bodiless(request, answer.status) else iter(answer.stream or ())
+    first = next(chunks, b"")
+    if first:
+        await writer.write(first)
+    if stall:
+        await asyncio.sleep(stall)
+    for chunk in chunks:
+        await writer.write(chunk)
+    # close(), not abort(): what was written must reach the caller; the close is the body's end.
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    # aiohttp's attempt to send this finds the transport closing and gives up quietly.
+    return web.Response()
 
 
 def _bodiless(request: web.Request, status: int) -> bool:

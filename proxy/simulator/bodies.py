@@ -101,7 +101,7 @@ def graph_envelope(code: str, inner: str | None, request_id: str, client_request
 
 def html_page(status: int) -> bytes:
     """The small error page a gateway in front of the API answers with."""
-    title = f"{status} {_phrase(status)}"
+    title = f"{status} {phrase(status)}"
     return (
         f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
         f"<center><h1>{title}</h1></center>\r\n"
@@ -181,7 +181,8 @@ def _repeat(chunk: bytes, total: int) -> Iterator[bytes]:
         yield chunk[:rest]
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
+    """The reason phrase of ``status`` for a status line or a page title."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:

@@ -7,19 +7,26 @@ from pathlib import Path
 
 import pytest
 
+from proxy.catalogue import CATALOGUE, OTHER
 from proxy.config import (
     Address,
     ConfigError,
+    Fallback,
     Limits,
     Pool,
+    RouteOverride,
     Settings,
     Throttle,
     Timeouts,
     Tls,
+    effective_routes,
     load_settings,
     parse_settings,
     redact_url,
+    route_policies,
 )
+from proxy.routing import PatternError, Router, compile_pattern
+from proxy.units import Limit
 
 FULL_EXAMPLE = """\
 upstream: https://api.security.microsoft.com
@@ -595,3 +602,507 @@ def test_config_error_lists_each_problem_on_its_own_line() -> None:
 def test_redact_url(url: str, redacted: str) -> None:
     """redact_url replaces any password with *** and leaves everything else as it was."""
     assert redact_url(url) == redacted
+
+
+# The throttle section
+
+THROTTLE_EXAMPLE = """\
+throttle:
+  store: redis://redis:6379/0
+  namespace: contoso-prod
+  mode: shadow
+  max_wait: 10s
+  store_timeout: 20ms
+  margin: 250ms
+  max_pause: 2m
+  bulk_reserve: 0.3
+  fallback: {expected_replicas: 4, cooldown: 10s}
+  routes:
+    - name: machines.get
+      limits: ["90/1m", "1200/1h"]
+    - name: contoso.isolate
+      match: ["POST /api/machines/{id}/isolate"]
+      limits: ["5/1m"]
+      priority: bulk
+      mode: enforce
+"""
+
+
+def throttle_problems(section: object, environ: dict[str, str] | None = None) -> list[str]:
+    """The problems reported for ``throttle: section``."""
+    return problems_of({"throttle": section}, environ)
+
+
+def route_problems(*routes: object) -> list[str]:
+    """The problems reported for ``throttle.routes`` holding ``routes``."""
+    return throttle_problems({"routes": list(routes)})
+
+
+def throttle_of(section: object) -> Throttle:
+    """The Throttle parsed from ``throttle: section`` (fails on any problem)."""
+    return parse_settings({"throttle": section}, "contoso.yaml", {}).throttle
+
+
+def test_throttle_defaults_are_the_documented_ones() -> None:
+    """Without a throttle section every quota setting takes its documented default."""
+    assert throttle_of(None) == Throttle(
+        store="memory",
+        namespace="default",
+        mode="enforce",
+        max_wait=30.0,
+        store_timeout=0.05,
+        margin=0.5,
+        max_pause=300.0,
+        bulk_reserve=0.2,
+        fallback=Fallback(expected_replicas=3, cooldown=5.0),
+        routes=(),
+    )
+
+
+def test_throttle_example_parses_to_the_expected_values(tmp_path: Path) -> None:
+    """Every key of the documented throttle example is read, with units and limits converted."""
+    settings = load_settings(write(tmp_path, THROTTLE_EXAMPLE), environ={})
+    assert settings.throttle == Throttle(
+        store="redis://redis:6379/0",
+        namespace="contoso-prod",
+        mode="shadow",
+        max_wait=10.0,
+        store_timeout=0.02,
+        margin=0.25,
+        max_pause=120.0,
+        bulk_reserve=0.3,
+        fallback=Fallback(expected_replicas=4, cooldown=10.0),
+        routes=(
+            RouteOverride("machines.get", None, (Limit(90, 60.0), Limit(1200, 3600.0)), None, None),
+            RouteOverride(
+                "contoso.isolate",
+                ("POST /api/machines/{id}/isolate",),
+                (Limit(5, 60.0),),
+                "bulk",
+                "enforce",
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"max_wait": 0}, {"max_wait": 0.0}),
+        ({"margin": 0}, {"margin": 0.0}),
+        ({"margin": "9999ms"}, {"margin": 9.999}),
+        ({"store_timeout": "5s"}, {"store_timeout": 5.0}),
+        ({"bulk_reserve": 0}, {"bulk_reserve": 0.0}),
+        ({"bulk_reserve": 0.99}, {"bulk_reserve": 0.99}),
+        ({"mode": "Shadow"}, {"mode": "shadow"}),
+        ({"namespace": "A" * 64}, {"namespace": "A" * 64}),
+        ({"namespace": "tenant_1.app-2"}, {"namespace": "tenant_1.app-2"}),
+        ({"routes": None}, {"routes": ()}),
+    ],
+    ids=repr,
+)
+def test_throttle_edge_values_are_accepted(
+    section: dict[str, object], expected: dict[str, object]
+) -> None:
+    """Values at the edge of each allowed range are accepted and converted."""
+    assert throttle_of(section) == dataclasses.replace(Throttle(), **expected)
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"max_wait": "-1s"}, "max_wait: expected a duration like 500ms, 2s, 1m or 1h, got '-1s'"),
+        ({"store_timeout": 0}, "store_timeout: must be greater than 0, got 0"),
+        ({"store_timeout": "5001ms"}, "store_timeout: must be at most 5s, got '5001ms'"),
+        ({"margin": "10s"}, "margin: must be less than 10s, got '10s'"),
+        ({"max_pause": "0s"}, "max_pause: must be greater than 0, got '0s'"),
+        ({"bulk_reserve": 1}, "bulk_reserve: expected a number from 0 up to (not including) 1, got 1"),
+        ({"bulk_reserve": -0.1}, "bulk_reserve: expected a number from 0 up to (not including) 1, got -0.1"),
+        ({"bulk_reserve": True}, "bulk_reserve: expected a number from 0 up to (not including) 1, got True"),
+        ({"bulk_reserve": "20%"}, "bulk_reserve: expected a number from 0 up to (not including) 1, got '20%'"),
+        ({"fallback": {"expected_replicas": 0}}, "fallback.expected_replicas: expected a whole number of at least 1, got 0"),
+        ({"fallback": {"cooldown": 0}}, "fallback.cooldown: must be greater than 0, got 0"),
+        ({"mode": "observe"}, "mode: expected one of enforce, shadow, got 'observe'"),
+    ],
+    ids=repr,
+)  # fmt: skip
+def test_throttle_value_out_of_range(section: dict[str, object], problem: str) -> None:
+    """Each quota setting outside its range is one problem naming the key and the value."""
+    assert throttle_problems(section) == [f"contoso.yaml: throttle.{problem}"]
+
+
+@pytest.mark.parametrize("namespace", ["", "A" * 65, "contoso prod", "a:b", "{tag}", "é", 42])
+def test_bad_namespace(namespace: object) -> None:
+    """throttle.namespace is 1-64 characters of A-Z a-z 0-9 _ . - (it ends up in Redis keys)."""
+    assert throttle_problems({"namespace": namespace}) == [
+        "contoso.yaml: throttle.namespace: expected 1-64 characters of A-Z a-z 0-9 _ . -, "
+        f"got {namespace!r}"
+    ]
+
+
+def test_unknown_fallback_key() -> None:
+    """An unknown key inside throttle.fallback is reported with its three-part path."""
+    assert throttle_problems({"fallback": {"replicas": 3}}) == [
+        "contoso.yaml: throttle.fallback.replicas: unknown key (known: expected_replicas, cooldown)"
+    ]
+
+
+THROTTLE_LEAVES = [
+    ("namespace",),
+    ("mode",),
+    ("max_wait",),
+    ("store_timeout",),
+    ("margin",),
+    ("max_pause",),
+    ("bulk_reserve",),
+    ("fallback", "expected_replicas"),
+    ("fallback", "cooldown"),
+]
+
+
+@pytest.mark.parametrize("value", WRONG_TYPES, ids=repr)
+@pytest.mark.parametrize("path", THROTTLE_LEAVES, ids=".".join)
+def test_throttle_wrong_types_are_problems(path: tuple[str, ...], value: object) -> None:
+    """Any throttle setting given a list or a mapping is one problem under its path."""
+    section: object = value
+    for key in reversed(path):
+        section = {key: section}
+    (problem,) = throttle_problems(section)
+    assert problem.startswith(f"contoso.yaml: throttle.{'.'.join(path)}: ")
+
+
+@pytest.mark.parametrize(("routes", "kind"), [({"name": "x"}, "dict"), ("x", "str"), (5, "int")])
+def test_routes_must_be_a_list(routes: object, kind: str) -> None:
+    """throttle.routes given as anything but a list is one problem."""
+    assert throttle_problems({"routes": routes}) == [
+        f"contoso.yaml: throttle.routes: expected a list of routes, got a {kind}"
+    ]
+
+
+def test_route_must_be_a_mapping() -> None:
+    """An entry of throttle.routes that is not a mapping is reported under its index."""
+    assert route_problems({"name": "machines.get"}, "machines.get") == [
+        "contoso.yaml: throttle.routes[1]: expected a mapping, got a str"
+    ]
+
+
+def test_unknown_route_key() -> None:
+    """An unknown key in a route is reported with the index and the known keys."""
+    assert route_problems({"name": "machines.get", "limit": ["1/1m"]}) == [
+        "contoso.yaml: throttle.routes[0].limit: unknown key "
+        "(known: name, match, limits, priority, mode)"
+    ]
+
+
+def test_route_needs_a_name() -> None:
+    """A route without a name is a problem, even if it has everything else."""
+    assert route_problems({"match": ["GET /api/x"], "limits": ["1/1m"]}) == [
+        "contoso.yaml: throttle.routes[0].name: required: every route needs a name"
+    ]
+
+
+@pytest.mark.parametrize("name", ["", "n" * 65, "my route", "a/b", 7])
+def test_bad_route_name(name: object) -> None:
+    """A route name outside 1-64 characters of A-Z a-z 0-9 _ . - is a problem."""
+    assert route_problems({"name": name, "match": ["GET /api/x"], "limits": ["1/1m"]}) == [
+        "contoso.yaml: throttle.routes[0].name: expected 1-64 characters of A-Z a-z 0-9 _ . -, "
+        f"got {name!r}"
+    ]
+
+
+@pytest.mark.parametrize("missing", ["match", "limits"])
+def test_new_route_needs_match_and_limits(missing: str) -> None:
+    """A name the catalogue does not have must bring both its patterns and its limits."""
+    route = {"name": "contoso.custom", "match": ["GET /api/custom"], "limits": ["1/1m"]}
+    del route[missing]
+    assert route_problems(route) == [
+        f"contoso.yaml: throttle.routes[0].{missing}: "
+        "required: 'contoso.custom' is not a catalogue route"
+    ]
+
+
+def test_new_route_with_neither_match_nor_limits_reports_both() -> None:
+    """A bare new name is two problems, one for each missing key."""
+    assert route_problems({"name": "contoso.custom"}) == [
+        "contoso.yaml: throttle.routes[0].match: required: 'contoso.custom' is not a catalogue route",
+        "contoso.yaml: throttle.routes[0].limits: required: 'contoso.custom' is not a catalogue route",
+    ]
+
+
+def test_catalogue_route_may_omit_match_and_limits() -> None:
+    """A catalogue name alone, or with only priority and mode, keeps the catalogue's entry."""
+    throttle = throttle_of(
+        {"routes": [{"name": "machines.get"}, {"name": "alerts.list", "priority": "bulk"}]}
+    )
+    assert throttle.routes == (
+        RouteOverride("machines.get", None, None, None, None),
+        RouteOverride("alerts.list", None, None, "bulk", None),
+    )
+    assert effective_routes(throttle) == CATALOGUE
+
+
+def test_null_route_keys_mean_absent() -> None:
+    """A route key written as null is the same as leaving it out."""
+    route = {"name": "machines.get", "match": None, "limits": None, "priority": None, "mode": None}
+    assert throttle_of({"routes": [route]}).routes == (
+        RouteOverride("machines.get", None, None, None, None),
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern", ["GET api/machines", "FETCH /api/machines", "GET /api/{id", "GET /api/**/x", "GET"]
+)
+def test_bad_pattern_reports_the_pattern_error(pattern: str) -> None:
+    """A pattern that does not compile is reported under match[i] with the router's own reason."""
+    with pytest.raises(PatternError) as reason:
+        compile_pattern(pattern)
+    route = {"name": "machines.get", "match": ["GET /api/machines/{id}", pattern]}
+    assert route_problems(route) == [f"contoso.yaml: throttle.routes[0].match[1]: {reason.value}"]
+
+
+@pytest.mark.parametrize(
+    ("match", "problem"),
+    [
+        ("GET /api/x", "match: expected a list of patterns, got a str"),
+        ([], "match: expected at least one of patterns, got an empty list"),
+        (["GET /api/x", 5], "match[1]: expected a pattern like 'GET /api/machines/{id}', got 5"),
+    ],
+)
+def test_match_must_be_a_non_empty_list_of_strings(match: object, problem: str) -> None:
+    """match is a list of at least one pattern string."""
+    route = {"name": "contoso.custom", "match": match, "limits": ["1/1m"]}
+    assert route_problems(route) == [f"contoso.yaml: throttle.routes[0].{problem}"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        ("100/1m", "limits: expected a list of limits, got a str"),
+        ([], "limits: expected at least one of limits, got an empty list"),
+        (["100/1m", "lots"], "limits[1]: expected a limit like 100/1m (requests per window), got 'lots'"),
+        (["100/1m", "0/1h"], "limits[1]: expected a limit like 100/1m (requests per window), got '0/1h'"),
+        (["100/1m", "1500/1h", "90/60s"], "limits[2]: limits[0] already limits the 1m window"),
+    ],
+)  # fmt: skip
+def test_bad_limits(limits: object, problem: str) -> None:
+    """limits is a list of at least one valid limit, no two of them for the same window."""
+    assert route_problems({"name": "machines.get", "limits": limits}) == [
+        f"contoso.yaml: throttle.routes[0].{problem}"
+    ]
+
+
+def test_duplicate_route_names() -> None:
+    """A name given twice is reported at the second entry, pointing at the first."""
+    assert route_problems(
+        {"name": "machines.get", "limits": ["1/1m"]},
+        {"name": "alerts.get"},
+        {"name": "machines.get", "mode": "shadow"},
+    ) == ["contoso.yaml: throttle.routes[2].name: 'machines.get' is already routes[0]"]
+
+
+def test_duplicate_name_is_found_even_when_the_first_entry_is_invalid() -> None:
+    """The duplicate check does not depend on the first entry being otherwise valid."""
+    assert route_problems({"name": "machines.get", "mode": "off"}, {"name": "machines.get"}) == [
+        "contoso.yaml: throttle.routes[0].mode: expected one of enforce, shadow, got 'off'",
+        "contoso.yaml: throttle.routes[1].name: 'machines.get' is already routes[0]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [("priority", "urgent", "interactive, bulk"), ("mode", "off", "enforce, shadow")],
+)
+def test_bad_route_priority_or_mode(key: str, value: str, allowed: str) -> None:
+    """A route's priority and mode accept only their listed values."""
+    assert route_problems({"name": "machines.get", key: value}) == [
+        f"contoso.yaml: throttle.routes[0].{key}: expected one of {allowed}, got {value!r}"
+    ]
+
+
+def test_route_priority_and_mode_ignore_case() -> None:
+    """A route's priority and mode are read case-insensitively and stored lowercase."""
+    (route,) = throttle_of(
+        {"routes": [{"name": "alerts.get", "priority": "Bulk", "mode": "SHADOW"}]}
+    ).routes
+    assert (route.priority, route.mode) == ("bulk", "shadow")
+
+
+@pytest.mark.parametrize("key", ["match", "limits"])
+def test_other_route_takes_only_priority_and_mode(key: str) -> None:
+    """The catch-all 'other' route cannot be given patterns or limits."""
+    value = ["GET /api/x"] if key == "match" else ["1/1m"]
+    assert route_problems({"name": OTHER, key: value}) == [
+        f"contoso.yaml: throttle.routes[0].{key}: "
+        "'other' is whatever no route matches: set only priority or mode"
+    ]
+
+
+def test_every_route_problem_is_reported_at_once() -> None:
+    """Problems in several routes and several keys all come back together, each with its path."""
+    problems = throttle_problems(
+        {
+            "mode": "observe",
+            "routes": [
+                {"name": "machines.get", "match": ["GET /api/{x"], "limits": ["1/1m", "2/60s"]},
+                {"name": "contoso.new", "priority": "urgent"},
+                "machines.list",
+                {"name": "machines.get"},
+            ],
+            "bulk_reserve": 2,
+        }
+    )
+    assert [p.split(": ")[1] for p in problems] == [
+        "throttle.mode",
+        "throttle.routes[0].match[0]",
+        "throttle.routes[0].limits[1]",
+        "throttle.routes[1].priority",
+        "throttle.routes[1].match",
+        "throttle.routes[1].limits",
+        "throttle.routes[2]",
+        "throttle.routes[3].name",
+        "throttle.bulk_reserve",
+    ]
+
+
+def test_route_problems_name_the_file(tmp_path: Path) -> None:
+    """Route problems found in a file carry the file's path, like every other problem."""
+    path = write(tmp_path, "throttle:\n  routes:\n    - name: contoso.new\n      limits: [1/1m]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems == [
+        f"{path}: throttle.routes[0].match: required: 'contoso.new' is not a catalogue route"
+    ]
+
+
+def test_store_password_stays_hidden_among_route_problems() -> None:
+    """A bad store URL reported alongside route problems still never shows its password."""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(
+            {"throttle": {"store": "redis://:hunter2@cache/zero", "routes": [{"name": "x y"}]}},
+            "contoso.yaml",
+            {},
+        )
+    assert len(caught.value.problems) == 2
+    assert "hunter2" not in str(caught.value)
+
+
+def test_store_variable_overrides_the_throttle_sections_store(tmp_path: Path) -> None:
+    """DEFENDER_PROXY_STORE replaces throttle.store and leaves the rest of the section as written."""
+    path = write(tmp_path, THROTTLE_EXAMPLE)
+    environ = {"DEFENDER_PROXY_STORE": "rediss://:s3cret@cache.internal:6380/1"}
+    throttle = load_settings(path, environ=environ).throttle
+    assert throttle.store == "rediss://:s3cret@cache.internal:6380/1"
+    assert throttle.namespace == "contoso-prod"
+    assert len(throttle.routes) == 2
+
+
+# The effective route table
+
+
+def test_effective_routes_without_overrides_is_the_catalogue() -> None:
+    """With no routes configured the table is the catalogue, in its order."""
+    assert effective_routes(Throttle()) == CATALOGUE
+
+
+def test_catalogue_override_replaces_limits_in_place() -> None:
+    """A catalogue name with new limits keeps its place and its patterns; nothing else changes."""
+    throttle = throttle_of({"routes": [{"name": "machines.get", "limits": ["90/1m", "1200/1h"]}]})
+    routes = effective_routes(throttle)
+    index = [spec.name for spec in CATALOGUE].index("machines.get")
+    assert [spec.name for spec in routes] == [spec.name for spec in CATALOGUE]
+    assert routes[index].limits == (Limit(90, 60.0), Limit(1200, 3600.0))
+    assert routes[index].match == CATALOGUE[index].match
+    assert routes[:index] + routes[index + 1 :] == CATALOGUE[:index] + CATALOGUE[index + 1 :]
+
+
+def test_catalogue_override_replaces_match_in_place() -> None:
+    """A catalogue name with new patterns keeps its place and its limits."""
+    throttle = throttle_of({"routes": [{"name": "alerts.list", "match": ["GET /api/alerts/all"]}]})
+    routes = effective_routes(throttle)
+    index = [spec.name for spec in CATALOGUE].index("alerts.list")
+    assert routes[index].match == ("GET /api/alerts/all",)
+    assert routes[index].limits == CATALOGUE[index].limits
+    assert Router(routes).match("GET", "/api/alerts/all").name == "alerts.list"
+    assert Router(routes).match("GET", "/api/alerts").name == OTHER
+
+
+def test_new_routes_come_first_in_the_order_given() -> None:
+    """New names are placed before every catalogue entry, in configuration order."""
+    throttle = throttle_of(
+        {
+            "routes": [
+                {"name": "contoso.b", "match": ["GET /api/b"], "limits": ["1/1m"]},
+                {"name": "machines.get", "limits": ["5/1m"]},
+                {"name": "contoso.a", "match": ["GET /api/a"], "limits": ["2/1m"]},
+            ]
+        }
+    )
+    names = [spec.name for spec in effective_routes(throttle)]
+    assert names == ["contoso.b", "contoso.a", *(spec.name for spec in CATALOGUE)]
+
+
+def test_new_route_wins_over_the_catalogue_in_the_router() -> None:
+    """A new route whose pattern overlaps a catalogue entry takes the requests that entry had."""
+    path = "/api/machines/1e5bc9d7e413ddd7902c2932e418702b84d0cc07/isolate"
+    assert Router(CATALOGUE).match("POST", path).name == "machines.isolate"
+    throttle = throttle_of(
+        {
+            "routes": [
+                {
+                    "name": "contoso.isolate",
+                    "match": ["POST /api/machines/{id}/isolate"],
+                    "limits": ["5/1m"],
+                }
+            ]
+        }
+    )
+    spec = Router(effective_routes(throttle)).match("POST", path)
+    assert (spec.name, spec.limits) == ("contoso.isolate", (Limit(5, 60.0),))
+
+
+def test_other_override_adds_no_route() -> None:
+    """An override of 'other' changes no route in the table (the router adds 'other' itself)."""
+    throttle = throttle_of({"routes": [{"name": OTHER, "priority": "bulk"}]})
+    assert effective_routes(throttle) == CATALOGUE
+
+
+def test_effective_routes_refuses_an_unvalidated_new_route() -> None:
+    """A Throttle built in code with a new route lacking patterns is an error, not a dead route."""
+    throttle = Throttle(routes=(RouteOverride("contoso.x", None, (Limit(1, 60.0),), None, None),))
+    with pytest.raises(ValueError, match=r"'contoso\.x' is not a catalogue route"):
+        effective_routes(throttle)
+
+
+def test_route_policies_defaults() -> None:
+    """Every route, 'other' included, is interactive and follows the section's mode by default."""
+    policies = route_policies(throttle_of({"mode": "shadow"}))
+    assert set(policies) == Router(CATALOGUE).names
+    assert set(policies.values()) == {("interactive", "shadow")}
+    assert list(policies)[-1] == OTHER
+
+
+def test_route_policies_apply_overrides() -> None:
+    """A route's own priority and mode win over the defaults; unnamed routes keep the defaults."""
+    throttle = throttle_of(
+        {
+            "mode": "shadow",
+            "routes": [
+                {"name": "machines.exports", "priority": "bulk"},
+                {"name": "advancedqueries.run", "mode": "enforce"},
+                {
+                    "name": "contoso.x",
+                    "match": ["GET /api/x"],
+                    "limits": ["1/1m"],
+                    "priority": "bulk",
+                },
+                {"name": OTHER, "priority": "bulk", "mode": "enforce"},
+            ],
+        }
+    )
+    policies = route_policies(throttle)
+    assert policies["machines.exports"] == ("bulk", "shadow")
+    assert policies["advancedqueries.run"] == ("interactive", "enforce")
+    assert policies["contoso.x"] == ("bulk", "shadow")
+    assert policies[OTHER] == ("bulk", "enforce")
+    assert policies["alerts.list"] == ("interactive", "shadow")
+    assert set(policies) == Router(effective_routes(throttle)).names

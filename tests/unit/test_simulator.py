@@ -322,6 +322,86 @@ async def test_head_answers_carry_no_body(aiohttp_server: AiohttpServer, simulat
     assert body == MACHINES
 
 
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+
+
+async def test_early_hints_come_first_then_the_answer_on_the_same_connection(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    """early-hints sends a 103 with its Link at once, before slow=; the answer and keep-alive follow."""
+    server: TestServer = await aiohttp_server(make_app())
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Simulate: early-hints; slow=1s\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    hints = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+    rest = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert hints == EARLY_HINTS
+    first, second = rest.split(MACHINES + b"HTTP/1.1 ")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.startswith(b"200 OK\r\n")
+    assert second.endswith(b"\r\n\r\n" + MACHINES)
+    assert b" 103 " not in rest
+
+
+async def test_early_hints_are_never_sent_to_http_1_0(aiohttp_server: AiohttpServer) -> None:
+    """An HTTP/1.0 caller asking for early-hints gets only the final answer."""
+    server: TestServer = await aiohttp_server(make_app())
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET / HTTP/1.0\r\nX-Simulate: early-hints; error=NotFound\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert response.startswith(b"HTTP/1.0 404 Not Found\r\n")
+    assert b"103" not in response.partition(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("simulate", "status", "size"),
+    [
+        ("eof-body=70001", 200, 70001),
+        ("eof-body=200KiB; stall-body=50ms; status=203; set-header=X-Foo:1", 203, 200 * 1024),
+        ("eof-body=0", 200, 0),
+    ],
+)
+async def test_eof_body_is_delimited_by_the_close(
+    aiohttp_server: AiohttpServer, simulate: str, status: int, size: int
+) -> None:
+    """eof-body= sends the pattern with no Content-Length or chunking, then closes the connection."""
+    server: TestServer = await aiohttp_server(make_app())
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    # A keep-alive request: only the simulator's close can end the read below.
+    writer.write(f"GET / HTTP/1.1\r\nHost: t\r\nX-Simulate: {simulate}\r\n\r\n".encode())
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    names = {line.partition(":")[0].lower() for line in lines[1:]}
+    assert lines[0].startswith(f"HTTP/1.1 {status} ")
+    assert "content-length" not in names
+    assert "transfer-encoding" not in names
+    assert "Connection: close" in lines
+    assert ("X-Foo: 1" in lines) == ("X-Foo" in simulate)
+    assert len(body) == size
+    assert hashlib.sha256(body).hexdigest() == expected_download(size)
+
+
+async def test_eof_body_answers_head_with_headers_only(aiohttp_server: AiohttpServer) -> None:
+    """A HEAD asking for eof-body gets the head alone, then the close."""
+    server: TestServer = await aiohttp_server(make_app())
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"HEAD / HTTP/1.1\r\nHost: t\r\nX-Simulate: eof-body=1000\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.endswith(b"\r\nConnection: close\r\n\r\n")
+
+
 async def test_echo_hashes_a_chunked_upload(client: Client) -> None:
     """echo streams a chunked upload through the hash and counts every byte."""
 
@@ -432,6 +512,11 @@ async def test_several_x_simulate_headers_read_as_one_list(client: Client) -> No
         ("reset; stall-body=1s", "stall-body"),
         ("graph-error=throttledRequest", "graph-error"),
         ("error=NotFound:302", "error"),
+        ("early-hints=yes", "early-hints"),
+        ("early-hints; reset", "early-hints"),
+        ("eof-body", "eof-body"),
+        ("eof-body=lots", "eof-body"),
+        ("eof-body=1KiB; chunked", "chunked"),
     ],
 )
 async def test_bad_directives_are_refused(client: Client, simulate: str, named: str) -> None:

@@ -1,0 +1,37 @@
+"""The shared quota: stores that admit requests against a route's windows, and the policy on top.
+
+``schedule`` holds the arithmetic; ``store`` the interface; ``memory`` and ``redis_store`` the two
+stores; ``fallback`` the circuit breaker that admits against a local share while Redis is away;
+``limiter`` the policy (waiting, deadlines, priorities, pauses, shadow mode).
+"""
+
+from __future__ import annotations
+
+from proxy.config import Throttle
+from proxy.metrics import Metrics
+from proxy.quota.fallback import FallbackStore
+from proxy.quota.memory import MemoryStore
+from proxy.quota.redis_store import RedisStore
+from proxy.quota.store import QuotaStore
+
+
+def make_store(throttle: Throttle, metrics: Metrics) -> QuotaStore:
+    """The store ``throttle.store`` names: in-process, or Redis behind the circuit breaker."""
+    if throttle.store == "memory":
+        return MemoryStore()
+
+    def changed(fallback: bool) -> None:
+        metrics.store_fallback.set(1 if fallback else 0)
+        if fallback:
+            metrics.store_fallbacks.inc()
+
+    return FallbackStore(
+        RedisStore(throttle.store, throttle.store_timeout),
+        timeout=throttle.store_timeout,
+        cooldown=throttle.fallback.cooldown,
+        expected_replicas=throttle.fallback.expected_replicas,
+        on_change=changed,
+    )
+
+
+__all__ = ["FallbackStore", "MemoryStore", "QuotaStore", "RedisStore", "make_store"]

@@ -1,0 +1,130 @@
+"""The circuit breaker in front of the shared store, and the local share used while it is open.
+
+Every call to the shared store has ``store_timeout``; a failure opens the breaker for ``cooldown``
+seconds, during which each replica admits against its own share of every limit (the limit divided
+by the expected number of replicas, at least 1) in an in-process store. After the cooldown one call
+goes to the shared store again: if it answers, the breaker closes and the shared quota is back.
+A request therefore never waits on a dead store for longer than one ``store_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from proxy.logs import get_logger
+from proxy.quota.memory import MemoryStore
+from proxy.quota.redis_store import RedisStore
+from proxy.quota.schedule import Window
+from proxy.quota.store import Decision, Quota
+
+_STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import redis.exceptions
+
+    return (*_STORE_ERRORS, redis.exceptions.RedisError)
+
+
+class FallbackStore:
+    """A shared store with a breaker and a local fallback."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        shared: RedisStore,
+        *,
+        timeout: float,
+        cooldown: float,
+        expected_replicas: int,
+        on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shared = shared
+        self.local = MemoryStore(clock)
+        self._timeout = timeout
+        self._cooldown = cooldown
+        self._replicas = max(1, expected_replicas)
+        self._on_change = on_change
+        self._clock = clock
+        self._open_until: float | None = None
+        self._errors = _errors()
+        self._log = get_logger("quota")
+
+    @property
+    def in_fallback(self) -> bool:
+        """Whether admissions currently use the local share."""
+        return self._open_until is not None
+
+    def _local_share(self, quota: Quota) -> Quota:
+        windows = tuple(Window(max(1, w.limit // self._replicas), w.width) for w in quota.windows)
+        return replace(quota, windows=windows)
+
+    def _use_shared(self) -> bool:
+        return self._open_until is None or self._clock() >= self._open_until
+
+    def _failed(self, exc: BaseException) -> None:
+        was_open = self._open_until is not None
+        self._open_until = self._clock() + self._cooldown
+        if not was_open:
+            self._log.warning(
+                "quota store unreachable: admitting against the local share",
+                error=type(exc).__name__,
+                expected_replicas=self._replicas,
+                retry_in_s=self._cooldown,
+            )
+            if self._on_change is not None:
+                self._on_change(True)
+
+    def _succeeded(self) -> None:
+        if self._open_until is not None:
+            self._open_until = None
+            self._log.info("quota store reachable again: the shared quota is back")
+            if self._on_change is not None:
+                self._on_change(False)
+
+    async def admit(
+        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+    ) -> Decision:
+        """See ``QuotaStore.admit``."""
+        if self._use_shared():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
+            except self._errors as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return decision
+        return await self.local.admit(self._local_share(quota), member, max_wait, reserve, shadow)
+
+    async def release(self, quota: Quota, member: str) -> None:
+        """See ``QuotaStore.release``; best effort on both stores."""
+        await self.local.release(self._local_share(quota), member)
+        if self._use_shared():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self.shared.release(quota, member)
+            except self._errors as exc:
+                self._failed(exc)
+
+    async def pause(self, quota: Quota, seconds: float) -> float:
+        """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
+        left = await self.local.pause(self._local_share(quota), seconds)
+        if self._use_shared():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    left = await self.shared.pause(quota, seconds)
+            except self._errors as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+        return left
+
+    async def close(self) -> None:
+        """Close the shared store's connections."""
+        await self.shared.close()

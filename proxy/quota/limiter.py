@@ -1,0 +1,210 @@
+"""The quota policy: wait or refuse, deadlines, priorities, upstream pauses, shadow mode.
+
+Per request: the route's quota is asked for the earliest slot within the caller's deadline
+(``throttle.max_wait``, or less if the caller asks with ``X-Defender-Proxy-Max-Wait``). Admitted
+callers sleep until their slot; the others get 429 from the proxy with ``Retry-After``. Bulk
+requests (by route or by ``X-Defender-Proxy-Priority: bulk``) may not use the last
+``bulk_reserve`` share of any window, so an isolate action is never starved by an export.
+
+When the API itself answers 429, the route's quota is paused for every replica until the time the
+API asked for (``Retry-After`` or the hints in the body), capped at ``max_pause`` and jittered;
+with no hint at all the pause backs off exponentially from one second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from multidict import CIMultiDictProxy
+
+from proxy import hints
+from proxy.catalogue import RouteSpec
+from proxy.config import Throttle
+from proxy.errors import QuotaRefusal, RefusalError
+from proxy.logs import get_logger
+from proxy.metrics import Metrics
+from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
+from proxy.units import parse_duration
+
+MAX_WAIT_HEADER: Final = "X-Defender-Proxy-Max-Wait"
+PRIORITY_HEADER: Final = "X-Defender-Proxy-Priority"
+PRIORITIES: Final = ("interactive", "bulk")
+
+
+@dataclass(slots=True)
+class Admission:
+    """The quota's answer for one request, as the handler needs it."""
+
+    quota: Quota
+    decision: Decision
+    outcome: str
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class _RoutePolicy:
+    quota: Quota
+    names: tuple[str, ...]
+    policy_header: str
+    bulk: bool
+    shadow: bool
+
+
+class Limiter:
+    """Admits requests against the shared quota and reacts to the API's own 429s."""
+
+    def __init__(
+        self,
+        throttle: Throttle,
+        routes: tuple[RouteSpec, ...],
+        policies: Mapping[str, tuple[str, str]],
+        store: QuotaStore,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._throttle = throttle
+        self.store = store
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._routes: dict[str, _RoutePolicy] = {}
+        for spec in routes:
+            priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
+            quota = Quota(
+                quota_key(throttle.namespace, spec.name),
+                as_windows([(lim.count, lim.window) for lim in spec.limits], throttle.margin),
+            )
+            names = tuple(window_name(lim.window) for lim in spec.limits)
+            policy = ", ".join(
+                f'"{name}";q={lim.count};w={math.ceil(lim.window)}'
+                for name, lim in zip(names, spec.limits, strict=True)
+            )
+            self._routes[spec.name] = _RoutePolicy(
+                quota, names, policy, priority == "bulk", mode == "shadow"
+            )
+        self._streak: dict[str, int] = {}
+        self._paused_until: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._log = get_logger("quota")
+        metrics.pauses_active.set_function(self._count_pauses)
+
+    def _count_pauses(self) -> float:
+        now = time.monotonic()
+        return float(sum(1 for until in self._paused_until.values() if until > now))
+
+    def _deadline(self, headers: CIMultiDictProxy[str]) -> float:
+        limit = self._throttle.max_wait
+        asked = headers.get(MAX_WAIT_HEADER)
+        if asked is None:
+            return limit
+        try:
+            return min(limit, parse_duration(asked.strip()))
+        except ValueError:
+            raise RefusalError(
+                400, "BadRequest", f"{MAX_WAIT_HEADER} must be a duration such as 5s or 500ms"
+            ) from None
+
+    def _is_bulk(self, policy: _RoutePolicy, headers: CIMultiDictProxy[str]) -> bool:
+        asked = headers.get(PRIORITY_HEADER)
+        if asked is None:
+            return policy.bulk
+        value = asked.strip().lower()
+        if value not in PRIORITIES:
+            raise RefusalError(
+                400, "BadRequest", f"{PRIORITY_HEADER} must be one of: {', '.join(PRIORITIES)}"
+            )
+        return value == "bulk"
+
+    async def admit(self, route: str, member: str, headers: CIMultiDictProxy[str]) -> Admission:
+        """Wait for the request's slot, or raise the proxy's 429."""
+        policy = self._routes[route]
+        deadline = self._deadline(headers)
+        reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
+        decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
+        for name, left in zip(policy.names, decision.remaining, strict=True):
+            self._metrics.quota_remaining.labels(route, name).set(left)
+        if policy.shadow:
+            outcome = (
+                "admitted"
+                if decision.wait <= 0
+                else ("shadow_waited" if decision.admitted else "shadow_refused")
+            )
+            self._metrics.admissions.labels(route, outcome).inc()
+            return Admission(policy.quota, decision, outcome, 0.0)
+        if not decision.admitted:
+            self._metrics.admissions.labels(route, "refused").inc()
+            retry = max(1, math.ceil(decision.wait))
+            raise QuotaRefusal(
+                429,
+                "TooManyRequests",
+                f"the {route} quota has no slot within {deadline:g}s; retry in {retry}s",
+                headers={"Retry-After": str(retry), **self.ratelimit_headers(route, decision)},
+            )
+        if decision.wait > 0:
+            try:
+                await asyncio.sleep(decision.wait)
+            except asyncio.CancelledError:
+                # The caller went away while waiting: give its slot back to the others.
+                task = asyncio.get_running_loop().create_task(
+                    self.store.release(policy.quota, member)
+                )
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+                raise
+            outcome = "waited"
+            self._metrics.admission_wait.labels(route).observe(decision.wait)
+        else:
+            outcome = "admitted"
+            self._metrics.admission_wait.labels(route).observe(0.0)
+        self._metrics.admissions.labels(route, outcome).inc()
+        return Admission(policy.quota, decision, outcome, decision.wait)
+
+    def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
+        policy = self._routes[route]
+        state = ", ".join(
+            f'"{name}";r={left};t={math.ceil(reset)}'
+            for name, left, reset in zip(
+                policy.names, decision.remaining, decision.reset, strict=True
+            )
+        )
+        return {"RateLimit-Policy": policy.policy_header, "RateLimit": state}
+
+    async def observe_answer(
+        self, route: str, status: int, retry_after: str | None, message: str
+    ) -> None:
+        """React to the API's answer: a 429 pauses the route's quota for every replica."""
+        if status != 429:
+            if self._streak.get(route):
+                self._streak[route] = 0
+            return
+        hint = hints.upstream_hint(retry_after, message, time.time())
+        self._metrics.upstream_throttled.labels(route, hint.reason).inc()
+        if hint.seconds is None:
+            streak = self._streak.get(route, 0) + 1
+            self._streak[route] = streak
+            seconds = hints.backoff(streak)
+        else:
+            seconds = hint.seconds
+        pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
+        policy = self._routes[route]
+        left = await self.store.pause(policy.quota, pause)
+        self._paused_until[route] = time.monotonic() + left
+        self._log.warning(
+            "upstream throttled: quota paused for every replica",
+            route=route,
+            pause_s=round(left, 3),
+            hint=hint.source,
+            reason=hint.reason,
+        )
+
+    async def close(self) -> None:
+        """Finish the give-backs in flight and close the store."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.store.close()

@@ -1,0 +1,96 @@
+"""The in-process quota store: the embedded default, exact for a single replica.
+
+Same arithmetic as the Redis store (``schedule``), on a clock that tests inject.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import insort
+from collections.abc import Callable
+
+from proxy.quota.schedule import earliest, headroom
+from proxy.quota.store import MICROS, Decision, Quota
+
+
+class MemoryStore:
+    """Admission logs in this process's memory."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._logs: dict[str, list[list[int]]] = {}
+        self._members: dict[str, dict[str, int]] = {}
+        self._paused: dict[str, int] = {}
+
+    def _now(self) -> int:
+        return round(self._clock() * MICROS)
+
+    def _load(self, quota: Quota, now: int) -> list[list[int]]:
+        logs = self._logs.get(quota.key)
+        if logs is None or len(logs) != len(quota.windows):
+            logs = [[] for _ in quota.windows]
+            self._logs[quota.key] = logs
+        for log, window in zip(logs, quota.windows, strict=True):
+            # Entries at or before now - width are outside every window that ends from now on.
+            cut = 0
+            while cut < len(log) and log[cut] <= now - window.width:
+                cut += 1
+            if cut:
+                del log[:cut]
+        members = self._members.get(quota.key)
+        if members:
+            for name in [m for m, at in members.items() if at <= now]:
+                del members[name]
+        return logs
+
+    async def admit(
+        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+    ) -> Decision:
+        """See ``QuotaStore.admit``."""
+        now = self._now()
+        logs = self._load(quota, now)
+        start = max(now, self._paused.get(quota.key, 0))
+        slot = earliest(logs, quota.windows, reserve, start)
+        wait = slot - now
+        admitted = wait <= round(max_wait * MICROS)
+        at = now if shadow else slot
+        if shadow or admitted:
+            for log in logs:
+                insort(log, at)
+            if at > now:  # only reservations can be given back; used slots need no name
+                self._members.setdefault(quota.key, {})[member] = at
+        return self._decision(quota, logs, now, admitted, wait)
+
+    def _decision(
+        self, quota: Quota, logs: list[list[int]], now: int, admitted: bool, wait: int
+    ) -> Decision:
+        room = [headroom(log, window, now) for log, window in zip(logs, quota.windows, strict=True)]
+        paused = max(0, self._paused.get(quota.key, 0) - now)
+        return Decision(
+            admitted=admitted,
+            wait=wait / MICROS,
+            remaining=tuple(r for r, _ in room),
+            reset=tuple(t / MICROS for _, t in room),
+            paused=paused / MICROS,
+        )
+
+    async def release(self, quota: Quota, member: str) -> None:
+        """See ``QuotaStore.release``: only a reservation still in the future is given back."""
+        at = self._members.get(quota.key, {}).pop(member, None)
+        if at is None or at <= self._now():
+            return
+        for log in self._logs.get(quota.key, []):
+            if at in log:
+                log.remove(at)
+
+    async def pause(self, quota: Quota, seconds: float) -> float:
+        """See ``QuotaStore.pause``."""
+        now = self._now()
+        until = max(self._paused.get(quota.key, 0), now + round(seconds * MICROS))
+        self._paused[quota.key] = until
+        return (until - now) / MICROS
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,82 @@
+"""The shared quota store: Redis, one script call (one round trip) per admission.
+
+Every window of a route lives under one hash tag (``dp:{namespace:route}``), so a route's keys sit
+in one Redis Cluster slot and the script may touch them together. The scripts are registered once
+and called by SHA (redis-py loads them again by itself if the server lost them, after a restart).
+Time comes from the Redis server (``TIME`` inside the script), never from a replica's clock.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import redis.asyncio as redis
+
+from proxy.quota.schedule import cap_for
+from proxy.quota.store import MICROS, Decision, Quota
+
+
+def _lua(name: str) -> str:
+    return resources.files("proxy.quota").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class RedisStore:
+    """Quota logs in Redis, shared by every replica."""
+
+    name = "redis"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._admit = self.client.register_script(_lua("admit.lua"))
+        self._release = self.client.register_script(_lua("release.lua"))
+        self._pause = self.client.register_script(_lua("pause.lua"))
+
+    @staticmethod
+    def _window_keys(quota: Quota) -> list[str]:
+        return [f"{quota.key}:w{w.width}" for w in quota.windows]
+
+    async def admit(
+        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+    ) -> Decision:
+        """See ``QuotaStore.admit``."""
+        args: list[str | int] = [
+            member,
+            round(max_wait * MICROS),
+            ",".join(str(cap_for(w.limit, reserve)) for w in quota.windows),
+            1 if shadow else 0,
+        ]
+        for window in quota.windows:
+            args += [window.limit, window.width]
+        keys = [f"{quota.key}:pause", *self._window_keys(quota)]
+        reply = await self._admit(keys=keys, args=args)
+        values = [int(v) for v in reply]
+        return Decision(
+            admitted=values[0] == 1,
+            wait=values[1] / MICROS,
+            paused=values[2] / MICROS,
+            remaining=tuple(values[3::2]),
+            reset=tuple(v / MICROS for v in values[4::2]),
+        )
+
+    async def release(self, quota: Quota, member: str) -> None:
+        """See ``QuotaStore.release``."""
+        await self._release(keys=self._window_keys(quota), args=[member])
+
+    async def pause(self, quota: Quota, seconds: float) -> float:
+        """See ``QuotaStore.pause``."""
+        left = await self._pause(keys=[f"{quota.key}:pause"], args=[round(seconds * MICROS)])
+        return int(left) / MICROS
+
+    async def ping(self) -> None:
+        """Raise unless the server answers."""
+        await self.client.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()

@@ -1,0 +1,107 @@
+"""TLS to the upstream: verified against a CA bundle, against the system CAs, or not at all."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
+
+from proxy.config import Tls
+from proxy.errors import PROXY_HEADER
+from proxy.simulator import SimConfig, make_app
+from tests.conftest import Stack
+
+MACHINES = (
+    b'{"@odata.context":"https://api.security.microsoft.com/api/$metadata#Machines","value":[]}'
+)
+FAILURES = "defender_proxy_upstream_failures_total"
+ROUTE = "machines.list"
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    """A throwaway certificate authority no system trusts."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_bundle(ca: trustme.CA, tmp_path: Path) -> str:
+    """The CA's certificate as a PEM file."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+async def serve_tls(aiohttp_server: AiohttpServer, ca: trustme.CA, *names: str) -> TestServer:
+    """The simulator over TLS with a certificate the CA issued for ``names``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    server: TestServer = await aiohttp_server(make_app(SimConfig()), ssl=context)
+    return server
+
+
+@pytest.fixture
+async def tls_simulator(aiohttp_server: AiohttpServer, ca: trustme.CA) -> TestServer:
+    """The simulator over TLS, its certificate naming 127.0.0.1 and localhost."""
+    return await serve_tls(aiohttp_server, ca, "127.0.0.1", "localhost")
+
+
+async def assert_tls_failure(stack: Stack) -> None:
+    """One request gets the proxy's 502 and counts one upstream failure of kind tls."""
+    response = await stack.client.get("/api/machines")
+    assert response.status == 502
+    assert (await response.json())["error"]["code"] == "BadGateway"
+    assert response.headers[PROXY_HEADER] == "BadGateway"
+    assert stack.sample(FAILURES, route=ROUTE, kind="tls") == 1
+    assert stack.sample(FAILURES, route=ROUTE, kind="connect") == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_upstream_verified_against_the_ca_bundle(
+    make_stack: Any, tls_simulator: TestServer, ca_bundle: str, host: str
+) -> None:
+    """With the issuing CA as ca_bundle, a certificate for the URL's host (IP or name) is accepted."""
+    stack: Stack = await make_stack(
+        upstream=f"https://{host}:{tls_simulator.port}", tls=Tls(verify=True, ca_bundle=ca_bundle)
+    )
+    response = await stack.client.get("/api/machines")
+    assert response.status == 200
+    assert await response.read() == MACHINES
+    assert PROXY_HEADER not in response.headers
+    assert stack.sample(FAILURES, route=ROUTE, kind="tls") == 0
+
+
+async def test_unknown_ca_is_a_tls_failure(make_stack: Any, tls_simulator: TestServer) -> None:
+    """Verified against the system CAs only, a private CA's certificate is a 502 counted as tls."""
+    stack: Stack = await make_stack(
+        upstream=f"https://127.0.0.1:{tls_simulator.port}", tls=Tls(verify=True)
+    )
+    await assert_tls_failure(stack)
+
+
+async def test_certificate_for_another_host_is_a_tls_failure(
+    make_stack: Any, aiohttp_server: AiohttpServer, ca: trustme.CA, ca_bundle: str
+) -> None:
+    """A trusted certificate that does not name the upstream's host is a 502 counted as tls."""
+    server = await serve_tls(aiohttp_server, ca, "api.example.test")
+    stack: Stack = await make_stack(
+        upstream=f"https://127.0.0.1:{server.port}", tls=Tls(verify=True, ca_bundle=ca_bundle)
+    )
+    await assert_tls_failure(stack)
+
+
+async def test_verify_false_accepts_any_certificate(
+    make_stack: Any, tls_simulator: TestServer
+) -> None:
+    """With verify off, the untrusted certificate is accepted and the request goes through."""
+    stack: Stack = await make_stack(
+        upstream=f"https://127.0.0.1:{tls_simulator.port}", tls=Tls(verify=False)
+    )
+    response = await stack.client.get("/api/machines")
+    assert response.status == 200
+    assert await response.read() == MACHINES

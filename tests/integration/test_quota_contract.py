@@ -1,0 +1,149 @@
+"""One contract for every quota store, run against the in-process store and a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.quota.memory import MemoryStore
+from proxy.quota.redis_store import RedisStore
+from proxy.quota.store import Quota, QuotaStore, as_windows
+
+
+class Clock:
+    """A hand-driven clock for the in-process store."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
+    """Each store in turn; Redis is a private redis-server started for the session."""
+    if request.param == "memory":
+        yield MemoryStore(Clock())
+        return
+    proc: Any = request.getfixturevalue("redis_proc")
+    redis_store = RedisStore(f"redis://{proc.host}:{proc.port}/0", timeout=2.0)
+    await redis_store.client.flushdb()
+    yield redis_store
+    await redis_store.close()
+
+
+def quota(name: str, *limits: tuple[int, float], margin: float = 0.0) -> Quota:
+    return Quota(f"dp:{{test:{name}}}", as_windows(limits, margin))
+
+
+# Redis runs on its own clock; a few ms pass between calls.
+SLACK = 0.05
+
+
+class TestQuotaStoreContract:
+    """Behaviour every store must share."""
+
+    async def test_admits_up_to_the_limit_then_reserves_the_next_slot(
+        self, store: QuotaStore
+    ) -> None:
+        """L requests are admitted at once; the next is given the slot when the first leaves."""
+        q = quota("a", (3, 10.0))
+        waits = [(await store.admit(q, f"m{i}", 60.0, 0.0, False)).wait for i in range(4)]
+        assert waits[:3] == [0.0, 0.0, 0.0]
+        assert 10.0 - SLACK <= waits[3] <= 10.0
+
+    async def test_refuses_beyond_the_deadline_and_logs_nothing(self, store: QuotaStore) -> None:
+        """Past max_wait the request is refused with the wait it would need, and not counted."""
+        q = quota("b", (2, 30.0))
+        for i in range(2):
+            assert (await store.admit(q, f"m{i}", 5.0, 0.0, False)).admitted
+        first = await store.admit(q, "x", 5.0, 0.0, False)
+        second = await store.admit(q, "y", 5.0, 0.0, False)
+        assert not first.admitted
+        assert not second.admitted
+        assert 30.0 - SLACK <= first.wait <= 30.0
+        assert abs(second.wait - first.wait) <= SLACK
+        assert first.remaining == (0,)
+
+    async def test_every_window_is_taken_in_one_step(self, store: QuotaStore) -> None:
+        """With a per-second and a per-ten-seconds limit, the stricter one at each point decides."""
+        q = quota("c", (2, 1.0), (3, 10.0))
+        waits = [(await store.admit(q, f"m{i}", 60.0, 0.0, False)).wait for i in range(4)]
+        assert waits[0] == waits[1] == 0.0
+        assert 1.0 - SLACK <= waits[2] <= 1.0  # the per-second window
+        assert 10.0 - SLACK <= waits[3] <= 10.0  # the per-ten-seconds window
+        decision = await store.admit(q, "probe", 0.0, 0.0, False)
+        assert decision.remaining == (0, 0)
+
+    async def test_margin_widens_every_window(self, store: QuotaStore) -> None:
+        """The timing margin is added to the window, so slots come back margin later."""
+        q = quota("d", (1, 5.0), margin=0.5)
+        await store.admit(q, "m0", 60.0, 0.0, False)
+        wait = (await store.admit(q, "m1", 60.0, 0.0, False)).wait
+        assert 5.5 - SLACK <= wait <= 5.5
+
+    async def test_bulk_leaves_the_reserve_to_interactive(self, store: QuotaStore) -> None:
+        """Bulk may fill 80% of a window; the rest stays for interactive requests."""
+        q = quota("e", (10, 60.0))
+        bulk = [(await store.admit(q, f"b{i}", 0.0, 0.2, False)).admitted for i in range(10)]
+        assert bulk == [True] * 8 + [False] * 2
+        interactive = [(await store.admit(q, f"i{i}", 0.0, 0.0, False)).admitted for i in range(3)]
+        assert interactive == [True, True, False]
+
+    async def test_interactive_is_not_queued_behind_bulk(self, store: QuotaStore) -> None:
+        """Bulk reservations waiting in the queue do not delay an interactive request."""
+        q = quota("f", (10, 60.0))
+        for i in range(8):
+            await store.admit(q, f"b{i}", 120.0, 0.2, False)
+        queued = await store.admit(q, "queued", 120.0, 0.2, False)
+        assert queued.admitted
+        assert queued.wait > 50
+        urgent = await store.admit(q, "isolate", 0.0, 0.0, False)
+        assert urgent.admitted
+        assert urgent.wait == 0.0
+
+    async def test_release_gives_a_reservation_back(self, store: QuotaStore) -> None:
+        """A caller that leaves before its slot frees it for the next one."""
+        q = quota("g", (1, 10.0))
+        await store.admit(q, "m0", 60.0, 0.0, False)
+        reserved = await store.admit(q, "m1", 60.0, 0.0, False)
+        assert 10.0 - SLACK <= reserved.wait <= 10.0
+        await store.release(q, "m1")
+        again = await store.admit(q, "m2", 60.0, 0.0, False)
+        assert 10.0 - SLACK <= again.wait <= 10.0
+
+    async def test_pause_holds_every_admission(self, store: QuotaStore) -> None:
+        """A pause delays the next admission to its end, and a shorter pause never shortens it."""
+        q = quota("h", (100, 60.0))
+        left = await store.pause(q, 20.0)
+        assert 20.0 - SLACK <= left <= 20.0
+        shorter = await store.pause(q, 5.0)
+        assert shorter >= 20.0 - SLACK
+        decision = await store.admit(q, "m0", 60.0, 0.0, False)
+        assert 20.0 - 2 * SLACK <= decision.wait <= 20.0
+        assert decision.paused >= 20.0 - 2 * SLACK
+
+    async def test_shadow_logs_now_and_only_reports(self, store: QuotaStore) -> None:
+        """In shadow mode nothing is refused or delayed, but the decision is reported."""
+        q = quota("i", (2, 30.0))
+        decisions = [await store.admit(q, f"m{i}", 1.0, 0.0, True) for i in range(4)]
+        assert [d.admitted for d in decisions] == [True, True, False, False]
+        assert decisions[2].wait > 1.0
+        assert decisions[3].remaining == (0,)
+
+    async def test_remaining_and_reset_report_headroom(self, store: QuotaStore) -> None:
+        """Remaining counts down, and reset tells when the oldest admission leaves."""
+        q = quota("j", (5, 60.0))
+        decisions = [await store.admit(q, f"m{i}", 0.0, 0.0, False) for i in range(3)]
+        assert [d.remaining for d in decisions] == [(4,), (3,), (2,)]
+        assert 60.0 - SLACK <= decisions[-1].reset[0] <= 60.0
+
+    async def test_quotas_are_independent(self, store: QuotaStore) -> None:
+        """Two routes do not share windows."""
+        a, b = quota("k1", (1, 60.0)), quota("k2", (1, 60.0))
+        assert (await store.admit(a, "m", 0.0, 0.0, False)).admitted
+        assert (await store.admit(b, "m", 0.0, 0.0, False)).admitted
+        assert not (await store.admit(a, "n", 0.0, 0.0, False)).admitted
