@@ -40,10 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_arguments(simulate)
 
-    commands.add_parser(
+    catalogue = commands.add_parser(
         "catalogue",
-        help="print the route catalogue and its limits",
-        description="Print the built-in route catalogue: names, patterns and limits.",
+        help="print the effective route table and its limits",
+        description="Print the effective route table: the built-in catalogue with the config's "
+        "throttle.routes applied (first match wins), each route's limits, priority and mode.",
+    )
+    catalogue.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: $DEFENDER_PROXY_CONFIG, else the embedded defaults)",
     )
     return parser
 
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "catalogue":
-        return _catalogue()
+        return _catalogue(args.config)
     _parser().print_help()
     return 2
 
@@ -103,16 +109,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _catalogue() -> int:
+def _catalogue(path: str | None) -> int:
+    from proxy.config import ConfigError, effective_routes, load_settings, route_policies
     from proxy.routing import Router
 
-    rows = [("route", "limits", "match")]
-    for spec in Router().routes:
+    try:
+        throttle = load_settings(path).throttle
+    except ConfigError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    policies = route_policies(throttle)
+    rows = [("route", "limits", "priority", "mode", "match")]
+    for spec in Router(effective_routes(throttle)).routes:
         limits = ", ".join(str(limit) for limit in spec.limits)
-        rows.append((spec.name, limits, "; ".join(spec.match) or "(anything else)"))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for name, limits, match in rows:
-        print(f"{name:<{widths[0]}}  {limits:<{widths[1]}}  {match}")
+        priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
+        rows.append((spec.name, limits, priority, mode, "; ".join(spec.match) or "(anything else)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)]
+        print("  ".join([*cells, row[4]]))
     return 0
 
 

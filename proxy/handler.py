@@ -162,15 +162,26 @@ class Proxy:
         self, request: web.BaseRequest, upstream: Response, outcome: Outcome
     ) -> web.StreamResponse:
         headers = forward.response_headers(upstream.headers)
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
         prefix = b""
         failed = False
+        message = ""
         if upstream.status >= 400:
             prefix, complete, failed = await _read_prefix(upstream, self._cap)
             # A body cut short by the upstream is parsed as far as it got (usually _truncated).
-            self._classify(headers, upstream.status, prefix, complete or failed, outcome)
+            message = self._classify(headers, upstream.status, prefix, complete or failed, outcome)
+        if self.limiter is not None:
+            await self.limiter.observe_answer(
+                outcome.route.name, upstream.status, headers.get("Retry-After"), message
+            )
+            admission = outcome.admission
+            # The upstream's own RateLimit fields stand: an intermediary may not loosen them.
+            upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
+            if admission is not None and not upstream_says:
+                route = outcome.route.name
+                headers.update(self.limiter.ratelimit_headers(route, admission.decision))
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
         try:
             await response.prepare(request)
             if prefix:

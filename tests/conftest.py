@@ -13,9 +13,12 @@ import uvloop
 from aiohttp.test_utils import RawTestServer, TestClient, TestServer
 
 from proxy import logs
-from proxy.config import Settings, Timeouts
+from proxy.config import Settings, Timeouts, effective_routes, route_policies
 from proxy.handler import Proxy
 from proxy.metrics import Metrics
+from proxy.quota.limiter import Limiter
+from proxy.quota.memory import MemoryStore
+from proxy.routing import Router
 from proxy.simulator import SimConfig, make_app
 
 
@@ -92,9 +95,20 @@ async def make_stack(
     """Build a proxy stack, optionally with settings changed from the test defaults."""
     proxies: list[Proxy] = []
 
-    async def build(**changes: Any) -> Stack:
+    async def build(quota: bool = False, **changes: Any) -> Stack:
         settings = replace(base_settings, **changes)
-        proxy = Proxy(settings, Metrics())
+        metrics = Metrics()
+        router = Router(effective_routes(settings.throttle))
+        limiter = None
+        if quota:
+            limiter = Limiter(
+                settings.throttle,
+                router.routes,
+                route_policies(settings.throttle),
+                MemoryStore(),
+                metrics,
+            )
+        proxy = Proxy(settings, metrics, router, limiter)
         await proxy.start()
         proxies.append(proxy)
         server: RawTestServer = await aiohttp_raw_server(proxy.handle)

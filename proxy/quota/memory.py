@@ -6,7 +6,7 @@ Same arithmetic as the Redis store (``schedule``), on a clock that tests inject.
 from __future__ import annotations
 
 import time
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable
 
 from proxy.quota.schedule import earliest, headroom
@@ -33,12 +33,10 @@ class MemoryStore:
             logs = [[] for _ in quota.windows]
             self._logs[quota.key] = logs
         for log, window in zip(logs, quota.windows, strict=True):
-            # Entries at or before now - width are outside every window that ends from now on.
-            cut = 0
-            while cut < len(log) and log[cut] <= now - window.width:
-                cut += 1
-            if cut:
-                del log[:cut]
+            # Entries at or before now - width are outside every window that ends from now on;
+            # the arithmetic skips them by itself, so they are dropped in batches, not per call.
+            if len(log) > 2 * window.limit + 64:
+                del log[: bisect_right(log, now - window.width)]
         members = self._members.get(quota.key)
         if members:
             for name in [m for m, at in members.items() if at <= now]:

@@ -1,0 +1,184 @@
+"""The quota in the request path: waiting, refusing, priorities, pauses, shadow mode, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from proxy.config import Throttle
+from proxy.errors import PROXY_HEADER
+from proxy.throttle_config import RouteOverride
+from proxy.units import parse_limit
+from tests.conftest import Stack
+
+ADMISSIONS = "defender_proxy_admissions_total"
+
+
+def throttle(*limits: str, max_wait: float = 0.0, **changes: Any) -> Throttle:
+    """A throttle section whose machines.list route has the given limits."""
+    route_changes = {k: changes.pop(k) for k in ("priority", "mode") if k in changes}
+    override = RouteOverride(
+        name="machines.list",
+        match=None,
+        limits=tuple(parse_limit(text) for text in limits),
+        priority=route_changes.get("priority"),
+        mode=route_changes.get("mode"),
+    )
+    return Throttle(max_wait=max_wait, margin=0.0, routes=(override,), **changes)
+
+
+async def _stats(stack: Stack) -> dict[str, Any]:
+    async with stack.client.session.get(stack.upstream.make_url("/_sim/stats")) as response:
+        stats: dict[str, Any] = await response.json()
+        return stats
+
+
+async def test_over_the_limit_is_refused_in_the_envelope(make_stack: Any) -> None:
+    """Past the limit and the deadline: 429 from the proxy with Retry-After; nothing goes upstream."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("2/1m"))
+    statuses = []
+    for _ in range(3):
+        response = await stack.client.get("/api/machines")
+        statuses.append(response.status)
+        body = await response.json()
+    assert statuses == [200, 200, 429]
+    assert body["error"]["code"] == "TooManyRequests"
+    assert response.headers[PROXY_HEADER] == "TooManyRequests"
+    assert 55 <= int(response.headers["Retry-After"]) <= 60
+    assert response.headers["RateLimit-Policy"] == '"1m";q=2;w=60'
+    assert (await _stats(stack))["requests"] == 2
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="admitted") == 2
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="refused") == 1
+    assert stack.logs.lines("request")[-1]["target"] == body["error"]["target"]
+
+
+async def test_a_caller_over_the_limit_waits_for_its_slot(make_stack: Any) -> None:
+    """Within the deadline the caller waits for the slot, then is forwarded."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("2/300ms", max_wait=5.0))
+    started = time.monotonic()
+    statuses = [(await stack.client.get("/api/machines")).status for _ in range(3)]
+    elapsed = time.monotonic() - started
+    assert statuses == [200, 200, 200]
+    assert elapsed >= 0.29
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="waited") == 1
+    assert stack.logs.lines("request")[-1]["quota"] == "waited"
+    assert stack.logs.lines("request")[-1]["wait_ms"] >= 250
+
+
+async def test_max_wait_header_lowers_the_deadline(make_stack: Any) -> None:
+    """A caller may ask to wait less than the configured max_wait, never more."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("1/1m", max_wait=30.0))
+    assert (await stack.client.get("/api/machines")).status == 200
+    response = await stack.client.get("/api/machines", headers={"X-Defender-Proxy-Max-Wait": "0s"})
+    assert response.status == 429
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("X-Defender-Proxy-Max-Wait", "soon"), ("X-Defender-Proxy-Priority", "urgent")],
+)
+async def test_bad_control_headers_are_refused(make_stack: Any, header: str, value: str) -> None:
+    """An unreadable control header gets 400 in the envelope, naming the header."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("10/1m"))
+    response = await stack.client.get("/api/machines", headers={header: value})
+    assert response.status == 400
+    assert header in (await response.json())["error"]["message"]
+
+
+async def test_control_headers_are_not_forwarded(make_stack: Any) -> None:
+    """X-Defender-Proxy-* headers are for the proxy and never reach the upstream."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("10/1m"))
+    response = await stack.client.get(
+        "/api/machines",
+        headers={"X-Simulate": "echo", "X-Defender-Proxy-Priority": "bulk"},
+    )
+    names = {name.lower() for name, _ in (await response.json())["headers"]}
+    assert "x-defender-proxy-priority" not in names
+    assert "x-simulate" in names
+
+
+async def test_bulk_leaves_room_for_interactive(make_stack: Any) -> None:
+    """Bulk requests stop at 80% of the window; an interactive one still gets through."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("5/1m"))
+    bulk = {"X-Defender-Proxy-Priority": "bulk"}
+    statuses = [(await stack.client.get("/api/machines", headers=bulk)).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]
+    assert (await stack.client.get("/api/machines")).status == 200
+
+
+async def test_bulk_route_from_config(make_stack: Any) -> None:
+    """A route configured as bulk is bulk without any header."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("5/1m", priority="bulk"))
+    statuses = [(await stack.client.get("/api/machines")).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]
+
+
+async def test_ratelimit_headers_describe_the_headroom(make_stack: Any) -> None:
+    """Forwarded answers carry RateLimit-Policy and RateLimit for the route."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("10/1m", "100/1h"))
+    response = await stack.client.get("/api/machines")
+    assert response.headers["RateLimit-Policy"] == '"1m";q=10;w=60, "1h";q=100;w=3600'
+    assert response.headers["RateLimit"].startswith('"1m";r=9;t=')
+    assert '"1h";r=99;t=' in response.headers["RateLimit"]
+
+
+async def test_the_upstreams_ratelimit_headers_stand(make_stack: Any) -> None:
+    """When the API sends its own RateLimit fields, the proxy does not replace them."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("10/1m"))
+    # (the simulator's directives are ';'-separated, so the field here has no parameters)
+    response = await stack.client.get(
+        "/api/machines", headers={"X-Simulate": 'set-header=RateLimit-Policy:"api"'}
+    )
+    assert response.headers.getall("RateLimit-Policy") == ['"api"']
+    assert "RateLimit" not in response.headers
+
+
+async def test_an_upstream_429_pauses_the_route(make_stack: Any) -> None:
+    """The API's 429 with Retry-After pauses the route: the next caller is held or refused."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("100/1m", max_wait=0.0))
+    response = await stack.client.get(
+        "/api/machines", headers={"X-Simulate": "error=TooManyRequests;retry-after=3"}
+    )
+    assert response.status == 429
+    assert PROXY_HEADER not in response.headers  # the API's own answer, passed through
+    after = await stack.client.get("/api/machines")
+    assert after.status == 429
+    assert after.headers[PROXY_HEADER] == "TooManyRequests"
+    assert int(after.headers["Retry-After"]) >= 3
+    labels = {"route": "machines.list", "reason": "calls"}
+    assert stack.sample("defender_proxy_upstream_throttled_total", **labels) == 1
+    assert stack.sample("defender_proxy_upstream_pauses_active") == 1
+    assert (await _stats(stack))["requests"] == 1
+
+
+async def test_shadow_mode_counts_but_never_holds(make_stack: Any) -> None:
+    """In shadow mode every request passes; what enforcement would have done is counted."""
+    stack: Stack = await make_stack(
+        quota=True, throttle=throttle("1/1m", max_wait=0.0, mode="shadow")
+    )
+    statuses = [(await stack.client.get("/api/machines")).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="shadow_refused") == 2
+    assert (await _stats(stack))["requests"] == 3
+
+
+async def test_a_caller_leaving_while_waiting_gives_its_slot_back(make_stack: Any) -> None:
+    """A caller that disconnects while waiting frees its reservation for the next caller."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("1/1m", max_wait=120.0))
+    assert (await stack.client.get("/api/machines")).status == 200
+    waiting = asyncio.create_task(stack.client.get("/api/machines"))
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if stack.proxy.in_flight == 0:
+            break
+    assert stack.proxy.in_flight == 0
+    await asyncio.sleep(0.05)  # the give-back runs as its own task
+    response = await stack.client.get("/api/machines", headers={"X-Defender-Proxy-Max-Wait": "0s"})
+    assert response.status == 429
+    # The freed slot is the one a minute after the first admission, not two minutes.
+    assert int(response.headers["Retry-After"]) <= 60
