@@ -290,6 +290,7 @@ class Proxy:
             fields["note"] = outcome.note
         if outcome.admission is not None:
             fields["quota"] = outcome.admission.outcome
+            fields["admit_ms"] = round(outcome.admission.decided * 1000, 3)
             if outcome.admission.waited:
                 fields["wait_ms"] = round(outcome.admission.waited * 1000, 3)
         self._log.info("request", **fields)

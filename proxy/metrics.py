@@ -133,6 +133,13 @@ class Metrics:
             ["route", "window"],
             registry=r,
         )
+        self.store_duration = Histogram(
+            "defender_proxy_quota_store_duration_seconds",
+            "Time one admission decision took in the quota store (one round trip for Redis).",
+            ["store"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=r,
+        )
         self.upstream_throttled = Counter(
             "defender_proxy_upstream_throttled",
             "429 answers from the API, by route and parsed reason (calls, cpu, unknown).",

@@ -45,6 +45,8 @@ class Admission:
     decision: Decision
     outcome: str
     waited: float
+    #: seconds the store took to decide (one round trip for Redis)
+    decided: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Limiter:
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._log = get_logger("quota")
+        self._store_timer = metrics.store_duration.labels(store.name)
         metrics.pauses_active.set_function(self._count_pauses)
 
     def _count_pauses(self) -> float:
@@ -125,7 +128,10 @@ class Limiter:
         policy = self._routes[route]
         deadline = self._deadline(headers)
         reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
+        started = time.perf_counter()
         decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
+        decided = time.perf_counter() - started
+        self._store_timer.observe(decided)
         for name, left in zip(policy.names, decision.remaining, strict=True):
             self._metrics.quota_remaining.labels(route, name).set(left)
         if policy.shadow:
@@ -135,7 +141,7 @@ class Limiter:
                 else ("shadow_waited" if decision.admitted else "shadow_refused")
             )
             self._metrics.admissions.labels(route, outcome).inc()
-            return Admission(policy.quota, decision, outcome, 0.0)
+            return Admission(policy.quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
             self._metrics.admissions.labels(route, "refused").inc()
             retry = max(1, math.ceil(decision.wait))
@@ -162,7 +168,7 @@ class Limiter:
             outcome = "admitted"
             self._metrics.admission_wait.labels(route).observe(0.0)
         self._metrics.admissions.labels(route, outcome).inc()
-        return Admission(policy.quota, decision, outcome, decision.wait)
+        return Admission(policy.quota, decision, outcome, decision.wait, decided)
 
     def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""

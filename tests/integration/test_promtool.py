@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Any
 
 from tests.conftest import Stack
 
 
-async def test_exposition_is_clean_for_promtool(stack: Stack) -> None:
+async def test_exposition_is_clean_for_promtool(make_stack: Any) -> None:
     """promtool finds nothing to complain about in the exposition, errors and markers included."""
+    stack: Stack = await make_stack(quota=True)
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (Debian package prometheus; `make test` installs it)"
     for directive in ("", "error=Unauthorized", "error=Forbidden", "body=html", "hunting-429",
@@ -21,6 +23,8 @@ async def test_exposition_is_clean_for_promtool(stack: Stack) -> None:
     await response.read()
     exposition = stack.metrics.exposition()
     assert b"defender_api_errors_total{" in exposition
+    assert b"defender_proxy_admissions_total{" in exposition
+    assert b"defender_proxy_quota_remaining{" in exposition
     result = subprocess.run(  # noqa: ASYNC221 - a short local check
         [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30
     )
