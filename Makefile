@@ -63,8 +63,13 @@ test: lint types unit
 demo: $(VENV)/.installed
 	@bash deploy/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
 
+# Benchmarks use wrk for saturation figures (Debian package wrk; installed here when root).
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
+	  || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(BIN)/python -m bench.first
+	$(BIN)/python -m bench.waiting
+	$(BIN)/python -m bench.quota
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

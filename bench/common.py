@@ -62,6 +62,7 @@ class Service:
 
     proc: subprocess.Popen[bytes]
     port: int
+    admin: int = 0
 
     @property
     def pid(self) -> int:
@@ -126,7 +127,7 @@ def start_proxy(upstream_port: int, cpu: int | None = None, **env: str) -> Servi
     )
     _wait_port(port, proc)
     _wait_port(admin, proc)
-    return Service(proc, port)
+    return Service(proc, port, admin)
 
 
 @contextlib.contextmanager

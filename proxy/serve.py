@@ -29,7 +29,10 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     await admin_runner.setup()
     await proxy_runner.setup()
     try:
-        proxy_site = web.TCPSite(proxy_runner, settings.listen.host, settings.listen.port)
+        # A deep accept queue: a gateway may see thousands of tools connect at once.
+        proxy_site = web.TCPSite(
+            proxy_runner, settings.listen.host, settings.listen.port, backlog=4096
+        )
         admin_site = web.TCPSite(
             admin_runner, settings.admin_listen.host, settings.admin_listen.port
         )
