@@ -65,7 +65,7 @@ demo: $(VENV)/.installed
 
 # Benchmarks use wrk for saturation figures (Debian package wrk; installed here when root).
 bench: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 	  || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(BIN)/python -m bench.first
 	$(BIN)/python -m bench.waiting
