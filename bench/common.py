@@ -108,15 +108,26 @@ def start_simulator(cpu: int | None = None, *limits: str) -> Service:
     return Service(proc, port)
 
 
-def start_proxy(upstream_port: int, cpu: int | None = None, **env: str) -> Service:
+# The benchmark route's quota: large enough never to hold the load, so every admission is the
+# full decision (the log of admissions, the gauges) without turning the load into 429s.
+BENCH_THROTTLE = 'throttle:\n  routes:\n    - {name: machines.list, limits: ["100000000/1h"]}\n'
+
+
+def start_proxy(
+    upstream_port: int, cpu: int | None = None, config: str = BENCH_THROTTLE, **env: str
+) -> Service:
     """The proxy (all features on, JSON logs to /dev/null) in front of the upstream."""
     port, admin = free_port(), free_port()
+    config_file = RESULTS / f".proxy-{port}.yaml"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config)
     environ = {
         **os.environ,
         "DEFENDER_PROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
         "DEFENDER_PROXY_LISTEN": f"127.0.0.1:{port}",
         "DEFENDER_PROXY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
         "DEFENDER_PROXY_LOG_FORMAT": "json",
+        "DEFENDER_PROXY_CONFIG": str(config_file),
         **env,
     }
     proc = subprocess.Popen(

@@ -10,9 +10,7 @@ import asyncio
 import json
 import os
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
@@ -85,15 +83,13 @@ async def _hold(port: int, admin: int, pid: int) -> dict[str, float]:
 def main() -> None:
     """Hold the callers, print the figures."""
     sim = start_simulator(cpu=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "proxy.yaml"
-        config.write_text(
-            'throttle:\n  max_wait: 60s\n  routes:\n    - {name: machines.list, limits: ["20000/1h"]}\n'
-        )
-        proxy = start_proxy(sim.port, cpu=0, DEFENDER_PROXY_CONFIG=str(config))
-        with services(proxy, sim):
-            time.sleep(0.5)
-            figures = asyncio.run(_hold(proxy.port, proxy.admin, proxy.pid))
+    config = (
+        'throttle:\n  max_wait: 60s\n  routes:\n    - {name: machines.list, limits: ["20000/1h"]}\n'
+    )
+    proxy = start_proxy(sim.port, cpu=0, config=config)
+    with services(proxy, sim):
+        time.sleep(0.5)
+        figures = asyncio.run(_hold(proxy.port, proxy.admin, proxy.pid))
     for key, value in figures.items():
         print(f"{key:<26}{value:>12.1f}")
     verdict = "met" if figures["rss_waiting_mib"] <= 300 else "MISSED"

@@ -63,7 +63,6 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     if log_format == "auto":
         log_format = "console" if out.isatty() else "json"
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from multidict import CIMultiDictProxy
 
@@ -35,6 +35,7 @@ from proxy.units import parse_duration
 MAX_WAIT_HEADER: Final = "X-Defender-Proxy-Max-Wait"
 PRIORITY_HEADER: Final = "X-Defender-Proxy-Priority"
 PRIORITIES: Final = ("interactive", "bulk")
+OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
 
 
 @dataclass(slots=True)
@@ -56,6 +57,10 @@ class _RoutePolicy:
     policy_header: str
     bulk: bool
     shadow: bool
+    # the route's metric children, looked up once
+    remaining: tuple[Any, ...]
+    outcomes: dict[str, Any]
+    wait: Any
 
 
 class Limiter:
@@ -87,7 +92,14 @@ class Limiter:
                 for name, lim in zip(names, spec.limits, strict=True)
             )
             self._routes[spec.name] = _RoutePolicy(
-                quota, names, policy, priority == "bulk", mode == "shadow"
+                quota,
+                names,
+                policy,
+                priority == "bulk",
+                mode == "shadow",
+                tuple(metrics.quota_remaining.labels(spec.name, name) for name in names),
+                {o: metrics.admissions.labels(spec.name, o) for o in OUTCOMES},
+                metrics.admission_wait.labels(spec.name),
             )
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
@@ -132,18 +144,17 @@ class Limiter:
         decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
         decided = time.perf_counter() - started
         self._store_timer.observe(decided)
-        for name, left in zip(policy.names, decision.remaining, strict=True):
-            self._metrics.quota_remaining.labels(route, name).set(left)
+        for gauge, left in zip(policy.remaining, decision.remaining, strict=True):
+            gauge.set(left)
         if policy.shadow:
-            outcome = (
-                "admitted"
-                if decision.wait <= 0
-                else ("shadow_waited" if decision.admitted else "shadow_refused")
-            )
-            self._metrics.admissions.labels(route, outcome).inc()
+            if decision.wait <= 0:
+                outcome = "admitted"
+            else:
+                outcome = "shadow_waited" if decision.admitted else "shadow_refused"
+            policy.outcomes[outcome].inc()
             return Admission(policy.quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
-            self._metrics.admissions.labels(route, "refused").inc()
+            policy.outcomes["refused"].inc()
             retry = max(1, math.ceil(decision.wait))
             raise QuotaRefusal(
                 429,
@@ -163,11 +174,10 @@ class Limiter:
                 task.add_done_callback(self._pending.discard)
                 raise
             outcome = "waited"
-            self._metrics.admission_wait.labels(route).observe(decision.wait)
         else:
             outcome = "admitted"
-            self._metrics.admission_wait.labels(route).observe(0.0)
-        self._metrics.admissions.labels(route, outcome).inc()
+        policy.wait.observe(decision.wait)
+        policy.outcomes[outcome].inc()
         return Admission(policy.quota, decision, outcome, decision.wait, decided)
 
     def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
