@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy import app as wiring
 from proxy import logs
-from proxy.config import Settings
+from proxy.config import Settings, redact_url
 
 
 async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None = None) -> int:
@@ -50,6 +50,7 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         admin=f"{settings.admin_listen.host}:{ports[1]}",
         upstream=settings.upstream,
         tls_verify=settings.tls.verify,
+        quota_store=redact_url(settings.throttle.store),
     )
     if not settings.tls.verify:
         log.warning("TLS verification of the upstream is OFF: tls.verify is false")
