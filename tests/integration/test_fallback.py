@@ -1,0 +1,82 @@
+"""The circuit breaker: a dead Redis costs one store timeout, then the local share takes over."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from proxy.quota.fallback import FallbackStore
+from proxy.quota.redis_store import RedisStore
+from proxy.quota.store import Quota, as_windows
+
+
+class Clock:
+    """A hand-driven clock for the breaker and the local share."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again: nothing listens there
+
+
+def _store(url: str, clock: Clock, changes: list[bool]) -> FallbackStore:
+    return FallbackStore(
+        RedisStore(url, timeout=0.05),
+        timeout=0.05,
+        cooldown=5.0,
+        expected_replicas=3,
+        on_change=changes.append,
+        clock=clock,
+    )
+
+
+QUOTA = Quota("dp:{test:fallback}", as_windows([(9, 60.0)], 0.0))
+
+
+async def test_dead_store_falls_back_to_the_local_share() -> None:
+    """With Redis unreachable each replica admits a third of the limit, and says so once."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    admitted = [(await store.admit(QUOTA, f"m{i}", 0.0, 0.0, False)).admitted for i in range(4)]
+    assert admitted == [True, True, True, False]
+    assert changes == [True]
+    assert store.in_fallback
+    await store.close()
+
+
+async def test_open_breaker_does_not_call_the_store() -> None:
+    """While the breaker is open, admissions do not wait on the dead store at all."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    await store.admit(QUOTA, "first", 0.0, 0.0, False)
+    started = time.perf_counter()
+    for i in range(50):
+        await store.admit(QUOTA, f"m{i}", 0.0, 0.0, False)
+    assert time.perf_counter() - started < 0.05  # 50 calls, far less than one store timeout
+    await store.close()
+
+
+async def test_breaker_returns_to_the_shared_store(redis_proc: Any) -> None:
+    """After the cooldown the shared store is tried again and, answering, takes over."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
+    await store.shared.client.flushdb()
+    store._failed(ConnectionError("simulated"))  # as if the last call had failed
+    assert store.in_fallback
+    await store.admit(QUOTA, "during", 0.0, 0.0, False)
+    assert await store.shared.client.exists("dp:{test:fallback}:w60000000") == 0
+    clock.now += 5.0
+    decision = await store.admit(QUOTA, "after", 0.0, 0.0, False)
+    assert decision.admitted
+    assert not store.in_fallback
+    assert changes == [True, False]
+    assert await store.shared.client.exists("dp:{test:fallback}:w60000000") == 1
+    await store.close()
