@@ -73,3 +73,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The container image, with docker when an engine answers, else podman.
+# Where the official base cannot be pulled, build on the debootstrapped stand-in:
+#   make image PYTHON_IMAGE=localhost/debian-python:bookworm BUILD_ARGS="--pull=never --network host"
+IMAGE ?= defender-proxy:dev
+PYTHON_IMAGE ?=
+BUILD_ARGS ?=
+
+.PHONY: image
+image:
+	@if docker info >/dev/null 2>&1; then engine=docker; \
+	elif command -v podman >/dev/null; then engine=podman; \
+	else echo "make image needs docker (with a running engine) or podman" >&2; exit 1; fi; \
+	set -x; $$engine build --tag $(IMAGE) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(BUILD_ARGS) .
