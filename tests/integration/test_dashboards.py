@@ -1,0 +1,440 @@
+"""The Grafana dashboards, proved against a real Prometheus scraping a real proxy.
+
+The proxy CLI runs in front of the simulator with a small quota on ``machines.list``, so its
+traffic makes the proxy wait and refuse as well as forward 200s, 401s, 403s, 404s, an HTML 502,
+a reset connection and the API's own 429. Prometheus scrapes the admin port every second with the
+``namespace`` and ``pod`` labels a Kubernetes scrape adds. Every panel's expression, its variables
+substituted, must then parse and return data; every metric a dashboard or an alert rule names must
+be in the proxy's exposition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import re
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.procs import start_cli
+from tests.prom import Matcher, PrometheusServer, selectors
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
+#: What a Kubernetes scrape adds to every series; the dashboards select on it.
+SCRAPE_LABELS = {"namespace": "test", "pod": "proxy-0"}
+#: What Grafana would put in for the variables, for this scrape.
+VALUES = {
+    "namespace": "test",
+    "pod": "proxy-0",
+    "route": ".*",
+    "__rate_interval": "1m",
+    "__interval": "5s",
+    "__range": "5m",
+}
+DEFAULT_JOB = "defender-proxy"
+#: Series Prometheus makes itself; rules may name them, the proxy never exports them.
+FROM_PROMETHEUS = frozenset(
+    {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added",
+     "scrape_samples_post_metric_relabeling", "ALERTS", "ALERTS_FOR_STATE"}
+)  # fmt: skip
+TARGET_LABELS = frozenset({"job", "instance", *SCRAPE_LABELS})
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+_LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_LABEL_VALUES = re.compile(r"^label_values\((?:(.*),\s*)?(\w+)\)$", re.S)
+# A comparison with a number: "> 0.2", ">= 3"; not "> 5 * rate(…)", a factor.
+_ABOVE = re.compile(r">=?\s*(?:bool\s+)?(\d+(?:\.\d+)?(?:e[+-]?\d+)?)(?![\d.]|\s*[*/])", re.I)
+
+# A quota of 5 per second on machines.list: a burst of 12 gets 5 at once, 5 after ~1.1 s (within
+# max_wait) and 2 refusals. max_pause caps the pause an API 429 causes, so the next round's 429
+# reaches the API again and the throttled counter moves under rate().
+PROXY_CONFIG = """\
+upstream: http://127.0.0.1:{port}
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+timeouts: {{connect: 1s, read: 5s}}
+shutdown_grace: 1s
+throttle:
+  max_wait: 2s
+  margin: 100ms
+  max_pause: 1s
+  routes:
+    - {{name: machines.list, limits: ["5/1s"]}}
+"""
+# (method, path, X-Simulate): one of each answer the panels show, on several routes.
+MIX = (
+    ("GET", "/api/machines/1", ""),
+    ("GET", "/api/machines/2", ""),
+    ("GET", "/api/alerts", ""),
+    ("GET", "/api/alerts/1", "error=Unauthorized"),
+    ("GET", "/api/machines/1", "error=Unauthorized"),
+    ("GET", "/api/machines/2", "error=Forbidden"),
+    ("POST", "/api/machines/3/isolate", "error=Forbidden"),
+    ("GET", "/api/machines/4", "error=NotFound"),
+    ("GET", "/api/alerts", "body=html;status=502"),
+    ("GET", "/api/alerts/2", "reset"),
+    # Its own route: the pause it causes holds nothing else.
+    ("POST", "/api/advancedqueries/run", "hunting-429"),
+)
+BURST = 12
+
+
+def _dashboards() -> Iterator[tuple[str, dict[str, Any]]]:
+    assert DASHBOARDS, f"no dashboards in {ROOT / 'dashboards'}"
+    for path in DASHBOARDS:
+        yield path.name, json.loads(path.read_text())
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel that is not a row, those inside collapsed rows included."""
+    found = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            found.extend(panel.get("panels", []))
+        else:
+            found.append(panel)
+    return found
+
+
+def _targets() -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, dashboard in _dashboards():
+        for panel in _panels(dashboard):
+            for target in panel["targets"]:
+                yield f"{name}: {panel['title']!r} {target['refId']}", target
+
+
+def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+
+def _variable_query(variable: dict[str, Any]) -> str:
+    query = variable["query"]
+    return str(query["query"] if isinstance(query, dict) else query)
+
+
+def _substitute(expr: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = next(group for group in match.groups() if group)
+        assert name in VALUES, f"unknown variable ${name} in {expr}"
+        return VALUES[name]
+
+    return _VARIABLE.sub(value, expr)
+
+
+def _rules() -> list[dict[str, Any]]:
+    if not RULES.exists():
+        return []
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _thresholds(rules: list[dict[str, Any]], status: str) -> set[float]:
+    """The numbers the alert rules on ``status`` compare a rate against (``> 0`` guards aside)."""
+    found = {
+        float(number)
+        for rule in rules
+        if "alert" in rule
+        and any(("status", "=", status) in matchers for _, matchers in selectors(rule["expr"]))
+        for number in _ABOVE.findall(rule["expr"])
+    }
+    found.discard(0.0)
+    return found
+
+
+def _job(rules: list[dict[str, Any]]) -> str:
+    """The job name the rules expect on ``up``, so the test's scrape config matches them."""
+    for rule in rules:
+        for _, matchers in selectors(rule["expr"]):
+            for label, op, value in matchers:
+                if label == "job" and op == "=":
+                    return value
+    return DEFAULT_JOB
+
+
+def _exposed(text: str) -> dict[str, list[dict[str, str]]]:
+    """Sample name → the label sets it has in the exposition."""
+    exposed: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, []).append(dict(sample.labels))
+    return exposed
+
+
+def _sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` that carry ``labels``."""
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _selector_problems(
+    where: str, name: str, matchers: list[Matcher], exposed: dict[str, list[dict[str, str]]]
+) -> list[str]:
+    """What is wrong with one selector: a metric the proxy does not export, a label it lacks."""
+    if name not in exposed:
+        return [f"{where}: {name or 'a selector without a name'} is not in the exposition"]
+    labels = {label for series in exposed[name] for label in series} | TARGET_LABELS
+    return [
+        f"{where}: {name} has no label {label!r}"
+        for label, _, _ in matchers
+        if label not in labels and label != "__name__"
+    ]
+
+
+async def _traffic(session: aiohttp.ClientSession, port: int) -> Counter[int]:
+    """One round of the mix, then the burst over machines.list; the statuses seen."""
+    seen: Counter[int] = Counter()
+
+    async def call(method: str, path: str, directive: str) -> None:
+        headers = {"X-Simulate": directive} if directive else {}
+        async with session.request(
+            method, f"http://127.0.0.1:{port}{path}", headers=headers
+        ) as response:
+            await response.read()
+            seen[response.status] += 1
+
+    for method, path, directive in MIX:
+        await call(method, path, directive)
+    await asyncio.gather(*(call("GET", "/api/machines", "") for _ in range(BURST)))
+    return seen
+
+
+async def _scraped(prometheus: PrometheusServer, expr: str, at_least: float) -> None:
+    """Wait (bounded) until Prometheus has a sample of ``expr`` of at least ``at_least``."""
+    async with asyncio.timeout(15):
+        while True:
+            result = await prometheus.query(expr)
+            if result and float(result[0]["value"][1]) >= at_least:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def _evaluated_rules(prometheus: PrometheusServer) -> list[dict[str, Any]]:
+    """The loaded rules, once each has been evaluated at least once (bounded wait)."""
+    async with asyncio.timeout(10):
+        while True:
+            answer = await prometheus.api("rules")
+            rules = [rule for g in answer["data"]["groups"] for rule in g["rules"]]
+            if all(not rule["lastEvaluation"].startswith("0001-") for rule in rules):
+                return rules
+            await asyncio.sleep(0.2)
+
+
+async def _query_problems(
+    prometheus: PrometheusServer, where: str, target: dict[str, Any]
+) -> list[str]:
+    """What is wrong with one panel target's answer: an error, no data, or missing legend labels."""
+    expr = _substitute(target["expr"])
+    try:
+        result = await prometheus.query(expr)
+    except AssertionError as exc:
+        return [f"{where}: {exc}\n    {expr}"]
+    values = [float(series["value"][1]) for series in result]
+    if not any(math.isfinite(value) for value in values):
+        return [f"{where}: no data ({len(values)} series, none finite)\n    {expr}"]
+    legend = set(_LEGEND_LABEL.findall(target.get("legendFormat", "")))
+    return [
+        f"{where}: legend label {label!r} missing from {series['metric']}"
+        for series in result
+        for label in legend
+        if label not in series["metric"]
+    ]
+
+
+async def _variable_problems(
+    prometheus: PrometheusServer, where: str, variable: dict[str, Any]
+) -> list[str]:
+    """What is wrong with a label_values() variable: its selector finds no series with the label."""
+    match = _LABEL_VALUES.match(_variable_query(variable))
+    assert match, where
+    selector, label = match.group(1) or "", match.group(2)
+    # label_values(label) alone looks at every series.
+    selector = _substitute(selector) if selector else '{__name__=~".+"}'
+    expr = f"group by ({label}) ({selector})"
+    try:
+        result = await prometheus.query(expr)
+    except AssertionError as exc:
+        return [f"{where}: {exc}\n    {expr}"]
+    if not any(label in series["metric"] for series in result):
+        return [f"{where}: no value for {label}\n    {expr}"]
+    return []
+
+
+def test_dashboards_are_well_formed() -> None:
+    """Each dashboard has a recent schema, the variables, unique ids and ${datasource} everywhere."""
+    uids = set()
+    for name, dashboard in _dashboards():
+        assert dashboard["schemaVersion"] >= 39, name
+        assert dashboard["uid"] not in uids, f"{name}: uid {dashboard['uid']} is used twice"
+        uids.add(dashboard["uid"])
+        variables = _variables(dashboard)
+        assert variables["datasource"]["type"] == "datasource", name
+        assert variables["datasource"]["query"] == "prometheus", name
+        for variable in ("namespace", "pod", "route"):
+            assert variables[variable]["type"] == "query", (name, variable)
+            assert variables[variable]["datasource"]["uid"] == "${datasource}", (name, variable)
+            assert _LABEL_VALUES.match(_variable_query(variables[variable])), (name, variable)
+        assert variables["route"]["multi"], name
+        assert variables["route"]["includeAll"], name
+        assert variables["route"]["allValue"] == ".*", name
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        ids += [p["id"] for row in dashboard["panels"] for p in row.get("panels", [])]
+        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat: {sorted(ids)}"
+        for panel in _panels(dashboard):
+            assert panel["datasource"]["uid"] == "${datasource}", (name, panel["title"])
+            assert panel["targets"], (name, panel["title"])
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", (name, panel["title"])
+                for metric, matchers in selectors(target["expr"]):
+                    for label in SCRAPE_LABELS:
+                        assert (label, "=~", f"${label}") in matchers, (panel["title"], metric)
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_auth_error_panel_draws_the_alert_thresholds(status: str) -> None:
+    """The 401 and 403 panels draw, as lines, exactly the thresholds of that status's alert rules."""
+    rules = _rules()
+    expected = _thresholds(rules, status)
+    assert expected or not rules, f"no threshold in the {status} alert rules of {RULES}"
+    panels = [
+        panel
+        for _, dashboard in _dashboards()
+        for panel in _panels(dashboard)
+        if any(
+            ("status", "=", status) in matchers
+            for target in panel["targets"]
+            for _, matchers in selectors(target["expr"])
+        )
+    ]
+    assert panels, f"no panel shows the API's {status}s"
+    for panel in panels:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert "line" in defaults["custom"]["thresholdsStyle"]["mode"], panel["title"]
+        drawn = {step["value"] for step in defaults["thresholds"]["steps"]} - {None}
+        assert drawn, panel["title"]
+        if rules:
+            assert drawn == expected, panel["title"]
+
+
+@dataclass
+class Scraped:
+    """Prometheus after it has scraped the proxy through two rounds of traffic."""
+
+    prometheus: PrometheusServer
+    #: the proxy's /metrics after the last round
+    exposition: str
+    rules: list[dict[str, Any]]
+
+
+@pytest.fixture
+async def scraped(
+    simulator: TestServer, tmp_path: Path, unused_tcp_port: int
+) -> AsyncIterator[Scraped]:
+    """The proxy CLI in front of the simulator, scraped by Prometheus, after the traffic."""
+    assert shutil.which("prometheus"), "prometheus is required (Debian package prometheus)"
+    rules = _rules()
+    if rules:
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is required (Debian package prometheus)"
+        checked = subprocess.run(  # noqa: ASYNC221 - a short local check
+            [promtool, "check", "rules", str(RULES)], capture_output=True, timeout=30
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    job = _job(rules)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(PROXY_CONFIG.format(port=simulator.port))
+    process = await start_cli("run", "--config", str(config))
+    prometheus = PrometheusServer(tmp_path, unused_tcp_port)
+    drain: asyncio.Task[None] | None = None
+    try:
+        line = await process.wait_for("listening")
+        # Keep reading its log lines, or a full pipe would stall the proxy mid-test.
+        drain = asyncio.create_task(process.drain_output())
+        port = int(line["proxy"].rsplit(":", 1)[1])
+        admin = line["admin"]
+        await prometheus.start(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+                           "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)] if rules else [],
+                "scrape_configs": [
+                    {"job_name": job,
+                     "static_configs": [{"targets": [admin], "labels": SCRAPE_LABELS}]}
+                ],
+            }
+        )  # fmt: skip
+        await _scraped(prometheus, f'up{{job="{job}"}}', 1)
+        statuses: Counter[int] = Counter()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            # Two rounds with a scrape between them, so every counter moves under rate().
+            for _ in range(2):
+                statuses += await _traffic(session, port)
+                async with session.get(f"http://{admin}/metrics") as response:
+                    exposition = await response.text()
+                await _scraped(
+                    prometheus,
+                    f'sum(defender_proxy_requests_total{{job="{job}"}})',
+                    _sum(exposition, "defender_proxy_requests_total"),
+                )
+        # The traffic did what the panels need: every answer, waits, refusals, an API 429, a reset.
+        assert {200, 401, 403, 404, 429, 502} <= statuses.keys(), statuses
+        for name, labels in (
+            ("defender_proxy_admissions_total", {"route": "machines.list", "outcome": "waited"}),
+            ("defender_proxy_admissions_total", {"route": "machines.list", "outcome": "refused"}),
+            ("defender_proxy_upstream_throttled_total", {"route": "advancedqueries.run"}),
+            ("defender_proxy_upstream_failures_total", {"kind": "reset"}),
+        ):
+            assert _sum(exposition, name, **labels) >= 2, (name, labels)
+        yield Scraped(prometheus, exposition, rules)
+    finally:
+        await prometheus.stop()
+        await process.stop()
+        if drain is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drain, 5)
+
+
+async def test_every_panel_returns_data_from_a_real_prometheus(scraped: Scraped) -> None:
+    """After mixed traffic, every panel and variable query returns data; every metric named exists."""
+    exposed = _exposed(scraped.exposition)
+    problems: list[str] = []
+    for where, target in _targets():
+        for metric, matchers in selectors(target["expr"]):
+            problems += _selector_problems(where, metric, matchers, exposed)
+            has_route = any("route" in series for series in exposed.get(metric, []))
+            if has_route and ("route", "=~", "$route") not in matchers:
+                problems.append(f'{where}: {metric} is not filtered by route=~"$route"')
+        problems += await _query_problems(scraped.prometheus, where, target)
+    for name, dashboard in _dashboards():
+        for variable in ("namespace", "pod", "route"):
+            problems += await _variable_problems(
+                scraped.prometheus, f"{name}: ${variable}", _variables(dashboard)[variable]
+            )
+    recorded = {rule["record"] for rule in scraped.rules if "record" in rule}
+    for rule in scraped.rules:
+        where = f"{RULES.name}: {rule.get('alert') or rule.get('record')}"
+        for metric, matchers in selectors(rule["expr"]):
+            if metric not in FROM_PROMETHEUS | recorded:
+                problems += _selector_problems(where, metric, matchers, exposed)
+    if scraped.rules:
+        for rule in await _evaluated_rules(scraped.prometheus):
+            if rule["health"] != "ok":
+                problems.append(f"{RULES.name}: {rule['name']}: {rule.get('lastError')}")
+    assert not problems, "\n".join(problems)
