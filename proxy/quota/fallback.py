@@ -2,7 +2,9 @@
 
 Every call to the shared store has ``store_timeout``; a failure opens the breaker for ``cooldown``
 seconds, during which each replica admits against its own share of every limit (the limit divided
-by the expected number of replicas, at least 1) in an in-process store. After the cooldown one call
+by the expected number of replicas, at least 1) in an in-process store. That store mirrors every
+admission this replica got from the shared one, so the fallback counts what the replica already
+sent in the current windows rather than starting from nothing. After the cooldown one call
 goes to the shared store again: if it answers, the breaker closes and the shared quota is back.
 A request therefore never waits on a dead store for longer than one ``store_timeout``.
 """
@@ -52,6 +54,7 @@ class FallbackStore:
         self._on_change = on_change
         self._clock = clock
         self._open_until: float | None = None
+        self._opened_at = 0.0
         self._errors = _errors()
         self._log = get_logger("quota")
 
@@ -69,7 +72,8 @@ class FallbackStore:
 
     def _failed(self, exc: BaseException) -> None:
         was_open = self._open_until is not None
-        self._open_until = self._clock() + self._cooldown
+        self._opened_at = self._clock()
+        self._open_until = self._opened_at + self._cooldown
         if not was_open:
             self._log.warning(
                 "quota store unreachable: admitting against the local share",
@@ -80,8 +84,9 @@ class FallbackStore:
             if self._on_change is not None:
                 self._on_change(True)
 
-    def _succeeded(self) -> None:
-        if self._open_until is not None:
+    def _succeeded(self, started: float) -> None:
+        # A call that began before the breaker opened proves nothing about the store now.
+        if self._open_until is not None and started >= self._opened_at:
             self._open_until = None
             self._log.info("quota store reachable again: the shared quota is back")
             if self._on_change is not None:
@@ -92,13 +97,18 @@ class FallbackStore:
     ) -> Decision:
         """See ``QuotaStore.admit``."""
         if self._use_shared():
+            started = self._clock()
             try:
                 async with asyncio.timeout(self._timeout):
                     decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
             except self._errors as exc:
                 self._failed(exc)
             else:
-                self._succeeded()
+                self._succeeded(started)
+                if decision.admitted:
+                    # Mirror what this replica sends, so that a fallback starts from what it
+                    # already used in the current windows instead of from nothing.
+                    self.local.record(self._local_share(quota), started + decision.wait)
                 return decision
         return await self.local.admit(self._local_share(quota), member, max_wait, reserve, shadow)
 
@@ -116,13 +126,14 @@ class FallbackStore:
         """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
         left = await self.local.pause(self._local_share(quota), seconds)
         if self._use_shared():
+            started = self._clock()
             try:
                 async with asyncio.timeout(self._timeout):
                     left = await self.shared.pause(quota, seconds)
             except self._errors as exc:
                 self._failed(exc)
             else:
-                self._succeeded()
+                self._succeeded(started)
         return left
 
     async def close(self) -> None:

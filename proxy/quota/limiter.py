@@ -38,6 +38,11 @@ PRIORITIES: Final = ("interactive", "bulk")
 OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
 
 
+def fresh_member(member: str) -> str:
+    """Another admission id for the same request (a retry after a pause)."""
+    return f"{member}+"
+
+
 @dataclass(slots=True)
 class Admission:
     """The quota's answer for one request, as the handler needs it."""
@@ -167,18 +172,23 @@ class Limiter:
                 await asyncio.sleep(decision.wait)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give its slot back to the others.
-                task = asyncio.get_running_loop().create_task(
-                    self.store.release(policy.quota, member)
-                )
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self._release_later(policy.quota, member)
                 raise
+            if self._paused_until.get(route, 0.0) > time.monotonic():
+                # The API answered 429 while this caller waited: its slot predates the pause.
+                self._release_later(policy.quota, member)
+                return await self.admit(route, fresh_member(member), headers)
             outcome = "waited"
         else:
             outcome = "admitted"
         policy.wait.observe(decision.wait)
         policy.outcomes[outcome].inc()
         return Admission(policy.quota, decision, outcome, decision.wait, decided)
+
+    def _release_later(self, quota: Quota, member: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.store.release(quota, member))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""

@@ -74,6 +74,12 @@ class MemoryStore:
             paused=paused / MICROS,
         )
 
+    def record(self, quota: Quota, at: float) -> None:
+        """Log an admission decided elsewhere (at ``at`` on this store's clock)."""
+        stamp = round(at * MICROS)
+        for log in self._load(quota, self._now()):
+            insort(log, stamp)
+
     async def release(self, quota: Quota, member: str) -> None:
         """See ``QuotaStore.release``: only a reservation still in the future is given back."""
         at = self._members.get(quota.key, {}).pop(member, None)

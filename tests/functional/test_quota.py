@@ -182,3 +182,21 @@ async def test_a_caller_leaving_while_waiting_gives_its_slot_back(make_stack: An
     assert response.status == 429
     # The freed slot is the one a minute after the first admission, not two minutes.
     assert int(response.headers["Retry-After"]) <= 60
+
+
+async def test_a_pause_holds_callers_already_waiting(make_stack: Any) -> None:
+    """A caller whose slot was reserved before an upstream 429 still waits out the pause."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("1/2s", max_wait=10.0))
+    started = time.monotonic()
+    first = asyncio.create_task(
+        stack.client.get(
+            "/api/machines",
+            headers={"X-Simulate": "slow=500ms;error=TooManyRequests;retry-after=3"},
+        )
+    )
+    await asyncio.sleep(0.1)
+    second = await stack.client.get("/api/machines")  # reserved for t≈2s, before the pause
+    elapsed = time.monotonic() - started
+    assert (await first).status == 429
+    assert second.status == 200
+    assert elapsed >= 3.4  # the pause (3 s from t≈0.5 s), not the reserved slot at 2 s

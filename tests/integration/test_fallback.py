@@ -80,3 +80,30 @@ async def test_breaker_returns_to_the_shared_store(redis_proc: Any) -> None:
     assert changes == [True, False]
     assert await store.shared.client.exists("dp:{test:fallback}:w60000000") == 1
     await store.close()
+
+
+async def test_a_call_from_before_the_failure_does_not_close_the_breaker() -> None:
+    """Only a call that began after the breaker opened may close it."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    began = clock.now
+    clock.now += 0.01
+    store._failed(TimeoutError())
+    store._succeeded(began)
+    assert store.in_fallback
+    store._succeeded(clock.now)
+    assert not store.in_fallback
+    await store.close()
+
+
+async def test_fallback_counts_what_the_replica_already_sent(redis_proc: Any) -> None:
+    """Admissions taken from Redis are mirrored, so the local share starts from them."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
+    await store.shared.client.flushdb()
+    for i in range(3):
+        assert (await store.admit(QUOTA, f"shared{i}", 0.0, 0.0, False)).admitted
+    store._failed(ConnectionError("simulated"))
+    # The local share is 9 // 3 = 3, and this replica already sent 3 in the window.
+    assert not (await store.admit(QUOTA, "local", 0.0, 0.0, False)).admitted
+    await store.close()
