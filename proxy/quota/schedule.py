@@ -15,7 +15,8 @@ oldest blocking entry leaves, or just past the entry whose window is full. ``t``
 each jump passes at least one entry, so the work is bounded by the log's length.
 
 Times are integers (microseconds) so that this module and the Redis script compute bit-identical
-answers. The Lua script in ``lua/admit.lua`` is a line-for-line port of ``earliest``.
+answers. The Lua script in ``lua/admit.lua`` ports ``earliest`` step for step, reading the sorted
+sets by rank (``ZCOUNT``) instead of as lists, so its cost does not grow with the window's length.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 -- One admission for every window of a quota, atomically, on the Redis server's clock.
--- A port of proxy/quota/schedule.py (earliest, earliest_in_window, headroom): same integers in,
--- same answer out. Times are microseconds.
+-- A port of proxy/quota/schedule.py (earliest, earliest_in_window, headroom) that works on the
+-- sorted sets by rank instead of reading them whole: every step is a ZCOUNT or a one-element
+-- ZRANGE (O(log n)), and only the reservations still to come are read, so a full hourly window
+-- costs no more than an empty one. Times are integer microseconds.
 --
 -- KEYS[1]      the quota's pause key (a time until which nothing is admitted)
 -- KEYS[2..n+1] one sorted set per window: member = admission id, score = admission time
@@ -18,50 +20,46 @@ local shadow = ARGV[4] == '1'
 local caps = {}
 for c in string.gmatch(ARGV[3], '[^,]+') do caps[#caps + 1] = tonumber(c) end
 
--- index of the first entry greater than x (entries sorted ascending), 1-based; #log + 1 if none
-local function upper(log, x)
-  local lo, hi = 1, #log + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if log[mid] <= x then lo = mid + 1 else hi = mid end
-  end
-  return lo
+-- Lua 5.1 prints numbers with 14 significant digits: times need all 16.
+local function num(x) return string.format('%.0f', x) end
+
+-- entries with a score at or before x: the 0-based rank of the first entry after x
+local function upto(key, x) return redis.call('ZCOUNT', key, '-inf', num(x)) end
+local function score_at(key, rank)
+  return tonumber(redis.call('ZRANGE', key, rank, rank, 'WITHSCORES')[2])
 end
 
-local function earliest_in_window(log, limit, width, cap, t)
-  local n = #log
+local function earliest_in_window(key, limit, width, cap, t)
   while true do
-    local first = upper(log, t - width)
-    local last = upper(log, t)  -- entries log[first .. last-1] lie in (t - width, t]
+    local first = upto(key, t - width)
+    local last = upto(key, t)  -- ranks first .. last-1 lie in (t - width, t]
     if last - first + 1 > cap then
-      t = log[last - cap] + width
+      -- wait until enough of the oldest entries in the window have left
+      t = score_at(key, last - cap) + width
     else
-      local moved = false
-      for k = last, n do
-        local entry = log[k]
-        if entry >= t + width then break end
-        if k - upper(log, entry - width) + 1 + 1 > limit then
-          t = entry + 1
-          moved = true
+      local blocked = nil
+      local future = redis.call(
+        'ZRANGEBYSCORE', key, '(' .. num(t), '(' .. num(t + width), 'WITHSCORES')
+      for j = 2, #future, 2 do
+        local entry = tonumber(future[j])
+        if upto(key, entry) - upto(key, entry - width) + 1 > limit then
+          blocked = entry  -- the window ending at this entry is full: go past it
           break
         end
       end
-      if not moved then return t end
+      if blocked == nil then return t end
+      t = blocked + 1
     end
   end
 end
 
 local windows = {}
-local logs = {}
 for i = 2, #KEYS do
   local limit = tonumber(ARGV[5 + (i - 2) * 2])
   local width = tonumber(ARGV[6 + (i - 2) * 2])
-  windows[#windows + 1] = {limit, width}
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - width)
-  local raw = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
-  local log = {}
-  for j = 2, #raw, 2 do log[#log + 1] = tonumber(raw[j]) end
-  logs[#logs + 1] = log
+  windows[#windows + 1] = {KEYS[i], limit, width}
+  -- entries at or before now - width are outside every window that ends from now on
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now - width))
 end
 
 local paused_until = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -69,7 +67,8 @@ local t = math.max(now, paused_until)
 while true do
   local moved = false
   for i = 1, #windows do
-    local found = earliest_in_window(logs[i], windows[i][1], windows[i][2], caps[i], t)
+    local w = windows[i]
+    local found = earliest_in_window(w[1], w[2], w[3], caps[i], t)
     if found > t then
       t = found
       moved = true
@@ -83,23 +82,21 @@ local admitted = wait <= max_wait
 local at = t
 if shadow then at = now end
 if shadow or admitted then
-  for i = 2, #KEYS do
-    redis.call('ZADD', KEYS[i], at, member)
+  for i = 1, #windows do
+    local w = windows[i]
+    redis.call('ZADD', w[1], num(at), member)
     -- keep the set while any entry can still matter: until the last one leaves its window
-    redis.call('PEXPIREAT', KEYS[i], math.floor((at + windows[i - 1][2]) / 1000) + 1000)
-    local log = logs[i - 1]
-    log[#log + 1] = at
-    table.sort(log)
+    redis.call('PEXPIREAT', w[1], num(math.floor((at + w[3]) / 1000) + 1000))
   end
 end
 
 local result = {admitted and 1 or 0, wait, math.max(0, paused_until - now)}
 for i = 1, #windows do
-  local log, limit, width = logs[i], windows[i][1], windows[i][2]
-  local first = upper(log, now - width)
-  local used = #log - first + 1  -- reservations still to come count as used
+  local key, limit, width = windows[i][1], windows[i][2], windows[i][3]
+  local first = upto(key, now - width)
+  local used = redis.call('ZCARD', key) - first  -- reservations still to come count as used
   local reset = 0
-  if used > 0 then reset = log[first] + width - now end
+  if used > 0 then reset = score_at(key, first) + width - now end
   result[#result + 1] = math.max(0, limit - used)
   result[#result + 1] = math.max(0, reset)
 end
