@@ -69,6 +69,8 @@ def proxy_server(proxy: Proxy) -> web.Server:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     await proxy.start()
+    if proxy.limiter is not None:
+        await proxy.limiter.warm()
     proxy.metrics.ready.set(1)
     yield
     proxy.metrics.ready.set(0)

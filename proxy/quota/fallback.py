@@ -55,6 +55,7 @@ class FallbackStore:
         self._clock = clock
         self._open_until: float | None = None
         self._opened_at = 0.0
+        self._probing = False
         self._errors = _errors()
         self._log = get_logger("quota")
 
@@ -68,9 +69,16 @@ class FallbackStore:
         return replace(quota, windows=windows)
 
     def _use_shared(self) -> bool:
-        return self._open_until is None or self._clock() >= self._open_until
+        if self._open_until is None:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            return False
+        # Half-open: this one call tries the shared store; the others stay local meanwhile.
+        self._probing = True
+        return True
 
     def _failed(self, exc: BaseException) -> None:
+        self._probing = False
         was_open = self._open_until is not None
         self._opened_at = self._clock()
         self._open_until = self._opened_at + self._cooldown
@@ -85,6 +93,7 @@ class FallbackStore:
                 self._on_change(True)
 
     def _succeeded(self, started: float) -> None:
+        self._probing = False
         # A call that began before the breaker opened proves nothing about the store now.
         if self._open_until is not None and started >= self._opened_at:
             self._open_until = None
@@ -135,6 +144,20 @@ class FallbackStore:
             else:
                 self._succeeded(started)
         return left
+
+    async def warm(self, connections: int = 8, timeout: float = 2.0) -> bool:
+        """Connect and load the scripts before the first request, so none pays for it.
+
+        A cold replica would otherwise spend its first admissions on connecting and on loading
+        scripts, miss ``store_timeout`` and fall back while Redis is perfectly well.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.shared.warm(connections)
+        except self._errors as exc:
+            self._failed(exc)
+            return False
+        return True
 
     async def close(self) -> None:
         """Close the shared store's connections."""

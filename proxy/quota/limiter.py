@@ -229,6 +229,11 @@ class Limiter:
             reason=hint.reason,
         )
 
+    async def warm(self) -> None:
+        """Prepare the store before the first request (connections, scripts)."""
+        if not await self.store.warm():
+            self._log.warning("quota store not reachable at start: using the local share")
+
     async def close(self) -> None:
         """Finish the give-backs in flight and close the store."""
         if self._pending:

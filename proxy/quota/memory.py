@@ -96,5 +96,9 @@ class MemoryStore:
         self._paused[quota.key] = until
         return (until - now) / MICROS
 
+    async def warm(self) -> bool:
+        """Nothing to prepare."""
+        return True
+
     async def close(self) -> None:
         """Nothing to release."""

@@ -8,6 +8,7 @@ Time comes from the Redis server (``TIME`` inside the script), never from a repl
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 
 import redis.asyncio as redis
@@ -73,9 +74,12 @@ class RedisStore:
         left = await self._pause(keys=[f"{quota.key}:pause"], args=[round(seconds * MICROS)])
         return int(left) / MICROS
 
-    async def ping(self) -> None:
-        """Raise unless the server answers."""
-        await self.client.ping()
+    async def warm(self, connections: int = 8) -> bool:
+        """Open ``connections`` connections and load every script on the server."""
+        await asyncio.gather(*(self.client.ping() for _ in range(connections)))
+        for script in (self._admit, self._release, self._pause):
+            script.sha = await self.client.script_load(script.script)
+        return True
 
     async def close(self) -> None:
         """Close the connection pool."""

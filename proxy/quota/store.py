@@ -65,6 +65,9 @@ class QuotaStore(Protocol):
     async def pause(self, quota: Quota, seconds: float) -> float:
         """Pause the quota for every replica for ``seconds`` (never shortening a longer pause)."""
 
+    async def warm(self) -> bool:
+        """Get ready before the first request; False if the store could not be reached."""
+
     async def close(self) -> None:
         """Release connections."""
 
