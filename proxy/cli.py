@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check(args.file)
     if args.command == "simulate":
-        return _simulate(args)
+        from proxy.simulator.__main__ import run_from_args
+
+        return run_from_args(args)
     if args.command == "catalogue":
         return _catalogue(args.config)
     _parser().print_help()
@@ -94,18 +96,6 @@ def _check(path: str) -> int:
         f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}, "
         f"admin {settings.admin_listen})"
     )
-    return 0
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from proxy.simulator import serve
-    from proxy.simulator.__main__ import config_from_args
-
-    try:
-        serve(args.host, args.port, config_from_args(args))
-    except OSError as exc:
-        print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 

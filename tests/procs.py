@@ -61,3 +61,15 @@ async def start_cli(*args: str, env: dict[str, str] | None = None) -> Process:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=full_env,
     )  # fmt: skip
     return Process(proc, [])
+
+
+async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float = 5.0) -> None:
+    """SIGTERM a process and wait for it to exit (SIGKILL if it does not)."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

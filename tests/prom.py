@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tests.procs import stop_process
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
@@ -101,14 +103,7 @@ class PrometheusServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines Prometheus logged, for failure messages."""

@@ -13,6 +13,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from tests.procs import stop_process
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -71,14 +73,7 @@ class RedisServer:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the server and wait for it to exit (SIGKILL if it does not)."""
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, timeout)
 
     async def command(self, *args: str, timeout: float = 2.0) -> bytes:
         """Send one command and return the first line of the reply (``+PONG``, ``:3``)."""

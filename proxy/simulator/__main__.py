@@ -57,7 +57,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT or SIGTERM; the exit status."""
-    args = build_parser().parse_args(argv)
+    return run_from_args(build_parser().parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the simulator the parsed options describe; the exit status."""
     try:
         serve(args.host, args.port, config_from_args(args))
     except OSError as exc:
