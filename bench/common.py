@@ -1,25 +1,33 @@
-"""Shared pieces of the benchmarks: starting the simulator and the proxy, RSS, percentiles, load."""
+"""Shared pieces of the benchmarks: starting and stopping the processes (simulator, proxy, Redis),
+RSS, percentiles, load."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def free_port() -> int:
@@ -56,43 +64,155 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over ``rows`` (rounds), keyed and ordered as the first row."""
+    return {key: median([row[key] for row in rows]) for key in rows[0]}
+
+
+def meets(value: float, op: str, bound: float) -> bool:
+    """Whether a figure meets its target ``op bound`` (``==``, ``>=`` or ``<=``)."""
+    if op == "==":
+        return math.isclose(value, bound, abs_tol=1e-9)
+    return value <= bound if op == "<=" else value >= bound
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN (a figure that does not apply) as null, which JSON can carry."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
+
+
+def write_json(name: str, data: object) -> Path:
+    """Write ``data`` to ``bench/results/<name>``, indented; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    out.write_text(json.dumps(data, indent=2))
+    return out
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
 @dataclass
 class Service:
-    """A started subprocess listening on a port."""
+    """A started subprocess listening on a port (and on an admin port, for the proxy)."""
 
     proc: subprocess.Popen[bytes]
     port: int
     admin: int = 0
+    #: where the proxy's JSON log lines go
+    log: Path = Path(os.devnull)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_all([self])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 15.0) -> None:
+def stop_all(started: Iterable[Service], seconds: float = 10.0) -> None:
+    """SIGTERM every service at once, then wait; SIGKILL those still running after ``seconds``."""
+    procs = [service.proc for service in started if service.proc.poll() is None]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def services(*started: Service) -> Iterator[None]:
+    """Stop every service on the way out."""
+    try:
+        yield
+    finally:
+        stop_all(started)
+
+
+def _terminate(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_sigterm() -> None:
+    """Make a SIGTERM unwind like Ctrl-C, through every ``finally`` that stops a process."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """``BENCH_LOG_DIR`` if set (kept afterwards), else a temporary directory removed on the way
+    out: where a bench's processes keep their configs and logs."""
+    kept = os.environ.get("BENCH_LOG_DIR")
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        yield Path(kept)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 15.0) -> None:
+    """Return once ``port`` accepts connections; raise if ``proc`` exits or ``seconds`` pass."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {seconds}s")
+    raise RuntimeError(f"nothing listens on {port} after {seconds:g}s")
+
+
+def ready(*started: Service, seconds: float = 15.0) -> None:
+    """Wait until every service listens on its ports; stop them all if one never does."""
+    try:
+        for service in started:
+            for port in (service.port, service.admin):
+                if port:
+                    wait_port(port, service.proc, seconds)
+    except BaseException:
+        stop_all(started)
+        raise
+
+
+def _environ() -> dict[str, str]:
+    # The proxy's environment variables win over its config file: none may leak in from ours
+    # (a stray DEFENDER_PROXY_STORE would point a bench at someone else's Redis).
+    return {k: v for k, v in os.environ.items() if not k.startswith("DEFENDER_PROXY_")}
 
 
 def _pinned(cpu: int | None) -> list[str]:
     if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         return []
     return ["taskset", "-c", str(cpu)]
+
+
+def start_redis(workdir: Path) -> Service:
+    """A private redis-server on a free loopback port, without persistence."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    service = Service(proc, port)
+    ready(service)
+    return service
 
 
 def start_simulator(cpu: int | None = None, *limits: str) -> Service:
@@ -102,10 +222,14 @@ def start_simulator(cpu: int | None = None, *limits: str) -> Service:
     for limit in limits:
         args += ["--limit", limit]
     proc = subprocess.Popen(
-        [*_pinned(cpu), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*_pinned(cpu), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_environ(),
     )
-    _wait_port(port, proc)
-    return Service(proc, port)
+    service = Service(proc, port)
+    ready(service)
+    return service
 
 
 # The benchmark route's quota: large enough never to hold the load, so every admission is the
@@ -113,16 +237,29 @@ def start_simulator(cpu: int | None = None, *limits: str) -> Service:
 BENCH_THROTTLE = 'throttle:\n  routes:\n    - {name: machines.list, limits: ["100000000/1h"]}\n'
 
 
-def start_proxy(
-    upstream_port: int, cpu: int | None = None, config: str = BENCH_THROTTLE, **env: str
+@contextlib.contextmanager
+def _outputs(log: Path | None) -> Iterator[tuple[IO[bytes] | int, IO[bytes] | int]]:
+    """A process's stdout and stderr: ``log`` and the same name ending ``.err``, or /dev/null."""
+    if log is None:
+        yield subprocess.DEVNULL, subprocess.DEVNULL
+        return
+    with log.open("wb") as out, log.with_suffix(".err").open("wb") as err:
+        yield out, err
+
+
+def _spawn_proxy(
+    upstream_port: int, config: str, log: Path | None, cpu: int | None, env: Mapping[str, str]
 ) -> Service:
-    """The proxy (all features on, JSON logs to /dev/null) in front of the upstream."""
+    """The proxy (JSON logs to ``log``, else /dev/null) in front of the upstream, not yet listening.
+
+    ``config`` is the YAML text; it is written next to ``log`` (``.yaml``), else to bench/results.
+    """
     port, admin = free_port(), free_port()
-    config_file = RESULTS / f".proxy-{port}.yaml"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    config_file = log.with_suffix(".yaml") if log is not None else RESULTS / f".proxy-{port}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config)
     environ = {
-        **os.environ,
+        **_environ(),
         "DEFENDER_PROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
         "DEFENDER_PROXY_LISTEN": f"127.0.0.1:{port}",
         "DEFENDER_PROXY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
@@ -130,25 +267,93 @@ def start_proxy(
         "DEFENDER_PROXY_CONFIG": str(config_file),
         **env,
     }
-    proc = subprocess.Popen(
-        [*_pinned(cpu), sys.executable, "-m", "proxy", "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=environ,
-    )
-    _wait_port(port, proc)
-    _wait_port(admin, proc)
-    return Service(proc, port, admin)
+    with _outputs(log) as (out, err):
+        proc = subprocess.Popen(
+            [*_pinned(cpu), sys.executable, "-m", "proxy", "run"],
+            stdout=out,
+            stderr=err,
+            env=environ,
+        )
+    return Service(proc, port, admin, log or Path(os.devnull))
 
 
-@contextlib.contextmanager
-def services(*started: Service) -> Iterator[None]:
-    """Stop every service on the way out."""
-    try:
-        yield
-    finally:
-        for service in started:
-            service.stop()
+def start_proxy(
+    upstream_port: int,
+    cpu: int | None = None,
+    config: str = BENCH_THROTTLE,
+    log: Path | None = None,
+    **env: str,
+) -> Service:
+    """The proxy (all features on, JSON logs to ``log``, else /dev/null) in front of the upstream,
+    listening on ``.port`` and ``.admin``."""
+    service = _spawn_proxy(upstream_port, config, log, cpu, env)
+    ready(service)
+    return service
+
+
+def start_proxies(
+    upstream_port: int, config: str, logs: list[Path], seconds: float = 20.0
+) -> list[Service]:
+    """One proxy per log file in ``logs``, all with ``config`` in front of the upstream.
+
+    Started together, then awaited together: eight proxies come up in the time of one.
+    """
+    started: list[Service] = []
+    with contextlib.ExitStack() as undo:
+        undo.callback(stop_all, started)
+        started.extend(_spawn_proxy(upstream_port, config, log, None, {}) for log in logs)
+        ready(*started, seconds=seconds)
+        undo.pop_all()
+    return started
+
+
+# -- asking the processes --------------------------------------------------------------------
+
+
+@dataclass
+class SimulatorClient:
+    """The simulator's control endpoints: its counters, and a reset of them."""
+
+    session: aiohttp.ClientSession
+    url: str
+
+    async def stats(self) -> dict[str, Any]:
+        """Requests, admissions, 429s and the most admitted in a window, since the last reset."""
+        async with self.session.get(f"{self.url}/_sim/stats") as response:
+            stats: dict[str, Any] = await response.json()
+            return stats
+
+    async def reset(self) -> None:
+        """Forget every request and figure, the quota windows too."""
+        async with self.session.post(f"{self.url}/_sim/reset") as response:
+            response.raise_for_status()
+
+
+async def scrape(
+    session: aiohttp.ClientSession, proxies: Iterable[Service], patterns: Mapping[str, str]
+) -> dict[str, float]:
+    """Per name, the sum over the proxies' /metrics of the values ``patterns[name]`` matches
+    (group 1, one line each); a name that matches nothing is left out."""
+    figures: dict[str, float] = {}
+    for proxy in proxies:
+        async with session.get(f"http://127.0.0.1:{proxy.admin}/metrics") as response:
+            text = await response.text()
+        for name, pattern in patterns.items():
+            for match in re.finditer(pattern, text, re.MULTILINE):
+                figures[name] = figures.get(name, 0.0) + float(match.group(1))
+    return figures
+
+
+def request_lines(proxy: Service, offset: int, route: str) -> list[dict[str, Any]]:
+    """The proxy's request log lines for ``route`` written past byte ``offset`` of its log."""
+    with proxy.log.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    lines = (json.loads(raw) for raw in data.splitlines() if raw.strip())
+    return [line for line in lines if line.get("event") == "request" and line["route"] == route]
+
+
+# -- load ------------------------------------------------------------------------------------
 
 
 async def fixed_rate(
@@ -177,6 +382,68 @@ async def fixed_rate(
             tasks.append(asyncio.create_task(one(urls[i % len(urls)])))
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 30)
     return latencies
+
+
+@dataclass
+class Offered:
+    """What the open-loop load did: answers by (status, who answered), skips, the snapshot."""
+
+    answers: Counter[tuple[int, str]]
+    skipped: int
+    at_end: Any
+
+
+async def offer(
+    send: Callable[[int], Awaitable[tuple[int, str]]],
+    rate: float,
+    seconds: float,
+    at_end: Callable[[], Awaitable[Any]],
+    max_in_flight: int,
+    patience: float,
+) -> Offered:
+    """Call ``send(i)`` at ``rate``/s for ``seconds`` without awaiting answers; ``at_end()`` is
+    taken ``seconds`` after the first send. Returns once every answer is in.
+
+    Open loop, but bounded: a request due while ``max_in_flight`` are unanswered is skipped and
+    counted. The answers may take ``patience`` seconds past the end of the load.
+    """
+    loop = asyncio.get_running_loop()
+    answers: Counter[tuple[int, str]] = Counter()
+    in_flight = skipped = 0
+
+    async def one(index: int) -> None:
+        nonlocal in_flight
+        try:
+            answers[await send(index)] += 1
+        except (aiohttp.ClientError, TimeoutError):
+            answers[(0, "client")] += 1
+        finally:
+            in_flight -= 1
+
+    async def snapshot(when: float) -> Any:
+        await asyncio.sleep(max(0.0, when - loop.time()))
+        return await at_end()
+
+    tasks: list[asyncio.Task[None]] = []
+    begin = loop.time()
+    end = asyncio.create_task(snapshot(begin + seconds))
+    try:
+        for index in range(round(rate * seconds)):
+            delay = begin + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= max_in_flight:
+                skipped += 1
+                continue
+            in_flight += 1
+            tasks.append(asyncio.create_task(one(index)))
+        async with asyncio.timeout(seconds + patience):
+            await asyncio.gather(*tasks)
+            snapshot_value = await end
+    finally:
+        for task in (*tasks, end):
+            task.cancel()
+    return Offered(answers, skipped, snapshot_value)
 
 
 def wrk(

@@ -8,21 +8,22 @@ and the table is also written to ``bench/results/first.json``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
 import aiohttp
 
 from bench.common import (
-    RESULTS,
+    ROOT,
     fixed_rate,
-    median,
+    medians,
+    meets,
     percentile,
     rss_mib,
     services,
     start_proxy,
     start_simulator,
+    write_json,
     wrk,
 )
 
@@ -98,7 +99,7 @@ def main() -> None:
             print(
                 f"round {number}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()), flush=True
             )
-    summary = {key: median([r[key] for r in rounds]) for key in rounds[0]}
+    summary = medians(rounds)
     summary["idle_rss_mib"] = idle
     targets = {
         "added_p50_ms": ("<=", 1.0),
@@ -116,13 +117,11 @@ def main() -> None:
         verdict = ""
         if target is not None:
             op, bound = target
-            met = value <= bound if op == "<=" else value >= bound
+            met = meets(value, op, bound)
             verdict = f"{op} {bound:g}  {'met' if met else 'MISSED'}"
         print(f"{key:<24}{value:>12.3f}  {verdict}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "first.json"
-    out.write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2))
-    print(f"\nwritten to {out.relative_to(RESULTS.parent.parent)}")
+    out = write_json("first.json", {"rounds": rounds, "median": summary})
+    print(f"\nwritten to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -42,29 +42,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from bisect import insort
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import redis.asyncio as redis
 
-from bench.common import RESULTS, Service, free_port, median, percentile
+from bench.common import (
+    ROOT,
+    Offered,
+    Service,
+    SimulatorClient,
+    finite,
+    medians,
+    meets,
+    offer,
+    percentile,
+    request_lines,
+    scrape,
+    scratch_dir,
+    services,
+    start_proxies,
+    start_redis,
+    start_simulator,
+    unwind_on_sigterm,
+    write_json,
+)
 from bench.quota_naive import NaiveReplicas, max_in_window
 from proxy.errors import PROXY_HEADER
 from proxy.quota.schedule import Window, earliest
@@ -86,7 +95,6 @@ PATH = "/api/machines"
 ROUTE = "machines.list"
 #: Open loop, but bounded: a request due while this many are unanswered is skipped and counted.
 MAX_IN_FLIGHT = 1000
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MICROS = 1_000_000
 
 SHARED, NAIVE = "shared", "naive"
@@ -116,7 +124,6 @@ _NOT_ROUND_TRIPS = frozenset(
 )  # fmt: skip
 
 Row = dict[str, float]
-_T = TypeVar("_T")
 
 
 def most_allowed(seconds: float) -> int:
@@ -144,80 +151,9 @@ def ceiling_pct(load: float) -> float:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _environ() -> dict[str, str]:
-    # The proxy's environment variables win over its config file: none may leak in from ours.
-    return {k: v for k, v in os.environ.items() if not k.startswith("DEFENDER_PROXY_")}
-
-
-def _listening(proc: subprocess.Popen[bytes], *ports: int, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    for port in ports:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {port} after {seconds:g}s")
-            time.sleep(0.05)
-
-
-def start_redis(workdir: Path) -> Service:
-    """A private redis-server on a free loopback port, without persistence."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    service = Service(proc, port)
-    try:
-        _listening(proc, port)
-    except BaseException:
-        service.stop()
-        raise
-    return service
-
-
-def start_simulator() -> Service:
-    """The simulator enforcing LIMIT per WINDOW, on a free port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "simulate", "--port", str(port),
-         "--limit", f"{LIMIT}/{WINDOW:g}s"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_environ(),
-    )  # fmt: skip
-    service = Service(proc, port)
-    try:
-        _listening(proc, port)
-    except BaseException:
-        service.stop()
-        raise
-    return service
-
-
-@dataclass
-class Replica:
-    """One proxy process: its ports and the file its JSON log lines go to."""
-
-    service: Service
-    admin: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.service.port}"
-
-
-def _config(replicas: int, sim: int, store: int, namespace: str, port: int, admin: int) -> str:
+def _config(replicas: int, store: int, namespace: str) -> str:
+    """The replicas' shared config; upstream, ports and JSON logs come from ``start_proxies``."""
     return f"""\
-upstream: http://127.0.0.1:{sim}
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin}
-log_format: json
 shutdown_grace: 2s
 throttle:
   store: redis://127.0.0.1:{store}/0
@@ -234,114 +170,23 @@ throttle:
 
 def start_replicas(
     count: int, sim: int, store: int, namespace: str, workdir: Path
-) -> list[Replica]:
-    """``count`` proxy processes sharing ``namespace`` in the Redis on port ``store``."""
-    started: list[Replica] = []
-    try:
-        for index in range(count):
-            port, admin = free_port(), free_port()
-            config = workdir / f"{namespace}-{index}.yaml"
-            config.write_text(_config(count, sim, store, namespace, port, admin))
-            log = workdir / f"{namespace}-{index}.log"
-            with log.open("wb") as out, (workdir / f"{namespace}-{index}.err").open("wb") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "proxy", "run", "--config", str(config)],
-                    stdout=out,
-                    stderr=err,
-                    env=_environ(),
-                )
-            started.append(Replica(Service(proc, port), admin, log))
-        for replica in started:
-            _listening(replica.service.proc, replica.service.port, replica.admin)
-    except BaseException:
-        stop_replicas(started)
-        raise
-    return started
-
-
-def stop_replicas(replicas: list[Replica], seconds: float = 10.0) -> None:
-    """SIGTERM every replica at once, then wait; SIGKILL those still running after ``seconds``."""
-    procs = [replica.service.proc for replica in replicas if replica.service.proc.poll() is None]
-    for proc in procs:
-        proc.terminate()
-    deadline = time.monotonic() + seconds
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def stopping(replicas: list[Replica]) -> Iterator[list[Replica]]:
-    """Stop every replica on the way out."""
-    try:
-        yield replicas
-    finally:
-        stop_replicas(replicas)
-
-
-# -- load ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Offered:
-    """What the open-loop load did: answers by (status, who answered), skips, the snapshot."""
-
-    answers: Counter[tuple[int, str]]
-    skipped: int
-    at_end: Any
-
-
-async def offer(
-    send: Callable[[int], Awaitable[tuple[int, str]]],
-    rate: float,
-    seconds: float,
-    at_end: Callable[[], Awaitable[_T]],
-) -> Offered:
-    """Call ``send(i)`` at ``rate``/s for ``seconds`` without awaiting answers; ``at_end()`` is
-    taken ``seconds`` after the first send. Returns once every answer is in."""
-    loop = asyncio.get_running_loop()
-    answers: Counter[tuple[int, str]] = Counter()
-    in_flight = skipped = 0
-
-    async def one(index: int) -> None:
-        nonlocal in_flight
-        try:
-            answers[await send(index)] += 1
-        except (aiohttp.ClientError, TimeoutError):
-            answers[(0, "client")] += 1
-        finally:
-            in_flight -= 1
-
-    async def snapshot(when: float) -> _T:
-        await asyncio.sleep(max(0.0, when - loop.time()))
-        return await at_end()
-
-    tasks: list[asyncio.Task[None]] = []
-    begin = loop.time()
-    end = asyncio.create_task(snapshot(begin + seconds))
-    try:
-        for index in range(round(rate * seconds)):
-            delay = begin + index / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if in_flight >= MAX_IN_FLIGHT:
-                skipped += 1
-                continue
-            in_flight += 1
-            tasks.append(asyncio.create_task(one(index)))
-        async with asyncio.timeout(seconds + MAX_WAIT + 30):
-            await asyncio.gather(*tasks)
-            snapshot_value = await end
-    finally:
-        for task in (*tasks, end):
-            task.cancel()
-    return Offered(answers, skipped, snapshot_value)
+) -> list[Service]:
+    """``count`` proxy processes sharing ``namespace`` in the Redis on port ``store``, each
+    logging to ``workdir/<namespace>-<index>.log``."""
+    logs = [workdir / f"{namespace}-{index}.log" for index in range(count)]
+    return start_proxies(sim, _config(count, store, namespace), logs)
 
 
 # -- measuring -------------------------------------------------------------------------------
+
+
+#: The proxies' store figures, summed over replicas: fallbacks, decisions, ≤ 2 ms ones.
+_STORE_METRICS = {
+    "fallbacks": r"^defender_proxy_quota_store_fallbacks_total (\S+)$",
+    "decisions": r"^defender_proxy_quota_store_duration_seconds_count\{[^}]*\} (\S+)$",
+    "within_2ms": r"^defender_proxy_quota_store_duration_seconds_bucket"
+    r'\{[^}]*le="0\.002"[^}]*\} (\S+)$',
+}
 
 
 class Bench:
@@ -349,19 +194,10 @@ class Bench:
 
     def __init__(self, sim: Service, store: Service, session: aiohttp.ClientSession) -> None:
         self.sim_port = sim.port
-        self.sim_url = f"http://127.0.0.1:{sim.port}"
+        self.sim = SimulatorClient(session, sim.url)
         self.store_port = store.port
         self.redis = redis.Redis(host="127.0.0.1", port=store.port, socket_timeout=5)
         self.session = session
-
-    async def sim_stats(self) -> dict[str, Any]:
-        async with self.session.get(f"{self.sim_url}/_sim/stats") as response:
-            stats: dict[str, Any] = await response.json()
-            return stats
-
-    async def sim_reset(self) -> None:
-        async with self.session.post(f"{self.sim_url}/_sim/reset") as response:
-            response.raise_for_status()
 
     async def commands(self) -> dict[str, float]:
         """Calls per Redis command so far, server time in EVALSHA (µs) and connections accepted."""
@@ -372,32 +208,6 @@ class Bench:
         calls["evalsha_usec"] = float(stats.get("cmdstat_evalsha", {}).get("usec", 0))
         calls["connections"] = float((await self.redis.info("stats"))["total_connections_received"])
         return calls
-
-    async def scrape(self, replicas: list[Replica]) -> dict[str, float]:
-        """The proxies' store figures summed over replicas: fallbacks, decisions, ≤ 2 ms ones."""
-        figures: Counter[str] = Counter()
-        patterns = {
-            "fallbacks": r"^defender_proxy_quota_store_fallbacks_total (\S+)$",
-            "decisions": r"^defender_proxy_quota_store_duration_seconds_count\{[^}]*\} (\S+)$",
-            "within_2ms": r"^defender_proxy_quota_store_duration_seconds_bucket"
-            r'\{[^}]*le="0\.002"[^}]*\} (\S+)$',
-        }
-        for replica in replicas:
-            url = f"http://127.0.0.1:{replica.admin}/metrics"
-            async with self.session.get(url) as response:
-                text = await response.text()
-            for name, pattern in patterns.items():
-                for match in re.finditer(pattern, text, re.MULTILINE):
-                    figures[name] += float(match.group(1))
-        return dict(figures)
-
-
-def _lines(replica: Replica, offset: int) -> list[dict[str, Any]]:
-    with replica.log.open("rb") as log:
-        log.seek(offset)
-        data = log.read()
-    lines = (json.loads(raw) for raw in data.splitlines() if raw.strip())
-    return [line for line in lines if line.get("event") == "request" and line["route"] == ROUTE]
 
 
 def _sent_at(line: dict[str, Any]) -> float:
@@ -418,13 +228,21 @@ def _common(stats_end: dict[str, Any], stats_final: dict[str, Any], sent: list[f
     }
 
 
-async def run_shared(bench: Bench, replicas: list[Replica], load: float) -> Row:
+async def _offer(
+    bench: Bench, send: Callable[[int], Awaitable[tuple[int, str]]], load: float
+) -> Offered:
+    """``load`` × LIMIT / WINDOW requests/s for SECONDS; the simulator's stats taken at the end."""
+    rate = load * LIMIT / WINDOW
+    return await offer(send, rate, SECONDS, bench.sim.stats, MAX_IN_FLIGHT, MAX_WAIT + 30)
+
+
+async def run_shared(bench: Bench, replicas: list[Service], load: float) -> Row:
     """One run of the shared quota: N proxies, one Redis."""
     await bench.redis.flushall()  # private server: nothing but this run's quota lives there
-    await bench.sim_reset()
+    await bench.sim.reset()
     offsets = [replica.log.stat().st_size for replica in replicas]
     commands_before = await bench.commands()
-    scraped_before = await bench.scrape(replicas)
+    scraped_before = await scrape(bench.session, replicas, _STORE_METRICS)
     urls = [f"{replica.url}{PATH}" for replica in replicas]
     timeout = aiohttp.ClientTimeout(total=MAX_WAIT + 15)
 
@@ -434,12 +252,14 @@ async def run_shared(bench: Bench, replicas: list[Replica], load: float) -> Row:
             return response.status, "proxy" if PROXY_HEADER in response.headers else "upstream"
 
     loadavg = os.getloadavg()[0]
-    offered = await offer(send, load * LIMIT / WINDOW, SECONDS, bench.sim_stats)
-    final = await bench.sim_stats()
+    offered = await _offer(bench, send, load)
+    final = await bench.sim.stats()
     commands_after = await bench.commands()
-    scraped_after = await bench.scrape(replicas)
+    scraped_after = await scrape(bench.session, replicas, _STORE_METRICS)
     lines = [
-        line for replica, at in zip(replicas, offsets, strict=True) for line in _lines(replica, at)
+        line
+        for replica, at in zip(replicas, offsets, strict=True)
+        for line in request_lines(replica, at, ROUTE)
     ]
     forwarded = [line for line in lines if line["source"] == "upstream"]
     admit_ms = [line["admit_ms"] for line in lines if "admit_ms" in line]
@@ -485,11 +305,11 @@ async def run_shared(bench: Bench, replicas: list[Replica], load: float) -> Row:
 
 async def run_naive(bench: Bench, count: int, load: float) -> Row:
     """One run of N unshared buckets in this process, straight to the simulator."""
-    await bench.sim_reset()
+    await bench.sim.reset()
     loadavg = os.getloadavg()[0]
-    async with NaiveReplicas(count, LIMIT, WINDOW, f"{bench.sim_url}{PATH}") as naive:
-        offered = await offer(naive.send, load * LIMIT / WINDOW, SECONDS, bench.sim_stats)
-    final = await bench.sim_stats()
+    async with NaiveReplicas(count, LIMIT, WINDOW, f"{bench.sim.url}{PATH}") as naive:
+        offered = await _offer(bench, naive.send, load)
+    final = await bench.sim.stats()
     row = _common(offered.at_end, final, naive.sent)
     refused = sum(n for (status, who), n in offered.answers.items() if who == "proxy")
     row.update(
@@ -508,31 +328,25 @@ async def run_naive(bench: Bench, count: int, load: float) -> Row:
     return row
 
 
-async def _warm(bench: Bench, replicas: list[Replica]) -> None:
+async def _warm(bench: Bench, replicas: list[Service]) -> None:
     """Open each proxy's connections (Redis, upstream) and load the scripts, off the measured
     route, then forget those requests upstream."""
     for replica in replicas:
         for _ in range(3):
             async with bench.session.get(f"{replica.url}/api/alerts") as response:
                 await response.read()
-    await bench.sim_reset()
+    await bench.sim.reset()
 
 
 # -- the table -------------------------------------------------------------------------------
 
 
 def _missed(row: Row) -> list[str]:
-    missed = []
-    for key, op, bound in TARGETS:
-        value = row[key]
-        met = {
-            "==": math.isclose(value, bound, abs_tol=1e-9),
-            ">=": value >= bound,
-            "<=": value <= bound,
-        }[op]
-        if not met:
-            missed.append(key.split("_")[0] if key != "admit_p99_ms" else "p99")
-    return missed
+    return [
+        key.split("_")[0] if key != "admit_p99_ms" else "p99"
+        for key, op, bound in TARGETS
+        if not meets(row[key], op, bound)
+    ]
 
 
 def _table(summary: list[dict[str, Any]]) -> str:
@@ -594,7 +408,7 @@ async def _round(bench: Bench, number: int, workdir: Path) -> list[tuple[str, in
             # must not leak into the next.
             namespace = f"bench-{os.getpid()}-{number}-{count}-{load:g}"
             replicas = start_replicas(count, bench.sim_port, bench.store_port, namespace, workdir)
-            with stopping(replicas):
+            with services(*replicas):
                 await _warm(bench, replicas)
                 row = await run_shared(bench, replicas, load)
             print(f"round {number}: {_describe(SHARED, count, load, row)}", flush=True)
@@ -620,49 +434,21 @@ async def _main(
             await bench.redis.aclose()
 
 
-def _terminate(signum: int, _: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN (a figure that does not apply) as null, which JSON can carry."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
 def main() -> None:
     """Run the rounds, print the table, write the JSON."""
-    # A SIGTERM unwinds like Ctrl-C, through every finally that stops a process.
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        kept = os.environ.get("BENCH_LOG_DIR")
-        if kept:
-            workdir = Path(kept)
-            workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-quota-")))
+        workdir = stack.enter_context(scratch_dir("bench-quota-"))
         store = start_redis(workdir)
         stack.callback(store.stop)
-        sim = start_simulator()
+        sim = start_simulator(None, f"{LIMIT}/{WINDOW:g}s")
         stack.callback(sim.stop)
         rounds = asyncio.run(_main(sim, store, workdir))
-    summary: list[dict[str, Any]] = []
-    for index, (algorithm, count, load, first) in enumerate(rounds[0]):
-        per_round = [results[index][3] for results in rounds]
-        summary.append(
-            {
-                "algorithm": algorithm,
-                "replicas": count,
-                "load": load,
-                "median": {key: median([r[key] for r in per_round]) for key in first},
-            }
-        )
+    summary: list[dict[str, Any]] = [
+        {"algorithm": a, "replicas": n, "load": k, "median": medians([r[i][3] for r in rounds])}
+        for i, (a, n, k, _) in enumerate(rounds[0])
+    ]
     elapsed = time.monotonic() - started
     ceilings = {load: ceiling_pct(load) for load in LOADS}
     print(
@@ -683,37 +469,30 @@ def main() -> None:
     for note in _notes(rounds):
         print(f"note: {note}")
     print(f"whole run: {elapsed:.0f} s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "quota.json"
-    out.write_text(
-        json.dumps(
-            _finite(
-                {
-                    "settings": {
-                        "limit": LIMIT,
-                        "window_s": WINDOW,
-                        "seconds": SECONDS,
-                        "margin_s": MARGIN,
-                        "max_wait_s": MAX_WAIT,
-                        "rounds": ROUNDS,
-                        "most_allowed": most_allowed(SECONDS),
-                    },
-                    "ceiling_pct": {f"{load:g}": pct for load, pct in ceilings.items()},
-                    "elapsed_s": elapsed,
-                    "rounds": [
-                        [
-                            {"algorithm": a, "replicas": n, "load": k, **row}
-                            for a, n, k, row in results
-                        ]
-                        for results in rounds
-                    ],
-                    "median": summary,
-                }
-            ),
-            indent=2,
-        )
+    out = write_json(
+        "quota.json",
+        finite(
+            {
+                "settings": {
+                    "limit": LIMIT,
+                    "window_s": WINDOW,
+                    "seconds": SECONDS,
+                    "margin_s": MARGIN,
+                    "max_wait_s": MAX_WAIT,
+                    "rounds": ROUNDS,
+                    "most_allowed": most_allowed(SECONDS),
+                },
+                "ceiling_pct": {f"{load:g}": pct for load, pct in ceilings.items()},
+                "elapsed_s": elapsed,
+                "rounds": [
+                    [{"algorithm": a, "replicas": n, "load": k, **row} for a, n, k, row in results]
+                    for results in rounds
+                ],
+                "median": summary,
+            }
+        ),
     )
-    print(f"written to {out.relative_to(RESULTS.parent.parent)}")
+    print(f"written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ Run with ``python -m bench.waiting`` (part of ``make bench``). An upstream 429 w
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import time
 
 import aiohttp
 
-from bench.common import RESULTS, rss_mib, services, start_proxy, start_simulator
+from bench.common import rss_mib, services, start_proxy, start_simulator, write_json
 
 CALLERS = int(os.environ.get("BENCH_WAITERS", "10000"))
 BATCH = 500
@@ -94,8 +93,7 @@ def main() -> None:
         print(f"{key:<26}{value:>12.1f}")
     verdict = "met" if figures["rss_waiting_mib"] <= 300 else "MISSED"
     print(f"target: {CALLERS} waiting callers keep RSS ≤ 300 MB: {verdict}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "waiting.json").write_text(json.dumps(figures, indent=2))
+    write_json("waiting.json", figures)
 
 
 if __name__ == "__main__":
