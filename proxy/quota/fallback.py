@@ -56,6 +56,9 @@ class FallbackStore:
         self._open_until: float | None = None
         self._opened_at = 0.0
         self._probing = False
+        # the last shared decision per quota: (when, admissions left per window)
+        self._last_seen: dict[str, tuple[float, tuple[int, ...]]] = {}
+        self._seeded: set[str] = set()
         self._errors = _errors()
         self._log = get_logger("quota")
 
@@ -80,6 +83,8 @@ class FallbackStore:
     def _failed(self, exc: BaseException) -> None:
         self._probing = False
         was_open = self._open_until is not None
+        if not was_open:
+            self._seeded.clear()
         self._opened_at = self._clock()
         self._open_until = self._opened_at + self._cooldown
         if not was_open:
@@ -118,8 +123,30 @@ class FallbackStore:
                     # Mirror what this replica sends, so that a fallback starts from what it
                     # already used in the current windows instead of from nothing.
                     self.local.record(self._local_share(quota), started + decision.wait)
+                self._last_seen[quota.key] = (started, decision.remaining)
                 return decision
-        return await self.local.admit(self._local_share(quota), member, max_wait, reserve, shadow)
+        local = self._local_share(quota)
+        if quota.key not in self._seeded:
+            self._seed(quota, local)
+        return await self.local.admit(local, member, max_wait, reserve, shadow)
+
+    def _seed(self, quota: Quota, local: Quota) -> None:
+        """Start a fallback from the shared quota's last known headroom, not from a full one.
+
+        The last shared decision said how much of each window was left for everybody; this
+        replica takes its share of that. What the other replicas used is logged here as if
+        admitted at that moment, so it leaves the local windows one full window later — on the
+        safe side of when it really leaves.
+        """
+        self._seeded.add(quota.key)
+        seen = self._last_seen.get(quota.key)
+        if seen is None:
+            return
+        at, remaining = seen
+        for index, (window, left) in enumerate(zip(local.windows, remaining, strict=True)):
+            share_left = -(-left // self._replicas)  # ceil: this replica's part of what is left
+            used = self.local.used(local, index, at)
+            self.local.record_in(local, index, at, max(0, window.limit - share_left - used))
 
     async def release(self, quota: Quota, member: str) -> None:
         """See ``QuotaStore.release``; best effort on both stores."""

@@ -74,6 +74,18 @@ class MemoryStore:
             paused=paused / MICROS,
         )
 
+    def used(self, quota: Quota, index: int, at: float) -> int:
+        """Admissions in window ``index`` from the interval ending at ``at`` on (future ones too)."""
+        log = self._load(quota, self._now())[index]
+        return len(log) - bisect_right(log, round(at * MICROS) - quota.windows[index].width)
+
+    def record_in(self, quota: Quota, index: int, at: float, count: int) -> None:
+        """Log ``count`` admissions decided elsewhere, in window ``index`` only."""
+        log = self._load(quota, self._now())[index]
+        stamp = round(at * MICROS)
+        for _ in range(count):
+            insort(log, stamp)
+
     def record(self, quota: Quota, at: float) -> None:
         """Log an admission decided elsewhere (at ``at`` on this store's clock)."""
         stamp = round(at * MICROS)

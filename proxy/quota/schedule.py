@@ -25,6 +25,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+#: Jumps tried in search of a gap between reservations before going to the log's tail.
+MAX_STEPS = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Window:
@@ -42,10 +45,19 @@ def cap_for(limit: int, reserve: float) -> int:
 
 
 def earliest_in_window(log: Sequence[int], window: Window, cap: int, t: int) -> int:
-    """The earliest time ≥ ``t`` at which one more admission keeps this window within bounds."""
+    """The earliest time ≥ ``t`` at which one more admission keeps this window within bounds.
+
+    After ``MAX_STEPS`` jumps the search stops looking for a gap between reservations and goes to
+    the tail of the log, where only the window ending at ``t`` can object: still a safe slot, found
+    in bounded time however long the queue of reservations is.
+    """
     width, limit = window.width, window.limit
     n = len(log)
+    steps = 0
     while True:
+        steps += 1
+        if steps > MAX_STEPS and n and t < log[-1]:
+            t = log[-1]
         first = bisect_right(log, t - width)
         last = bisect_right(log, t)  # entries at or before t: log[first:last]
         if last - first + 1 > cap:

@@ -107,3 +107,21 @@ async def test_fallback_counts_what_the_replica_already_sent(redis_proc: Any) ->
     # The local share is 9 // 3 = 3, and this replica already sent 3 in the window.
     assert not (await store.admit(QUOTA, "local", 0.0, 0.0, False)).admitted
     await store.close()
+
+
+async def test_fallback_starts_from_the_shared_headroom(redis_proc: Any) -> None:
+    """A fallback takes this replica's share of what the shared quota had left, not a full share."""
+    clock, changes = Clock(), []
+    store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
+    await store.shared.client.flushdb()
+    other = RedisStore(f"redis://{redis_proc.host}:{redis_proc.port}/0", timeout=1.0)
+    for i in range(5):  # the other replicas used 5 of 9
+        await other.admit(QUOTA, f"other{i}", 0.0, 0.0, False)
+    await other.close()
+    last = await store.admit(QUOTA, "mine", 0.0, 0.0, False)
+    assert last.remaining == (3,)
+    store._failed(ConnectionError("simulated"))
+    # Three left for everybody: this replica's share is one more (a full local share would be two).
+    local = [(await store.admit(QUOTA, f"l{i}", 0.0, 0.0, False)).admitted for i in range(3)]
+    assert local == [True, False, False]
+    await store.close()

@@ -29,8 +29,17 @@ local function score_at(key, rank)
   return tonumber(redis.call('ZRANGE', key, rank, rank, 'WITHSCORES')[2])
 end
 
+local MAX_STEPS = 8  -- as schedule.MAX_STEPS
+
 local function earliest_in_window(key, limit, width, cap, t)
+  local steps = 0
   while true do
+    steps = steps + 1
+    if steps > MAX_STEPS then
+      -- stop looking for a gap between reservations: the tail of the log is always safe
+      local tail = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+      if tail and tonumber(tail) > t then t = tonumber(tail) end
+    end
     local first = upto(key, t - width)
     local last = upto(key, t)  -- ranks first .. last-1 lie in (t - width, t]
     if last - first + 1 > cap then
