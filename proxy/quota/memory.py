@@ -35,8 +35,9 @@ class MemoryStore:
         for log, window in zip(logs, quota.windows, strict=True):
             # Entries at or before now - width are outside every window that ends from now on;
             # the arithmetic skips them by itself, so they are dropped in batches, not per call.
-            if len(log) > 2 * window.limit + 64:
-                del log[: bisect_right(log, now - window.width)]
+            expired = bisect_right(log, now - window.width)
+            if expired > 64 and 2 * expired > len(log):
+                del log[:expired]
         members = self._members.get(quota.key)
         if members:
             for name in [m for m, at in members.items() if at <= now]:
