@@ -195,9 +195,15 @@ def _upstream(value: object) -> str:
 def _store(value: object) -> str:
     if isinstance(value, str) and value.strip() == "memory":
         return "memory"
-    expected = "expected 'memory' or a redis://, rediss:// or unix:// URL"
-    parts, shown = _url(value, expected, ("redis", "rediss", "unix"))
+    expected = (
+        "expected 'memory' or a redis://, rediss://, redis+cluster://, rediss+cluster:// "
+        "or unix:// URL"
+    )
+    schemes = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
+    parts, shown = _url(value, expected, schemes)
     database = parts.path.strip("/")
+    if parts.scheme.lower().endswith("+cluster") and database not in ("", "0"):
+        raise ValueError(f"Redis Cluster has only database 0, got {shown}")
     if parts.scheme.lower() == "unix" and not parts.path:
         raise ValueError(f"a unix:// URL needs a socket path, got {shown}")
     if parts.scheme.lower() != "unix" and database and not database.isdecimal():

@@ -1,7 +1,8 @@
 """The shared quota store: Redis, one script call (one round trip) per admission.
 
 Every window of a route lives under one hash tag (``dp:{namespace:route}``), so a route's keys sit
-in one Redis Cluster slot and the script may touch them together. The scripts are registered once
+in one Redis Cluster slot and the script may touch them together; ``redis+cluster://`` (or
+``rediss+cluster://``) names one node of a cluster and the client finds the others. The scripts are registered once
 and called by SHA (redis-py loads them again by itself if the server lost them, after a restart).
 Time comes from the Redis server (``TIME`` inside the script), never from a replica's clock.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from proxy.quota.schedule import cap_for
 from proxy.quota.store import MICROS, Decision, Quota
@@ -27,13 +30,20 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, timeout: float) -> None:
-        self.client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
+        scheme, sep, rest = url.partition("://")
+        self.client: Any
+        if scheme.lower().endswith("+cluster"):
+            # redis+cluster://host:port names one node; the client discovers the rest.
+            plain = scheme[: -len("+cluster")] + sep + rest
+            self.client = RedisCluster.from_url(plain, **options)
+        else:
+            self.client = redis.Redis.from_url(
+                url, retry_on_timeout=False, health_check_interval=0, **options
+            )
         self._admit = self.client.register_script(_lua("admit.lua"))
         self._release = self.client.register_script(_lua("release.lua"))
         self._pause = self.client.register_script(_lua("pause.lua"))

@@ -458,10 +458,17 @@ def test_max_connections_must_be_a_positive_int(value: object) -> None:
 
 @pytest.mark.parametrize(
     "store",
-    ["memory", "redis://localhost:6379/0", "rediss://cache:6380", "unix:///run/redis.sock?db=1"],
+    [
+        "memory",
+        "redis://localhost:6379/0",
+        "rediss://cache:6380",
+        "unix:///run/redis.sock?db=1",
+        "redis+cluster://node-0:7000",
+        "rediss+cluster://node-0:7000/0",
+    ],
 )
 def test_valid_stores(store: str) -> None:
-    """throttle.store accepts memory and redis://, rediss:// and unix:// URLs."""
+    """throttle.store accepts memory and redis://, rediss://, *+cluster:// and unix:// URLs."""
     assert parse_settings({"throttle": {"store": store}}, environ={}).throttle.store == store
 
 
@@ -474,6 +481,7 @@ def test_valid_stores(store: str) -> None:
         "redis://:hunter2@host:port/0",
         "unix://:hunter2@",
         "memcache",
+        "redis+cluster://:hunter2@node:7000/3",
     ],
 )
 def test_bad_store_hides_the_password(store: str) -> None:
