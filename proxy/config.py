@@ -119,6 +119,8 @@ class Settings:
     limits: Limits = Limits()
     pool: Pool = Pool()
     throttle: Throttle = Throttle()  # noqa: RUF009 - frozen, so one shared default is safe
+    #: source networks allowed to use the proxy port; empty = any caller that can reach it
+    allow_from: tuple[str, ...] = ()
 
 
 # The password runs to the *last* "@": a raw "@", "/" or "#" in it must not leak the tail, so this
@@ -282,6 +284,18 @@ def _ca_bundle(value: object) -> str | None:
     return value
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of networks such as ['10.0.0.0/8', '127.0.0.1/32']")
+    networks = []
+    for item in value:
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"not a network: {item!r} (write e.g. 10.1.0.0/16)") from None
+    return tuple(networks)
+
+
 _Parser = Callable[[object], object]
 _Spec: TypeAlias = "_Parser | dict[str, _Spec]"
 
@@ -301,6 +315,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "max_header_size": _positive(parse_size),
     },
     "pool": {"max_connections": _count, "keepalive": parse_duration},
+    "allow_from": _networks,
     "throttle": {
         "store": _store,
         "namespace": parse_name,

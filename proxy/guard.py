@@ -8,6 +8,7 @@ refused here, before any upstream connection is made, with a Defender-shaped 400
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from yarl import URL
@@ -74,3 +75,23 @@ def check_body_size(content_length: int | None, max_body: int) -> None:
             "PayloadTooLarge",
             f"the request body of {content_length} bytes is over this proxy's limit of {max_body}",
         )
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def networks(texts: tuple[str, ...]) -> Networks:
+    """The parsed ``allow_from`` networks."""
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+def check_caller(remote: str | None, allowed: Networks) -> None:
+    """Refuse a caller outside the allowed source networks (a gateway's ``allow_from``)."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        raise RefusalError(403, "Forbidden", "the caller's address is not allowed") from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not any(address in network for network in allowed):
+        raise RefusalError(403, "Forbidden", f"callers from {address} are not allowed")

@@ -80,6 +80,7 @@ class Proxy:
         self._upstream = settings.upstream
         self._cap = settings.limits.error_body_cap
         self._max_body = settings.limits.max_body
+        self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
 
     async def start(self) -> None:
@@ -102,6 +103,8 @@ class Proxy:
         outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], _request_id(request))
         try:
             try:
+                if self._allowed is not None:
+                    guard.check_caller(request.remote, self._allowed)
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)

@@ -52,6 +52,12 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
     )
+    if settings.listen.host not in ("127.0.0.1", "::1", "localhost") and not settings.allow_from:
+        log.warning(
+            "the proxy port is open beyond loopback and allow_from is empty: "
+            "any caller that can reach it may use the tenant's quota",
+            listen=str(settings.listen),
+        )
     if not settings.tls.verify:
         log.warning("TLS verification of the upstream is OFF: tls.verify is false")
     if on_ready is not None:

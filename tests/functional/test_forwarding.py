@@ -227,3 +227,20 @@ async def test_absolute_form_for_the_upstream_itself_is_forwarded(stack: Stack) 
     response = await exchange(stack.client.port, raw)
     assert response.status == 200
     assert orjson.loads(response.body)["raw_path"] == "/api/alerts?x=1"
+
+
+async def test_callers_outside_allow_from_are_refused(make_stack: Any) -> None:
+    """With allow_from set, a caller from another network gets 403 and nothing goes upstream."""
+    stack: Stack = await make_stack(allow_from=("10.0.0.0/8", "192.168.0.0/16"))
+    response = await stack.client.get("/api/machines")
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "Forbidden"
+    assert response.headers[PROXY_HEADER] == "Forbidden"
+    stats = await (await stack.client.session.get(stack.upstream.make_url("/_sim/stats"))).json()
+    assert stats["requests"] == 0
+
+
+async def test_callers_inside_allow_from_pass(make_stack: Any) -> None:
+    """A caller inside an allowed network is forwarded as usual."""
+    stack: Stack = await make_stack(allow_from=("127.0.0.0/8",))
+    assert (await stack.client.get("/api/machines")).status == 200

@@ -1114,3 +1114,16 @@ def test_route_policies_apply_overrides() -> None:
     assert policies[OTHER] == ("bulk", "enforce")
     assert policies["alerts.list"] == ("interactive", "shadow")
     assert set(policies) == Router(effective_routes(throttle)).names
+
+
+def test_allow_from_networks_are_normalised() -> None:
+    """allow_from takes networks and plain addresses, normalised to CIDR form."""
+    settings = parse_settings({"allow_from": ["10.1.2.3/8", "192.168.1.7", "::1"]}, environ={})
+    assert settings.allow_from == ("10.0.0.0/8", "192.168.1.7/32", "::1/128")
+
+
+@pytest.mark.parametrize("value", [["10.0.0.0/33"], ["not-a-net"], "10.0.0.0/8", [1]])
+def test_bad_allow_from_is_a_problem(value: object) -> None:
+    """A bad allow_from entry is reported with its key."""
+    (problem,) = problems_of({"allow_from": value})
+    assert problem.startswith("contoso.yaml: allow_from: ")
