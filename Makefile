@@ -9,7 +9,7 @@ SIM_PORT ?= 9000
 DEMO_PORT ?= 8080
 DEMO_ADMIN_PORT ?= 9464
 
-.PHONY: help run test lint types unit system-tools demo bench fuzz clean
+.PHONY: help run test lint types unit system-tools demo bench fuzz soak clean
 
 help:
 	@echo "make run    - create .venv, install, start the proxy on its embedded defaults"
@@ -70,6 +70,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.first
 	$(BIN)/python -m bench.waiting
 	$(BIN)/python -m bench.quota
+
+# Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,146 @@
+"""Soak: a steady mixed load for ten minutes, the quota on Redis, Redis restarted twice.
+
+Run with ``python -m bench.soak`` (not part of ``make bench``: ``make soak``). Every 30 s it prints
+the proxy's RSS and open file descriptors; at the end it checks RSS drift after warm-up (≤ 5 %),
+a flat fd count, and that the proxy made no 5xx of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import (
+    rss_mib,
+    scratch_dir,
+    services,
+    start_proxy,
+    start_redis,
+    start_simulator,
+    write_json,
+)
+
+SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
+RATE = float(os.environ.get("BENCH_SOAK_RATE", "100"))
+SAMPLE_EVERY = 30.0
+WARM_UP = 60.0
+# No TooManyRequests here: an upstream 429 pauses the route, which is not what a soak measures.
+CODES = ("Unauthorized", "Forbidden", "NotFound", "InvalidInput", "InternalServerError")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _load(url: str, seconds: float, statuses: Counter[str]) -> None:
+    """Open-loop load at RATE for ``seconds``: 90 % plain answers, 10 % error answers."""
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(index: int) -> None:
+            headers = {}
+            if index % 10 == 0:
+                headers["X-Simulate"] = f"error={CODES[(index // 10) % len(CODES)]}"
+            try:
+                async with session.get(url, headers=headers) as response:
+                    await response.read()
+                    source = "proxy" if "X-Defender-Proxy-Error" in response.headers else "api"
+                    statuses[f"{source} {response.status}"] += 1
+            except aiohttp.ClientError as exc:
+                statuses[f"client {type(exc).__name__}"] += 1
+
+        tasks: set[asyncio.Task[None]] = set()
+        begin = time.perf_counter()
+        index = 0
+        while (elapsed := time.perf_counter() - begin) < seconds:
+            delay = begin + index / RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) < 1000:  # bounded in flight
+                task = asyncio.create_task(one(index))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            index += 1
+            del elapsed
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+
+
+async def _run(workdir: Path) -> dict[str, object]:
+    redis = start_redis(workdir)
+    sim = start_simulator(1)
+    config = (
+        f"throttle:\n  store: redis://127.0.0.1:{redis.port}/0\n"
+        "  fallback: {expected_replicas: 1, cooldown: 2s}\n"
+        '  routes:\n    - {name: machines.list, limits: ["100000000/1h"]}\n'
+    )
+    proxy = start_proxy(sim.port, 0, config=config)
+    statuses: Counter[str] = Counter()
+    samples: list[dict[str, float]] = []
+    restarts = (SECONDS / 3, 2 * SECONDS / 3)
+    with services(proxy, sim, redis):
+        load = asyncio.create_task(_load(f"{proxy.url}/api/machines", SECONDS, statuses))
+        begin = time.monotonic()
+        pending = list(restarts)
+        next_sample = 0.0
+        while not load.done():
+            elapsed = time.monotonic() - begin
+            if pending and elapsed >= pending[0]:
+                pending.pop(0)
+                redis.stop()
+                await asyncio.sleep(5)  # Redis down: the local share takes over
+                redis = start_redis(workdir, redis.port)
+                print(f"{elapsed:7.0f} s  Redis restarted", flush=True)
+            if elapsed >= next_sample:
+                row = {
+                    "t": round(elapsed),
+                    "rss_mib": rss_mib(proxy.pid),
+                    "fds": _fds(proxy.pid),
+                    "requests": sum(statuses.values()),
+                    "proxy_5xx": sum(n for k, n in statuses.items() if k.startswith("proxy 5")),
+                }
+                samples.append(row)
+                print(
+                    f"{row['t']:7} s  RSS {row['rss_mib']:6.1f} MB  fds {row['fds']:4}  "
+                    f"requests {row['requests']:7}  proxy 5xx {row['proxy_5xx']}",
+                    flush=True,
+                )
+                next_sample += SAMPLE_EVERY
+            await asyncio.sleep(0.5)
+        await load
+    warm = [s for s in samples if s["t"] >= WARM_UP] or samples
+    drift = (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"] * 100
+    fd_spread = max(s["fds"] for s in warm) - min(s["fds"] for s in warm)
+    return {
+        "seconds": SECONDS,
+        "rate": RATE,
+        "samples": samples,
+        "statuses": dict(statuses),
+        "rss_drift_pct": drift,
+        "fd_spread": fd_spread,
+    }
+
+
+def main() -> None:
+    """Soak, then print the verdicts."""
+    with scratch_dir("soak") as workdir:
+        result = asyncio.run(_run(workdir))
+    statuses: dict[str, int] = result["statuses"]  # type: ignore[assignment]
+    proxy_5xx = sum(n for k, n in statuses.items() if k.startswith("proxy 5"))
+    print(f"\nanswers: {dict(sorted(statuses.items()))}")
+    drift = float(result["rss_drift_pct"])  # type: ignore[arg-type]
+    print(
+        f"RSS drift after warm-up: {drift:+.1f} %  (target ≤ 5 %: {'met' if drift <= 5 else 'MISSED'})"
+    )
+    spread = int(result["fd_spread"])  # type: ignore[call-overload]
+    print(f"open fds after warm-up vary by {spread}  (target: flat)")
+    print(f"5xx made by the proxy: {proxy_5xx}  (target: 0; Redis was down twice for 5 s)")
+    write_json("soak.json", result)
+
+
+if __name__ == "__main__":
+    main()
