@@ -22,6 +22,7 @@ from bench.common import (
     start_proxy,
     start_redis,
     start_simulator,
+    unwind_on_sigterm,
     write_json,
 )
 
@@ -128,6 +129,7 @@ async def _run(workdir: Path) -> dict[str, object]:
 
 def main() -> None:
     """Soak, then print the verdicts."""
+    unwind_on_sigterm()  # a SIGTERM still stops Redis, the simulator and the proxy
     with scratch_dir("soak") as workdir:
         result = asyncio.run(_run(workdir))
     statuses: dict[str, int] = result["statuses"]  # type: ignore[assignment]
