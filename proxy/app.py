@@ -60,6 +60,9 @@ def proxy_server(proxy: Proxy) -> web.Server:
     limits = proxy.settings.limits
     return web.Server(
         proxy.handle,
+        # A caller that goes away cancels its handler: a waiter gives its slot back and is never
+        # forwarded, an upload stops being streamed upstream.
+        handler_cancellation=True,
         access_log=None,
         max_field_size=limits.max_header_size,
         max_line_size=limits.max_header_size,

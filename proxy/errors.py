@@ -24,6 +24,10 @@ from aiohttp import web
 PROXY_HEADER: Final = "X-Defender-Proxy-Error"
 
 
+class CallerGoneError(Exception):
+    """The caller went away before its request was complete; there is nobody to answer."""
+
+
 class ProxyError(Exception):
     """A request ends with an answer made by the proxy."""
 

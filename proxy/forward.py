@@ -16,7 +16,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
-from proxy.errors import RefusalError
+from proxy.errors import CallerGoneError, RefusalError
 from proxy.upstream import Pool
 
 # RFC 9110 §7.6.1, plus the proxy-only credentials and the legacy Proxy-Connection.
@@ -103,7 +103,14 @@ async def limited_body(
     stream: aiohttp.StreamReader, max_body: int, on_chunk: BodyCounter
 ) -> AsyncIterator[bytes]:
     """A request body streamed upstream, refused once it passes ``max_body`` bytes."""
-    async for chunk in stream.iter_any():
+    chunks = stream.iter_any()
+    while True:
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except (ConnectionError, aiohttp.ClientPayloadError, EOFError) as exc:
+            raise CallerGoneError("the caller went away mid-upload") from exc
         on_chunk.count += len(chunk)
         if on_chunk.count > max_body:
             raise RefusalError(

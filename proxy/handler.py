@@ -21,6 +21,7 @@ from proxy import classify, forward, guard
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
 from proxy.errors import (
+    CallerGoneError,
     ProxyError,
     QuotaRefusal,
     RefusalError,
@@ -116,6 +117,14 @@ class Proxy:
                 return await self._forward(request, target, outcome)
             except ProxyError as exc:
                 return self._answer(exc, outcome)
+            except CallerGoneError:
+                self._caller_gone(outcome, "caller disconnected mid-upload")
+                return web.Response(status=CLIENT_CLOSED)
+            except asyncio.CancelledError:
+                # aiohttp cancels the handler when the caller's connection is lost.
+                if outcome.status in (0, 200) and outcome.source == "proxy":
+                    self._caller_gone(outcome, "caller disconnected before the answer")
+                raise
             except Exception as exc:
                 self._log.error("unexpected error", error=repr(exc), exc_info=True)
                 return self._answer(
@@ -213,6 +222,11 @@ class Proxy:
                 request.transport.abort()
             outcome.note = outcome.note or "upstream failed mid-body"
         return response
+
+    @staticmethod
+    def _caller_gone(outcome: Outcome, note: str) -> None:
+        outcome.status = CLIENT_CLOSED
+        outcome.note = note
 
     @staticmethod
     def _caller_left(upstream: Response, outcome: Outcome) -> None:

@@ -23,7 +23,7 @@ from typing import Final, cast
 import httptools
 from yarl import URL
 
-from proxy.errors import RefusalError, UpstreamError
+from proxy.errors import CallerGoneError, RefusalError, UpstreamError
 
 # Body bytes buffered from the upstream before reading pauses (flow control towards the upstream).
 _HIGH_WATER: Final = 256 * 1024
@@ -346,7 +346,7 @@ class Pool:
                 async with asyncio.timeout(self.read_timeout):
                     await conn.headers_done
                 return Response(self, conn)
-            except RefusalError:
+            except (RefusalError, CallerGoneError):
                 conn.close()
                 self.release(conn)
                 raise

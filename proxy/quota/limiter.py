@@ -62,7 +62,12 @@ class _RoutePolicy:
     policy_header: str
     bulk: bool
     shadow: bool
-    # the route's metric children, looked up once
+
+
+@dataclass(frozen=True, slots=True)
+class _Children:
+    """A route's metric children, looked up once."""
+
     remaining: tuple[Any, ...]
     outcomes: dict[str, Any]
     wait: Any
@@ -102,10 +107,8 @@ class Limiter:
                 policy,
                 priority == "bulk",
                 mode == "shadow",
-                tuple(metrics.quota_remaining.labels(spec.name, name) for name in names),
-                {o: metrics.admissions.labels(spec.name, o) for o in OUTCOMES},
-                metrics.admission_wait.labels(spec.name),
             )
+        self._children: dict[str, _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -149,17 +152,18 @@ class Limiter:
         decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
         decided = time.perf_counter() - started
         self._store_timer.observe(decided)
-        for gauge, left in zip(policy.remaining, decision.remaining, strict=True):
+        children = self._children.get(route) or self._children_of(route, policy)
+        for gauge, left in zip(children.remaining, decision.remaining, strict=True):
             gauge.set(left)
         if policy.shadow:
             if decision.wait <= 0:
                 outcome = "admitted"
             else:
                 outcome = "shadow_waited" if decision.admitted else "shadow_refused"
-            policy.outcomes[outcome].inc()
+            children.outcomes[outcome].inc()
             return Admission(policy.quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
-            policy.outcomes["refused"].inc()
+            children.outcomes["refused"].inc()
             retry = max(1, math.ceil(decision.wait))
             raise QuotaRefusal(
                 429,
@@ -181,9 +185,20 @@ class Limiter:
             outcome = "waited"
         else:
             outcome = "admitted"
-        policy.wait.observe(decision.wait)
-        policy.outcomes[outcome].inc()
+        children.wait.observe(decision.wait)
+        children.outcomes[outcome].inc()
         return Admission(policy.quota, decision, outcome, decision.wait, decided)
+
+    def _children_of(self, route: str, policy: _RoutePolicy) -> _Children:
+        # Made on a route's first admission, so that routes nobody calls add no series.
+        m = self._metrics
+        children = _Children(
+            tuple(m.quota_remaining.labels(route, name) for name in policy.names),
+            {o: m.admissions.labels(route, o) for o in OUTCOMES},
+            m.admission_wait.labels(route),
+        )
+        self._children[route] = children
+        return children
 
     def _release_later(self, quota: Quota, member: str) -> None:
         task = asyncio.get_running_loop().create_task(self.store.release(quota, member))
