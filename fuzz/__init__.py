@@ -1,0 +1,1 @@
+"""The long fuzz run behind `make fuzz` (see run.py)."""
