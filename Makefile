@@ -63,17 +63,27 @@ test: lint types unit
 demo: $(VENV)/.installed
 	@bash deploy/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
 
-# Benchmarks use wrk for saturation figures (Debian package wrk; installed here when root).
+# Benchmarks use wrk for saturation figures (Debian package wrk) and nginx as the reference
+# proxy (Debian package nginx-light; nginx is in /usr/sbin); both installed here when root.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 	  || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; } \
+	  || { echo "bench needs nginx: apt-get install nginx-light" >&2; exit 1; }
 	$(BIN)/python -m bench.first
 	$(BIN)/python -m bench.waiting
 	$(BIN)/python -m bench.quota
+	$(BIN)/python -m bench.overhead
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# The long fuzz run: the hypothesis properties of tests/unit/test_fuzz.py with the classifier and
+# the guard at 100,000 cases each (fuzz/run.py prints cases and times; 9-14 min on two cores).
+# `make test` runs the same properties at 300 examples each.
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -95,3 +95,12 @@ def check_caller(remote: str | None, allowed: Networks) -> None:
         address = address.ipv4_mapped
     if not any(address in network for network in allowed):
         raise RefusalError(403, "Forbidden", f"callers from {address} are not allowed")
+
+
+def check_framing(version: tuple[int, int], has_transfer_encoding: bool) -> None:
+    """Refuse what an HTTP/1.0 or 0.9 peer cannot frame unambiguously (RFC 9112 §6.1)."""
+    if version < (1, 0):
+        raise RefusalError(400, "BadRequest", "HTTP/0.9 requests are refused")
+    if version < (1, 1) and has_transfer_encoding:
+        # An HTTP/1.0 message has no chunked coding: a body framed so may smuggle a request.
+        raise RefusalError(400, "BadRequest", "Transfer-Encoding in an HTTP/1.0 request is refused")

@@ -106,6 +106,9 @@ class Proxy:
             try:
                 if self._allowed is not None:
                     guard.check_caller(request.remote, self._allowed)
+                version = request.version
+                framed = "Transfer-Encoding" in request.headers
+                guard.check_framing((version.major, version.minor), framed)
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)
@@ -194,6 +197,10 @@ class Proxy:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
+        if "Upgrade" in request.headers:
+            # Upgrades are never honoured; aiohttp's parser may have taken what followed on the
+            # connection for upgraded bytes, so end it rather than leave a request unanswered.
+            response.force_close()
         try:
             await response.prepare(request)
             if prefix:

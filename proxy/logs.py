@@ -22,7 +22,7 @@ _SECRET_KEYS: Final = frozenset(
      "password", "secret", "client_secret", "api_key", "apikey"}
 )  # fmt: skip
 # Free-text fields whose content comes from outside the proxy.
-_TEXT_KEYS: Final = ("message", "error", "detail", "reason")
+_TEXT_KEYS: Final = ("message", "error", "detail", "reason", "code", "inner_code", "target")
 _SECRET_TEXT = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"

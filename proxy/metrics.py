@@ -50,6 +50,8 @@ class CodeLabels:
             return code
         if len(self._seen) >= MAX_DYNAMIC_CODES or not _CODE_SHAPE.match(code):
             return OTHER
+        if code.startswith("eyJ"):  # a JWT's first part: never a label value
+            return OTHER
         self._seen.add(code)
         return code
 
