@@ -19,6 +19,9 @@ from redis.asyncio.cluster import RedisCluster
 from proxy.quota.schedule import cap_for
 from proxy.quota.store import MICROS, Decision, Quota
 
+#: Connections to Redis per replica: an admission holds one for well under a millisecond.
+MAX_CONNECTIONS = 16
+
 
 def _lua(name: str) -> str:
     return resources.files("proxy.quota").joinpath("lua", name).read_text(encoding="utf-8")
@@ -41,9 +44,17 @@ class RedisStore:
             plain = scheme[: -len("+cluster")] + sep + rest
             self.client = RedisCluster.from_url(plain, **options)
         else:
-            self.client = redis.Redis.from_url(
-                url, retry_on_timeout=False, health_check_interval=0, **options
+            # A bounded pool: a burst of concurrent admissions (at recovery, say) waits its turn
+            # for a connection instead of opening one each and keeping them all afterwards.
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout,
+                retry_on_timeout=False,
+                health_check_interval=0,
+                **options,
             )
+            self.client = redis.Redis.from_pool(pool)
         self._admit = self.client.register_script(_lua("admit.lua"))
         self._release = self.client.register_script(_lua("release.lua"))
         self._pause = self.client.register_script(_lua("pause.lua"))
