@@ -106,6 +106,10 @@ class Answer:
     done: float
     error: str = ""
 
+    @property
+    def seconds(self) -> float:
+        return self.done - self.sent
+
 
 async def get(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.errors import PROXY_HEADER
 from proxy.quota.limiter import MAX_WAIT_HEADER
+from tests.faultkit import Answer
 from tests.procs import Process, start_cli
 from tests.redisproc import RedisServer
 
@@ -29,21 +30,6 @@ pytestmark = pytest.mark.slow
 FALLBACK = "defender_proxy_quota_store_fallback"
 FALLBACK_WARNING = "quota store unreachable: admitting against the local share"
 RECOVERED = "quota store reachable again: the shared quota is back"
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One client request: its status, whether the proxy made the answer, and its timing."""
-
-    status: int
-    proxy_error: str | None
-    sent: float
-    done: float
-    error: str = ""
-
-    @property
-    def seconds(self) -> float:
-        return self.done - self.sent
 
 
 @dataclass(slots=True)
