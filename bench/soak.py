@@ -8,6 +8,7 @@ a flat fd count, and that the proxy made no 5xx of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -25,17 +26,51 @@ from bench.common import (
     unwind_on_sigterm,
     write_json,
 )
+from proxy.config import Settings
+from proxy.quota import redis_store
 
 SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
 RATE = float(os.environ.get("BENCH_SOAK_RATE", "100"))
 SAMPLE_EVERY = 30.0
 WARM_UP = 60.0
+# The connection pools' bounds on the defaults: Redis (per replica) and the upstream.
+REDIS_POOL = redis_store.MAX_CONNECTIONS
+UPSTREAM_POOL = Settings().pool.max_connections
 # No TooManyRequests here: an upstream 429 pauses the route, which is not what a soak measures.
 CODES = ("Unauthorized", "Forbidden", "NotFound", "InvalidInput", "InternalServerError")
 
 
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def _sockets() -> dict[str, tuple[int, int]]:
+    """Every TCP socket on the machine by inode: (local port, remote port)."""
+    found: dict[str, tuple[int, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                found[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+    return found
+
+
+def _fds(pid: int, proxy_port: int, peers: dict[int, str]) -> Counter[str]:
+    """The process's open fds by kind: connections to a peer (its port → kind), ``callers``
+    (connections to the proxy port), and ``own`` (files, pipes, listeners, the event loop's).
+    """
+    sockets = _sockets()
+    kinds: Counter[str] = Counter({"own": 0, "callers": 0, **dict.fromkeys(peers.values(), 0)})
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            inode = target[len("socket:[") : -1] if target.startswith("socket:[") else ""
+            local, remote = sockets.get(inode, (0, 0))
+            if remote in peers:
+                kinds[peers[remote]] += 1
+            elif remote and local == proxy_port:
+                kinds["callers"] += 1
+            else:
+                kinds["own"] += 1
+    return kinds
 
 
 async def _load(url: str, seconds: float, statuses: Counter[str]) -> None:
@@ -81,6 +116,7 @@ async def _run(workdir: Path) -> dict[str, object]:
         '  routes:\n    - {name: machines.list, limits: ["10000/1m"]}\n'
     )
     proxy = start_proxy(sim.port, 0, config=config)
+    peers = {sim.port: "upstream", redis.port: "redis"}
     statuses: Counter[str] = Counter()
     samples: list[dict[str, float]] = []
     restarts = (SECONDS / 3, 2 * SECONDS / 3)
@@ -98,16 +134,19 @@ async def _run(workdir: Path) -> dict[str, object]:
                 redis = start_redis(workdir, redis.port)
                 print(f"{elapsed:7.0f} s  Redis restarted", flush=True)
             if elapsed >= next_sample:
+                fds = _fds(proxy.pid, proxy.port, peers)
                 row = {
                     "t": round(elapsed),
                     "rss_mib": rss_mib(proxy.pid),
-                    "fds": _fds(proxy.pid),
+                    "fds": sum(fds.values()),
+                    **{f"fds_{kind}": n for kind, n in fds.items()},
                     "requests": sum(statuses.values()),
                     "proxy_5xx": sum(n for k, n in statuses.items() if k.startswith("proxy 5")),
                 }
                 samples.append(row)
+                kinds = ", ".join(f"{kind} {n}" for kind, n in fds.items())
                 print(
-                    f"{row['t']:7} s  RSS {row['rss_mib']:6.1f} MB  fds {row['fds']:4}  "
+                    f"{row['t']:7} s  RSS {row['rss_mib']:6.1f} MB  fds {row['fds']:3} ({kinds})  "
                     f"requests {row['requests']:7}  proxy 5xx {row['proxy_5xx']}",
                     flush=True,
                 )
@@ -116,14 +155,19 @@ async def _run(workdir: Path) -> dict[str, object]:
         await load
     warm = [s for s in samples if s["t"] >= WARM_UP] or samples
     drift = (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"] * 100
-    fd_spread = max(s["fds"] for s in warm) - min(s["fds"] for s in warm)
+    spreads = {
+        kind: max(s[f"fds_{kind}"] for s in warm) - min(s[f"fds_{kind}"] for s in warm)
+        for kind in ("own", "callers", "upstream", "redis")
+    }
     return {
         "seconds": SECONDS,
         "rate": RATE,
         "samples": samples,
         "statuses": dict(statuses),
         "rss_drift_pct": drift,
-        "fd_spread": fd_spread,
+        "fd_spreads": spreads,
+        "fd_peaks": {k: max(s[f"fds_{k}"] for s in warm) for k in ("upstream", "redis")},
+        "fd_growth": warm[-1]["fds"] - warm[0]["fds"],
     }
 
 
@@ -139,8 +183,20 @@ def main() -> None:
     print(
         f"RSS drift after warm-up: {drift:+.1f} %  (target ≤ 5 %: {'met' if drift <= 5 else 'MISSED'})"
     )
-    spread = int(result["fd_spread"])  # type: ignore[call-overload]
-    print(f"open fds after warm-up vary by {spread}  (target: flat)")
+    spreads: dict[str, int] = result["fd_spreads"]  # type: ignore[assignment]
+    peaks: dict[str, int] = result["fd_peaks"]  # type: ignore[assignment]
+    growth = int(result["fd_growth"])  # type: ignore[call-overload]
+    # Flat: the proxy's own fds never change; its connections stay within their pools, and the
+    # callers' connections are the load generator's to open and close.
+    flat = (
+        spreads["own"] == 0 and peaks["redis"] <= REDIS_POOL and peaks["upstream"] <= UPSTREAM_POOL
+    )
+    print(
+        f"open fds after warm-up: own ones vary by {spreads['own']}, connections to Redis peak at "
+        f"{peaks['redis']} (pool {REDIS_POOL}), to the upstream at {peaks['upstream']} (pool "
+        f"{UPSTREAM_POOL}); callers' connections vary by {spreads['callers']}; total "
+        f"{growth:+d} from first to last sample  (target: flat: {'met' if flat else 'MISSED'})"
+    )
     print(f"5xx made by the proxy: {proxy_5xx}  (target: 0; Redis was down twice for 5 s)")
     write_json("soak.json", result)
 

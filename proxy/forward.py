@@ -42,12 +42,11 @@ _PROXY_PREFIX: Final = b"x-defender-proxy-"
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
-def _connection_tokens(raw: RawHeaders) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
+_REQUEST_DROPPED: Final = HOP_BY_HOP | _REQUEST_OWNED
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token for t in value.split(b",") if (token := t.strip().lower())}
 
 
 def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes, bytes]]:
@@ -55,12 +54,18 @@ def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes
 
     Headers addressed to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
     """
-    dropped = HOP_BY_HOP | _REQUEST_OWNED | _connection_tokens(raw)
-    out = [
-        (name, value)
-        for name, value in raw
-        if (lowered := name.lower()) not in dropped and not lowered.startswith(_PROXY_PREFIX)
-    ]
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _REQUEST_DROPPED:
+            if lowered == b"connection":
+                named |= _connection_tokens(value)
+        elif not lowered.startswith(_PROXY_PREFIX):
+            out.append((name, value))
+    if named:
+        # Headers the Connection header names may come before it: a second pass, rarely made.
+        out = [(name, value) for name, value in out if name.lower() not in named]
     if request_id is not None:
         out.append((b"client-request-id", request_id.encode("ascii")))
     return out
@@ -68,12 +73,18 @@ def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes
 
 def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
     """The upstream's response headers as the caller should see them."""
-    dropped = HOP_BY_HOP | _connection_tokens(raw)
-    return CIMultiDict(
-        (name.decode("latin-1"), value.decode("utf-8", "replace"))
-        for name, value in raw
-        if name.lower() not in dropped
-    )
+    kept: list[tuple[str, str]] = []
+    named: set[bytes] = set()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                named |= _connection_tokens(value)
+        else:
+            kept.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
+    if named:
+        kept = [(n, v) for n, v in kept if n.encode("latin-1").lower() not in named]
+    return CIMultiDict(kept)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:

@@ -29,7 +29,7 @@ from proxy.errors import (
     error_response,
     new_target,
 )
-from proxy.logs import get_logger
+from proxy.logs import RequestLog, get_logger
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, Limiter
 from proxy.routing import Router
@@ -78,11 +78,13 @@ class Proxy:
         self.limiter = limiter
         self.pool: Pool | None = None
         self.in_flight = 0
+        metrics.in_flight.set_function(lambda: self.in_flight)
         self._upstream = settings.upstream
         self._cap = settings.limits.error_body_cap
         self._max_body = settings.limits.max_body
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
+        self._request_log = RequestLog()
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
@@ -100,7 +102,6 @@ class Proxy:
         """Answer one request on the proxy port."""
         started = time.perf_counter()
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], _request_id(request))
         try:
             try:
@@ -138,7 +139,6 @@ class Proxy:
                 )
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             self._observe(outcome, time.perf_counter() - started)
 
     async def _forward(
@@ -193,19 +193,19 @@ class Proxy:
             upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
             if admission is not None and not upstream_says:
                 route = outcome.route.name
-                headers.update(self.limiter.ratelimit_headers(route, admission.decision))
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
+                headers.extend(self.limiter.ratelimit_headers(route, admission.decision))
+        response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
         if "Upgrade" in request.headers:
             # Upgrades are never honoured; aiohttp's parser may have taken what followed on the
             # connection for upgraded bytes, so end it rather than leave a request unanswered.
             response.force_close()
         try:
             await response.prepare(request)
-            if prefix:
-                await response.write(prefix)
-                outcome.bytes_out += len(prefix)
+            # The head goes out with the body's first bytes in one write when they are here
+            # already, else on its own at once: a slow body must not hold back the status.
+            first = prefix or upstream.read_ready()
+            await response.write(first)
+            outcome.bytes_out += len(first)
             if not failed:
                 try:
                     while chunk := await upstream.read():
@@ -317,7 +317,13 @@ class Proxy:
             fields["admit_ms"] = round(outcome.admission.decided * 1000, 3)
             if outcome.admission.waited:
                 fields["wait_ms"] = round(outcome.admission.waited * 1000, 3)
-        self._log.info("request", **fields)
+        self._request_log.write(fields)
+
+
+class _Relayed(web.StreamResponse):
+    """A relayed answer whose head is held until the first write, so both share one send."""
+
+    _send_headers_immediately = False
 
 
 def _request_id(request: web.BaseRequest) -> str:

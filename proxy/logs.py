@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any, Final, TextIO
 
 import orjson
@@ -22,7 +23,9 @@ _SECRET_KEYS: Final = frozenset(
      "password", "secret", "client_secret", "api_key", "apikey"}
 )  # fmt: skip
 # Free-text fields whose content comes from outside the proxy.
-_TEXT_KEYS: Final = ("message", "error", "detail", "reason", "code", "inner_code", "target")
+_TEXT_KEY_SET: Final = frozenset(
+    {"message", "error", "detail", "reason", "code", "inner_code", "target"}
+)
 _SECRET_TEXT = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
@@ -48,13 +51,46 @@ def scrub(text: str) -> str:
 
 
 def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    for key in _SECRET_KEYS.intersection(event):
-        event[key] = REDACTED
-    for key in _TEXT_KEYS:
-        value = event.get(key)
-        if isinstance(value, str) and value:
+    for key, value in event.items():
+        if key in _SECRET_KEYS:
+            event[key] = REDACTED
+        elif key in _TEXT_KEY_SET and value and isinstance(value, str):
             event[key] = scrub(value)
     return event
+
+
+class _Clock:
+    """ISO 8601 UTC timestamps with microseconds; the part up to the second is made once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        stamp = time.time()
+        second = int(stamp)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((stamp - second) * 1_000_000):06d}Z"
+
+
+def _json_line(clock: _Clock) -> Processor:
+    """Level, timestamp, redaction and rendering in one step: the access line's whole chain."""
+    levels = {"warn": "warning", "exception": "error"}
+    dumps = orjson.dumps
+
+    def render(logger: WrappedLogger, method_name: str, event: EventDict) -> bytes:
+        event["level"] = levels.get(method_name, method_name)
+        event["timestamp"] = clock.now()
+        return dumps(_redact(logger, method_name, event), default=str)
+
+    return render
+
+
+_level = logging.INFO
 
 
 def configure(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -62,15 +98,10 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     out = stream if stream is not None else sys.stdout
     if log_format == "auto":
         log_format = "console" if out.isatty() else "json"
-    shared: list[Processor] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
-    ]
-    renderer: Processor
+    processors: list[Processor]
     factory: Any
     if log_format == "json":
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps, default=str)
+        processors = [_json_line(_Clock())]
         buffer = getattr(out, "buffer", None)
         factory = (
             structlog.BytesLoggerFactory(file=buffer)
@@ -78,13 +109,18 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
             else _TextBytesLoggerFactory(out)
         )
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        processors = [
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.dev.ConsoleRenderer(colors=out.isatty()),
+        ]
         factory = structlog.PrintLoggerFactory(file=out)
+    global _level
+    _level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
@@ -114,3 +150,30 @@ class _TextBytesLoggerFactory:
 def get_logger(name: str) -> Any:
     """A logger for one part of the proxy (``access``, ``lifecycle`` …)."""
     return structlog.get_logger(name)
+
+
+class RequestLog:
+    """The per-request line, through structlog's configured processors and output.
+
+    A bound logger's method copies its keyword arguments on each of three calls before the
+    processors see them; the request line, written once per request, hands its dict over as is.
+    Made after ``configure``: it takes the configuration of the moment, as a cached logger does.
+    """
+
+    __slots__ = ("_enabled", "_processors", "_sink")
+
+    def __init__(self) -> None:
+        config = structlog.get_config()
+        self._processors: tuple[Processor, ...] = tuple(config["processors"])
+        self._sink: Any = config["logger_factory"]("access")
+        self._enabled = _level <= logging.INFO
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Write one ``request`` line with ``fields`` (the dict is consumed)."""
+        if not self._enabled:
+            return
+        event: Any = fields
+        event["event"] = "request"
+        for processor in self._processors:
+            event = processor(self._sink, "info", event)
+        self._sink.info(event)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Any, Final
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import generate_latest
 
-from proxy import __version__, classify, codes
+from proxy import __version__, classify, codes, series
 
 #: How many codes outside the known set get their own label value before the rest become ``other``.
 MAX_DYNAMIC_CODES: Final = 100
@@ -73,26 +73,26 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.codes = CodeLabels()
         r = self.registry
-        self.api_errors = Counter(
+        self.api_errors = series.Counter(
             "defender_api_errors",
             "Error responses (status >= 400) from the Defender API, by parsed error code.",
             ["route", "status", "code"],
             registry=r,
         )
-        self.requests = Counter(
+        self.requests = series.Counter(
             "defender_proxy_requests",
             "Requests answered, by route, method, status and who answered (upstream or proxy).",
             ["route", "method", "status", "source"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = series.Histogram(
             "defender_proxy_request_duration_seconds",
             "Time from receiving a request to the end of its response.",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = series.Histogram(
             "defender_proxy_upstream_duration_seconds",
             "Time from sending a request upstream to receiving the response headers.",
             ["route"],
@@ -115,27 +115,27 @@ class Metrics:
             "1 while the proxy accepts new requests, 0 while it drains.",
             registry=r,
         )
-        self.admissions = Counter(
+        self.admissions = series.Counter(
             "defender_proxy_admissions",
             "Quota decisions by route and outcome: admitted (at once), waited (after a wait), "
             "refused (429 from the proxy), shadow_waited and shadow_refused (shadow mode).",
             ["route", "outcome"],
             registry=r,
         )
-        self.admission_wait = Histogram(
+        self.admission_wait = series.Histogram(
             "defender_proxy_admission_wait_seconds",
             "How long admitted requests waited for their slot in the quota.",
             ["route"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0),
             registry=r,
         )
-        self.quota_remaining = Gauge(
+        self.quota_remaining = series.Gauge(
             "defender_proxy_quota_remaining",
             "Requests left in the route's quota window ending now, as of the last admission.",
             ["route", "window"],
             registry=r,
         )
-        self.store_duration = Histogram(
+        self.store_duration = series.Histogram(
             "defender_proxy_quota_store_duration_seconds",
             "Time one admission decision took in the quota store (one round trip for Redis).",
             ["store"],
@@ -167,8 +167,8 @@ class Metrics:
         self.build.info({"version": __version__, "python": platform.python_version()})
 
         # Label children cached per label tuple: the label sets are closed, so these stay small.
-        self._request_children: dict[tuple[str, str, int, str], Any] = {}
-        self._duration_children: dict[str, tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, int, str], series.CounterChild] = {}
+        self._duration_children: dict[str, tuple[series.HistogramChild, series.HistogramChild]] = {}
 
     def observe_request(
         self,
@@ -180,12 +180,11 @@ class Metrics:
         upstream_seconds: float | None,
     ) -> None:
         """Count one answered request and record its durations."""
-        key = (route, method, status, source)
+        # Keyed by the method's label, not the method: a caller inventing methods adds nothing.
+        key = (route, method if method in _METHODS else OTHER, status, source)
         counter = self._request_children.get(key)
         if counter is None:
-            counter = self.requests.labels(
-                route, method_label(method), status_label(status), source
-            )
+            counter = self.requests.labels(route, key[1], status_label(status), source)
             self._request_children[key] = counter
         counter.inc()
         durations = self._duration_children.get(route)

@@ -217,6 +217,17 @@ class Connection(asyncio.Protocol):
         if chunked and not self.closed:
             self.transport.write(b"0\r\n\r\n")
 
+    def read_ready(self) -> bytes:
+        """The body bytes received and not yet read, without waiting; ``b""`` if none."""
+        if not self._body:
+            return b""
+        chunk = b"".join(self._body) if len(self._body) > 1 else self._body[0]
+        self._body.clear()
+        self._buffered = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        return chunk
+
     async def read_chunk(self, timeout: float) -> bytes:
         """The next piece of the response body; ``b""`` at its end."""
         while True:
@@ -232,13 +243,25 @@ class Connection(asyncio.Protocol):
                 raise self._error
             self._body_waiter = self._loop.create_future()
             try:
-                async with asyncio.timeout(timeout):
-                    await self._body_waiter
-            except TimeoutError:
-                self._fail(_ConnectionError("timeout", "the upstream stopped sending the body"))
-                raise self._error from None  # type: ignore[misc]
+                await self.wait(self._body_waiter, timeout, "the upstream stopped sending the body")
             finally:
                 self._body_waiter = None
+
+    async def wait(self, future: asyncio.Future[None], timeout: float, what: str) -> None:
+        """Await ``future``; after ``timeout`` the exchange fails as a timeout saying ``what``.
+
+        One timer handle, where ``asyncio.timeout`` would add a context manager and a task
+        cancellation on every exchange.
+        """
+        timer = self._loop.call_later(timeout, self._expire, future, what)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[None], what: str) -> None:
+        if not future.done():  # the answer may have come in the timer's own loop iteration
+            self._fail(_ConnectionError("timeout", what))
 
     @property
     def reusable(self) -> bool:
@@ -271,6 +294,10 @@ class Response:
             return await self._conn.read_chunk(self._pool.read_timeout)
         except _ConnectionError as exc:
             raise UpstreamError(502, "BadGateway", str(exc), exc.kind) from None
+
+    def read_ready(self) -> bytes:
+        """The body bytes already received, without waiting (``b""`` if none: not the end)."""
+        return self._conn.read_ready()
 
     def release(self) -> None:
         """Give the connection back to the pool (or drop it if it cannot be reused)."""
@@ -343,8 +370,7 @@ class Pool:
             conn, reused = await self._acquire()
             try:
                 await conn.send(head, body, chunked, head_only, self.read_timeout)
-                async with asyncio.timeout(self.read_timeout):
-                    await conn.headers_done
+                await conn.wait(conn.headers_done, self.read_timeout, _message("timeout"))
                 return Response(self, conn)
             except (RefusalError, CallerGoneError):
                 conn.close()
@@ -355,17 +381,11 @@ class Pool:
                 self.release(conn)
                 # A kept-alive connection the upstream had already closed: nothing of this
                 # request was processed, so one retry on a fresh connection is safe.
-                if attempt == 1 and reused and body is None and not conn.received_any:
-                    continue
                 if exc.kind == "timeout":
                     raise UpstreamError(504, "GatewayTimeout", str(exc), "timeout") from None
+                if attempt == 1 and reused and body is None and not conn.received_any:
+                    continue
                 raise UpstreamError(502, "BadGateway", _message(exc.kind), exc.kind) from None
-            except TimeoutError:
-                conn.close()
-                self.release(conn)
-                raise UpstreamError(
-                    504, "GatewayTimeout", "the upstream did not answer in time", "timeout"
-                ) from None
             except (ConnectionError, OSError):
                 conn.close()
                 self.release(conn)

@@ -60,6 +60,8 @@ class _RoutePolicy:
     quota: Quota
     names: tuple[str, ...]
     policy_header: str
+    #: the RateLimit field with %d for each window's remaining count and reset seconds
+    state_format: str
     bulk: bool
     shadow: bool
 
@@ -105,6 +107,7 @@ class Limiter:
                 quota,
                 names,
                 policy,
+                ", ".join(f'"{name}";r=%d;t=%d' for name in names),
                 priority == "bulk",
                 mode == "shadow",
             )
@@ -208,13 +211,13 @@ class Limiter:
     def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
         policy = self._routes[route]
-        state = ", ".join(
-            f'"{name}";r={left};t={math.ceil(reset)}'
-            for name, left, reset in zip(
-                policy.names, decision.remaining, decision.reset, strict=True
-            )
-        )
-        return {"RateLimit-Policy": policy.policy_header, "RateLimit": state}
+        values: list[int] = []
+        for left, reset in zip(decision.remaining, decision.reset, strict=True):
+            values += (left, math.ceil(reset))
+        return {
+            "RateLimit-Policy": policy.policy_header,
+            "RateLimit": policy.state_format % tuple(values),
+        }
 
     async def observe_answer(
         self, route: str, status: int, retry_after: str | None, message: str

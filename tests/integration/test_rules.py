@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from proxy import series
 from proxy.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +117,10 @@ def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
         if isinstance(metric, MetricWrapperBase):
             suffix = "_total" if metric._type == "counter" else ""
             exported[metric._name + suffix] = set(metric._labelnames)
+        elif isinstance(metric, series.Counter):
+            exported[metric.name + "_total"] = set(metric.labelnames)
+        elif isinstance(metric, series.Gauge | series.Histogram):
+            exported[metric.name] = set(metric.labelnames)
     for alert in _alerts():
         for metric, matchers in _SELECTOR.findall(alert["expr"]):
             assert metric in exported, f"{alert['alert']}: the proxy exports no {metric}"
