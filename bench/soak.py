@@ -41,8 +41,15 @@ CODES = ("Unauthorized", "Forbidden", "NotFound", "InvalidInput", "InternalServe
 
 
 def _sockets() -> dict[str, tuple[int, int]]:
-    """Every TCP socket on the machine by inode: (local port, remote port)."""
+    """Every TCP socket on the machine by inode: (local port, remote port); (0, 0) for the
+    Unix-domain ones (the event loop's own socket pairs)."""
     found: dict[str, tuple[int, int]] = {}
+    with contextlib.suppress(OSError), open("/proc/net/unix") as lines:
+        next(lines)
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 7:
+                found[fields[6]] = (0, 0)
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             next(lines)
@@ -55,14 +62,21 @@ def _sockets() -> dict[str, tuple[int, int]]:
 
 def _fds(pid: int, proxy_port: int, peers: dict[int, str]) -> Counter[str]:
     """The process's open fds by kind: connections to a peer (its port → kind), ``callers``
-    (connections to the proxy port), and ``own`` (files, pipes, listeners, the event loop's).
+    (connections to the proxy port), ``reset`` (sockets the kernel has already dropped from its
+    tables — a peer reset them — and the process has not yet closed), and ``own`` (files, pipes,
+    listeners, the event loop's).
     """
     sockets = _sockets()
-    kinds: Counter[str] = Counter({"own": 0, "callers": 0, **dict.fromkeys(peers.values(), 0)})
+    kinds: Counter[str] = Counter(
+        {"own": 0, "callers": 0, **dict.fromkeys(peers.values(), 0), "reset": 0}
+    )
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             inode = target[len("socket:[") : -1] if target.startswith("socket:[") else ""
+            if inode and inode not in sockets:
+                kinds["reset"] += 1
+                continue
             local, remote = sockets.get(inode, (0, 0))
             if remote in peers:
                 kinds[peers[remote]] += 1
@@ -157,7 +171,7 @@ async def _run(workdir: Path) -> dict[str, object]:
     drift = (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"] * 100
     spreads = {
         kind: max(s[f"fds_{kind}"] for s in warm) - min(s[f"fds_{kind}"] for s in warm)
-        for kind in ("own", "callers", "upstream", "redis")
+        for kind in ("own", "callers", "upstream", "redis", "reset")
     }
     return {
         "seconds": SECONDS,
@@ -166,7 +180,11 @@ async def _run(workdir: Path) -> dict[str, object]:
         "statuses": dict(statuses),
         "rss_drift_pct": drift,
         "fd_spreads": spreads,
-        "fd_peaks": {k: max(s[f"fds_{k}"] for s in warm) for k in ("upstream", "redis")},
+        "fd_peaks": {
+            "upstream": max(s["fds_upstream"] for s in warm),
+            # Pooled connections the peer reset are still the pool's until it next hands them out.
+            "redis": max(s["fds_redis"] + s["fds_reset"] for s in warm),
+        },
         "fd_growth": warm[-1]["fds"] - warm[0]["fds"],
     }
 
@@ -192,7 +210,8 @@ def main() -> None:
         spreads["own"] == 0 and peaks["redis"] <= REDIS_POOL and peaks["upstream"] <= UPSTREAM_POOL
     )
     print(
-        f"open fds after warm-up: own ones vary by {spreads['own']}, connections to Redis peak at "
+        f"open fds after warm-up: own ones vary by {spreads['own']}, connections to Redis (reset "
+        f"ones included) peak at "
         f"{peaks['redis']} (pool {REDIS_POOL}), to the upstream at {peaks['upstream']} (pool "
         f"{UPSTREAM_POOL}); callers' connections vary by {spreads['callers']}; total "
         f"{growth:+d} from first to last sample  (target: flat: {'met' if flat else 'MISSED'})"

@@ -8,11 +8,15 @@ JWTs and ``password=``-style pairs before it is written.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import re
 import sys
 import time
-from typing import Any, Final, TextIO
+import weakref
+from typing import Any, BinaryIO, Final, TextIO
 
 import orjson
 import structlog
@@ -51,10 +55,11 @@ def scrub(text: str) -> str:
 
 
 def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    for key, value in event.items():
-        if key in _SECRET_KEYS:
-            event[key] = REDACTED
-        elif key in _TEXT_KEY_SET and value and isinstance(value, str):
+    for key in _SECRET_KEYS & event.keys():
+        event[key] = REDACTED
+    for key in _TEXT_KEY_SET & event.keys():
+        value = event[key]
+        if value and isinstance(value, str):
             event[key] = scrub(value)
     return event
 
@@ -102,12 +107,7 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     factory: Any
     if log_format == "json":
         processors = [_json_line(_Clock())]
-        buffer = getattr(out, "buffer", None)
-        factory = (
-            structlog.BytesLoggerFactory(file=buffer)
-            if buffer is not None
-            else _TextBytesLoggerFactory(out)
-        )
+        factory = _LinesFactory(_Lines(out))
     else:
         processors = [
             structlog.processors.add_log_level,
@@ -126,25 +126,76 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     )
 
 
-class _TextBytesLogger:
-    """Writes rendered bytes to a text stream (tests capture logs in a StringIO)."""
+class _Lines:
+    """Rendered lines to the output stream, in one write per event-loop iteration at most.
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+    Outside a running loop (start-up, shutdown) a line is written at once. Inside one, the first
+    line of an iteration schedules the write (``call_soon``: it runs before the loop next polls
+    for I/O) and the lines that follow in the same iteration join it, so a burst of answered
+    requests costs one write. What is still queued at exit is written then.
+    """
 
-    def msg(self, message: bytes) -> None:
-        self._stream.write(message.decode() + "\n")
-        self._stream.flush()
+    __slots__ = ("__weakref__", "_loop", "_pending", "_write")
+
+    def __init__(self, out: TextIO) -> None:
+        buffer: BinaryIO | None = getattr(out, "buffer", None)
+        if buffer is not None:
+
+            def write(data: bytes) -> None:
+                buffer.write(data)
+                buffer.flush()
+
+        else:  # a text-only stream (tests capture logs in a StringIO)
+
+            def write(data: bytes) -> None:
+                out.write(data.decode())
+                out.flush()
+
+        self._write = write
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def msg(self, line: bytes) -> None:
+        """Queue ``line`` (or write it, outside a running loop)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop is self._loop:
+            self._pending.append(line)
+            return
+        self.flush()  # lines queued on a loop that stopped before writing them
+        if loop is None:
+            self._write(line + b"\n")
+            return
+        self._loop = loop
+        self._pending.append(line)
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued line."""
+        self._loop = None
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._write(b"\n".join(lines) + b"\n")
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
-class _TextBytesLoggerFactory:
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+def _flush_at_exit(ref: weakref.ref[_Lines]) -> None:
+    lines = ref()
+    if lines is not None:
+        with contextlib.suppress(ValueError, OSError):  # the stream may be closed by now
+            lines.flush()
 
-    def __call__(self, *args: Any) -> _TextBytesLogger:
-        return _TextBytesLogger(self._stream)
+
+class _LinesFactory:
+    def __init__(self, lines: _Lines) -> None:
+        self._lines = lines
+
+    def __call__(self, *args: Any) -> _Lines:
+        return self._lines
 
 
 def get_logger(name: str) -> Any:

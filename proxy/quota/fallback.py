@@ -15,12 +15,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from proxy.logs import get_logger
 from proxy.quota.memory import MemoryStore
-from proxy.quota.redis_store import RedisStore
 from proxy.quota.schedule import Window
 from proxy.quota.store import Decision, Quota
+
+if TYPE_CHECKING:
+    from proxy.quota.redis_store import RedisStore
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import orjson
@@ -81,3 +82,57 @@ def test_console_format_is_readable() -> None:
     assert "request" in text
     assert "route" in text
     assert not text.lstrip().startswith("{")
+
+
+class _CountingStream(io.StringIO):
+    """A text stream that counts the writes made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_iteration_share_one_write() -> None:
+    """Lines logged in one event-loop iteration reach the stream in one write, in order, by the
+    time the loop has gone round once."""
+    stream = _CountingStream()
+    logs.configure("json", "info", stream)
+    log = logs.get_logger("t")
+    for i in range(5):
+        log.info("request", n=i)
+    assert stream.getvalue() == ""  # queued, not yet written
+    await asyncio.sleep(0)
+    assert [orjson.loads(line)["n"] for line in stream.getvalue().splitlines()] == list(range(5))
+    assert stream.writes == 1
+
+
+def test_lines_outside_a_loop_are_written_at_once() -> None:
+    """Without a running loop (start-up, shutdown) each line is written when it is logged."""
+    stream = _CountingStream()
+    logs.configure("json", "info", stream)
+    logs.get_logger("t").info("started")
+    assert orjson.loads(stream.getvalue())["event"] == "started"
+
+
+def test_lines_queued_on_a_stopped_loop_are_not_lost() -> None:
+    """A line queued on a loop that stopped before writing it is written with the next line."""
+    stream = _CountingStream()
+    logs.configure("json", "info", stream)
+    log = logs.get_logger("t")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(log.info, "inside")
+        loop.call_soon(loop.stop)  # runs before the write the first line queued
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert stream.getvalue() == ""
+    log.info("after")
+    assert [orjson.loads(line)["event"] for line in stream.getvalue().splitlines()] == [
+        "inside",
+        "after",
+    ]
