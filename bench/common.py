@@ -107,6 +107,8 @@ class Service:
     admin: int = 0
     #: where the proxy's JSON log lines go
     log: Path = Path(os.devnull)
+    #: a file made for this service alone, removed when it stops
+    scratch: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -122,6 +124,7 @@ class Service:
 
 def stop_all(started: Iterable[Service], seconds: float = 10.0) -> None:
     """SIGTERM every service at once, then wait; SIGKILL those still running after ``seconds``."""
+    started = list(started)
     procs = [service.proc for service in started if service.proc.poll() is None]
     for proc in procs:
         proc.terminate()
@@ -132,6 +135,9 @@ def stop_all(started: Iterable[Service], seconds: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for service in started:
+        if service.scratch is not None and service.proc.poll() is not None:
+            service.scratch.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -274,7 +280,8 @@ def _spawn_proxy(
             stderr=err,
             env=environ,
         )
-    return Service(proc, port, admin, log or Path(os.devnull))
+    scratch = None if log is not None else config_file
+    return Service(proc, port, admin, log or Path(os.devnull), scratch)
 
 
 def start_proxy(

@@ -1,9 +1,10 @@
 """The first step of a request: refuse what is not ours to forward.
 
-Only the configured upstream origin is ever contacted. A ``CONNECT``, an asterisk-form target, an
-absolute-form target naming any other origin, a path that tries to climb out of itself (``..``,
-``%2e%2e``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), and a declared body over the limit are
-refused here, before any upstream connection is made, with a Defender-shaped 400 or 413.
+Only the configured upstream origin is ever contacted. A ``CONNECT`` or ``TRACE``, an
+asterisk-form target, an absolute-form target naming any other origin, a path that tries to climb
+out of itself (``..``, ``%2e%2e``, ``..;``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), and a
+declared body over the limit are refused here, before any upstream connection is made, with a
+Defender-shaped 400 or 413.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from yarl import URL
 
 from proxy.errors import RefusalError
 
-_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?=/|$|\?)", re.IGNORECASE)
+# A dot segment, also with path parameters (``..;x``), which some servers still read as ``..``.
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:;[^/?]*)?(?=/|$|\?)", re.IGNORECASE)
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|00)|\\", re.IGNORECASE)
 _ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -40,6 +42,10 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
         raise RefusalError(
             400, "BadRequest", "CONNECT is refused: this proxy forwards only to its configured API"
         )
+    if method in ("TRACE", "TRACK"):
+        raise RefusalError(
+            400, "BadRequest", f"{method} is refused: the upstream would echo the request back"
+        )
     if raw_target.startswith("/"):
         target = raw_target
     elif _ABSOLUTE.match(raw_target):
@@ -59,7 +65,7 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
         raise RefusalError(400, "BadRequest", "a fragment ('#') in the request target is refused")
     path = target.partition("?")[0]
     if _DOT_SEGMENT.search(path):
-        raise RefusalError(400, "BadRequest", "dot segments ('.', '..') in the path are refused")
+        raise RefusalError(400, "BadRequest", "dot segments ('.', '..', '..;') in the path are refused")
     if _ENCODED_SEPARATOR.search(path):
         raise RefusalError(
             400, "BadRequest", "encoded separators (%2F, %5C, %00) or '\\' in the path are refused"

@@ -32,6 +32,8 @@ _RESET_BODY_LENGTH: Final = 1000
 _RESET_BODY_SENT: Final = b'{"value":['
 _TRUNCATED_CHUNK: Final = b'{"value":[{"id":"1e5bc9d7e413ddd7902c2932e418702b84d0cc07"},'
 _EARLY_HINTS: Final = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+# A status line and a header block that stops mid-field: what ``reset-headers`` sends.
+_PARTIAL_HEAD: Final = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Le"
 
 
 @dataclass(slots=True)
@@ -68,7 +70,11 @@ async def respond(request: web.Request, directives: Directives) -> web.StreamRes
         await request.writer.write(_EARLY_HINTS)
     if directives.slow:
         await asyncio.sleep(directives.slow)
-    if directives.answer == "reset":
+    if directives.answer in ("reset", "reset-headers"):
+        if directives.answer == "reset-headers":
+            await request.writer.write(_PARTIAL_HEAD)
+            # The partial head must reach the caller before the reset, not be discarded by it.
+            await asyncio.sleep(0.05)
         _reset(request)
         # aiohttp's attempt to send this finds the transport closed and gives up quietly.
         return web.Response()

@@ -3,10 +3,14 @@
 The header is a ``;``-separated list of directives, ``name`` or ``name=value``; several
 ``X-Simulate`` headers read as one list. At most one directive chooses the answer (``error``,
 ``graph-error``, ``hunting-429``, ``cpu-429``, ``body``, ``download``, ``gzip-download``,
-``eof-body``, ``echo``, ``reset``, ``reset-body``, ``truncate-chunked``, or ``status`` alone); the
+``eof-body``, ``echo``, ``reset``, ``reset-headers``, ``reset-body``, ``truncate-chunked``, or
+``status`` alone); the
 others adjust it (``status``, ``size``, ``chunked``, ``inner``, ``slow``, ``stall-body``,
 ``retry-after``, ``early-hints``, ``set-header``, ``set-cookie``). Anything unknown, malformed or
 contradictory raises ``DirectiveError`` so a typo in a test is a 400, never a silent default answer.
+
+``reset`` answers with a TCP reset before the first byte; ``reset-headers`` sends the status line
+and part of the header block first, then resets.
 
 Two of them exercise HTTP/1.1 framing a client must cope with:
 
@@ -41,6 +45,7 @@ ANSWERS: Final = frozenset(
         "eof-body",
         "echo",
         "reset",
+        "reset-headers",
         "reset-body",
         "truncate-chunked",
     }
@@ -51,6 +56,7 @@ _FLAGS: Final = frozenset(
         "cpu-429",
         "echo",
         "reset",
+        "reset-headers",
         "reset-body",
         "truncate-chunked",
         "chunked",
@@ -192,10 +198,12 @@ def _check_companions(answer: str | None, seen: dict[str, str]) -> None:
         raise DirectiveError("X-Simulate chunked only goes with download=")
     if "inner" in seen and answer != "graph-error":
         raise DirectiveError("X-Simulate inner= only goes with graph-error=")
-    if "stall-body" in seen and answer == "reset":
-        raise DirectiveError("X-Simulate stall-body does not go with reset: there is no body")
-    if "early-hints" in seen and answer == "reset":
-        raise DirectiveError("X-Simulate early-hints does not go with reset: there is no answer")
+    if "stall-body" in seen and answer in ("reset", "reset-headers"):
+        raise DirectiveError(f"X-Simulate stall-body does not go with {answer}: there is no body")
+    if "early-hints" in seen and answer in ("reset", "reset-headers"):
+        raise DirectiveError(
+            f"X-Simulate early-hints does not go with {answer}: there is no answer"
+        )
 
 
 def _download_size(answer: str | None, seen: dict[str, str]) -> int | None:

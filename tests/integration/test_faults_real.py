@@ -83,9 +83,8 @@ class Fault:
 
 FAULTS = {
     "refused": Fault("", "proxy", 502, "BadGateway"),
-    # The simulator cannot send part of a status line or header block and then abort; `reset`
-    # (an RST before the first byte of the answer) is the nearest fault it has.
     "reset-before-headers": Fault("reset", "proxy", 502, "BadGateway"),
+    "reset-mid-headers": Fault("reset-headers", "proxy", 502, "BadGateway"),
     "interim-then-stall": Fault("early-hints;slow=600ms", "proxy", 504, "GatewayTimeout"),
     "stall-before-headers": Fault("slow=600ms", "proxy", 504, "GatewayTimeout"),
     "reset-mid-body": Fault("reset-body", "cut", 200),

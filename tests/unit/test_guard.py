@@ -22,7 +22,7 @@ def refusal(method: str, target: str) -> RefusalError:
 
 def has_dot_segment(target: str) -> bool:
     path = target.partition("?")[0].partition("#")[0]
-    return any(unquote(segment) in (".", "..") for segment in path.split("/"))
+    return any(unquote(segment).partition(";")[0] in (".", "..") for segment in path.split("/"))
 
 
 # --- origin-form ----------------------------------------------------------------------------------
@@ -152,6 +152,22 @@ def test_absolute_form_rest_still_checked() -> None:
 # --- dot segments and separators --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["TRACE", "TRACK"])
+def test_trace_refused(method: str) -> None:
+    """TRACE and TRACK are refused with 400: the upstream would echo the request back."""
+    exc = refusal(method, "/api/machines")
+    assert (exc.status, exc.code) == (400, "BadRequest")
+    assert method in exc.message
+
+
+@pytest.mark.parametrize(
+    "target", ["/api/machines/a..;b", "/api/machines/..x", "/api/machines;v=1", "/api/x.;"]
+)
+def test_names_with_dots_and_semicolons_pass(target: str) -> None:
+    """Segments that merely contain dots or ';' (not a dot segment with parameters) pass."""
+    assert upstream_target("GET", target, UPSTREAM) == target
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -167,11 +183,16 @@ def test_absolute_form_rest_still_checked() -> None:
         "/api/%2E./admin",
         "/api/.%2e/admin",
         "/api/%2e/admin",
+        "/api/..;/admin",
+        "/api/..;jsessionid=1/admin",
+        "/api/.;x/machines",
+        "/api/%2e%2e;/admin",
         "..",
     ],
 )
 def test_dot_segment_refused(target: str) -> None:
-    """A path with a '.' or '..' segment, plain or percent-encoded, is refused with 400."""
+    """A path with a '.' or '..' segment, plain, percent-encoded or with ';' parameters, is
+    refused with 400."""
     if not target.startswith("/"):
         target = "https://api.security.microsoft.com/" + target
     exc = refusal("GET", target)

@@ -452,6 +452,23 @@ async def test_reset_closes_without_an_answer(client: Client) -> None:
         await call(client, "reset")
 
 
+async def test_reset_headers_stops_mid_header_block(client: Client) -> None:
+    """reset-headers sends a status line and part of a header, then resets the connection."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: sim\r\nX-Simulate: reset-headers\r\n\r\n")
+    received = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    assert b"\r\n\r\n" not in received  # the header block never ends
+
+
 async def test_reset_body_cuts_a_body_short(client: Client) -> None:
     """reset-body promises 1000 bytes, sends 10, then closes."""
     async with client.get("/", headers={"X-Simulate": "reset-body"}) as resp:
@@ -514,6 +531,8 @@ async def test_several_x_simulate_headers_read_as_one_list(client: Client) -> No
         ("error=NotFound:302", "error"),
         ("early-hints=yes", "early-hints"),
         ("early-hints; reset", "early-hints"),
+        ("early-hints; reset-headers", "early-hints"),
+        ("reset-headers; stall-body=1s", "stall-body"),
         ("eof-body", "eof-body"),
         ("eof-body=lots", "eof-body"),
         ("eof-body=1KiB; chunked", "chunked"),
