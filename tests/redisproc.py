@@ -36,9 +36,11 @@ def _encode(*args: str) -> bytes:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1, started and stopped by the test."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *options: str) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        #: further redis-server arguments (``--requirepass``, ``secret``)
+        self.options = options
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -57,7 +59,7 @@ class RedisServer:
         self.proc = await asyncio.create_subprocess_exec(
             REDIS_SERVER,
             "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.options,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         async with asyncio.timeout(timeout):
@@ -67,7 +69,8 @@ class RedisServer:
                         f"redis-server on port {self.port} exited with {self.proc.returncode}"
                     )
                 with contextlib.suppress(OSError):
-                    if await self.command("PING") == b"+PONG":
+                    # A server with a password refuses PING with NOAUTH: it is up all the same.
+                    if (await self.command("PING")).startswith((b"+PONG", b"-NOAUTH")):
                         return
                 await asyncio.sleep(0.02)
 

@@ -25,14 +25,6 @@ from proxy.quota.store import Decision, Quota
 if TYPE_CHECKING:
     from proxy.quota.redis_store import RedisStore
 
-_STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    import redis.exceptions
-
-    return (*_STORE_ERRORS, redis.exceptions.RedisError)
-
 
 class FallbackStore:
     """A shared store with a breaker and a local fallback."""
@@ -62,7 +54,8 @@ class FallbackStore:
         # the last shared decision per quota: (when, admissions left per window)
         self._last_seen: dict[str, tuple[float, tuple[int, ...]]] = {}
         self._seeded: set[str] = set()
-        self._errors = _errors()
+        self._errors = shared.errors
+        self._shares: dict[Quota, Quota] = {}
         self._log = get_logger("quota")
 
     @property
@@ -71,8 +64,13 @@ class FallbackStore:
         return self._open_until is not None
 
     def _local_share(self, quota: Quota) -> Quota:
-        windows = tuple(Window(max(1, w.limit // self._replicas), w.width) for w in quota.windows)
-        return replace(quota, windows=windows)
+        share = self._shares.get(quota)
+        if share is None:
+            windows = tuple(
+                Window(max(1, w.limit // self._replicas), w.width) for w in quota.windows
+            )
+            share = self._shares[quota] = replace(quota, windows=windows)
+        return share
 
     def _use_shared(self) -> bool:
         if self._open_until is None:
@@ -116,8 +114,11 @@ class FallbackStore:
         if self._use_shared():
             started = self._clock()
             try:
-                async with asyncio.timeout(self._timeout):
+                if self.shared.bounded:  # the client keeps to the timeout itself
                     decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
+                else:
+                    async with asyncio.timeout(self._timeout):
+                        decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
             except self._errors as exc:
                 self._failed(exc)
             else:

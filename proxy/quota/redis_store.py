@@ -2,8 +2,10 @@
 
 Every window of a route lives under one hash tag (``dp:{namespace:route}``), so a route's keys sit
 in one Redis Cluster slot and the script may touch them together; ``redis+cluster://`` (or
-``rediss+cluster://``) names one node of a cluster and the client finds the others. The scripts are registered once
-and called by SHA (redis-py loads them again by itself if the server lost them, after a restart).
+``rediss+cluster://``) names one node of a cluster and the client finds the others. The scripts
+are called by SHA and loaded again when the server lost them (after a restart). A single server
+(``redis://``, ``rediss://`` without query options) is served by the lean pipelined client of
+``resp``; Redis Cluster, unix sockets and URLs with options by redis-py.
 Time comes from the Redis server (``TIME`` inside the script), never from a replica's clock.
 """
 
@@ -13,13 +15,11 @@ import asyncio
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
-
+from proxy.quota import resp
 from proxy.quota.schedule import cap_for
 from proxy.quota.store import MICROS, Decision, Quota
 
-#: Connections to Redis per replica: an admission holds one for well under a millisecond.
+#: Connections to Redis per replica through redis-py (the lean client keeps one, pipelined).
 MAX_CONNECTIONS = 16
 
 
@@ -33,31 +33,50 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, timeout: float) -> None:
+        scheme, sep, rest = url.partition("://")
+        self.client: Any
+        #: what a call may raise when the store is unreachable or refuses it
+        self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, resp.ReplyError)
+        #: whether every call, connecting included, ends within ``timeout`` by the client's doing
+        self.bounded = False
+        if scheme.lower() in ("redis", "rediss") and "?" not in rest:
+            # One server, no options: the lean pipelined client (proxy.quota.resp).
+            self.client = resp.Client(url, timeout)
+            self.bounded = True
+        else:
+            self.client = self._redis_py(url, scheme, sep, rest, timeout)
+            import redis.exceptions
+
+            self.errors = (OSError, TimeoutError, redis.exceptions.RedisError)
+        self._admit = self.client.register_script(_lua("admit.lua"))
+        self._release = self.client.register_script(_lua("release.lua"))
+        self._pause = self.client.register_script(_lua("pause.lua"))
+
+    @staticmethod
+    def _redis_py(url: str, scheme: str, sep: str, rest: str, timeout: float) -> Any:
+        """redis-py's client: for Redis Cluster, unix sockets and URLs with query options."""
+        import redis.asyncio as redis
+        from redis.asyncio.cluster import RedisCluster
+
         options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
         }
-        scheme, sep, rest = url.partition("://")
-        self.client: Any
         if scheme.lower().endswith("+cluster"):
             # redis+cluster://host:port names one node; the client discovers the rest.
             plain = scheme[: -len("+cluster")] + sep + rest
-            self.client = RedisCluster.from_url(plain, **options)
-        else:
-            # A bounded pool: a burst of concurrent admissions (at recovery, say) waits its turn
-            # for a connection instead of opening one each and keeping them all afterwards.
-            pool = redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=timeout,
-                retry_on_timeout=False,
-                health_check_interval=0,
-                **options,
-            )
-            self.client = redis.Redis.from_pool(pool)
-        self._admit = self.client.register_script(_lua("admit.lua"))
-        self._release = self.client.register_script(_lua("release.lua"))
-        self._pause = self.client.register_script(_lua("pause.lua"))
+            return RedisCluster.from_url(plain, **options)
+        # A bounded pool: a burst of concurrent admissions (at recovery, say) waits its turn for
+        # a connection instead of opening one each and keeping them all afterwards.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=0,
+            **options,
+        )
+        return redis.Redis.from_pool(pool)
 
     @staticmethod
     def _window_keys(quota: Quota) -> list[str]:
@@ -96,7 +115,9 @@ class RedisStore:
         return int(left) / MICROS
 
     async def warm(self, connections: int = 8) -> bool:
-        """Open ``connections`` connections and load every script on the server."""
+        """Open the connections (``connections`` of redis-py's pool) and load every script."""
+        if isinstance(self.client, resp.Client):
+            connections = 1
         await asyncio.gather(*(self.client.ping() for _ in range(connections)))
         for script in (self._admit, self._release, self._pause):
             script.sha = await self.client.script_load(script.script)

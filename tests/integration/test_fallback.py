@@ -68,17 +68,17 @@ async def test_breaker_returns_to_the_shared_store(redis_proc: Any) -> None:
     """After the cooldown the shared store is tried again and, answering, takes over."""
     clock, changes = Clock(), []
     store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
-    await store.shared.client.flushdb()
+    await store.shared.client.execute_command("FLUSHDB")
     store._failed(ConnectionError("simulated"))  # as if the last call had failed
     assert store.in_fallback
     await store.admit(QUOTA, "during", 0.0, 0.0, False)
-    assert await store.shared.client.exists("dp:{test:fallback}:w60000000") == 0
+    assert await store.shared.client.execute_command("EXISTS", "dp:{test:fallback}:w60000000") == 0
     clock.now += 5.0
     decision = await store.admit(QUOTA, "after", 0.0, 0.0, False)
     assert decision.admitted
     assert not store.in_fallback
     assert changes == [True, False]
-    assert await store.shared.client.exists("dp:{test:fallback}:w60000000") == 1
+    assert await store.shared.client.execute_command("EXISTS", "dp:{test:fallback}:w60000000") == 1
     await store.close()
 
 
@@ -100,7 +100,7 @@ async def test_fallback_counts_what_the_replica_already_sent(redis_proc: Any) ->
     """Admissions taken from Redis are mirrored, so the local share starts from them."""
     clock, changes = Clock(), []
     store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
-    await store.shared.client.flushdb()
+    await store.shared.client.execute_command("FLUSHDB")
     for i in range(3):
         assert (await store.admit(QUOTA, f"shared{i}", 0.0, 0.0, False)).admitted
     store._failed(ConnectionError("simulated"))
@@ -113,7 +113,7 @@ async def test_fallback_starts_from_the_shared_headroom(redis_proc: Any) -> None
     """A fallback takes this replica's share of what the shared quota had left, not a full share."""
     clock, changes = Clock(), []
     store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
-    await store.shared.client.flushdb()
+    await store.shared.client.execute_command("FLUSHDB")
     other = RedisStore(f"redis://{redis_proc.host}:{redis_proc.port}/0", timeout=1.0)
     for i in range(5):  # the other replicas used 5 of 9
         await other.admit(QUOTA, f"other{i}", 0.0, 0.0, False)

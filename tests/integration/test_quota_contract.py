@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from proxy.quota import resp
 from proxy.quota.memory import MemoryStore
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Quota, QuotaStore, as_windows
@@ -22,15 +23,18 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-py"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
-    """Each store in turn; Redis is a private redis-server started for the session."""
+    """Each store in turn; Redis is a private redis-server started for the session, reached by
+    the lean client and (a URL with an option) by redis-py."""
     if request.param == "memory":
         yield MemoryStore(Clock())
         return
     proc: Any = request.getfixturevalue("redis_proc")
-    redis_store = RedisStore(f"redis://{proc.host}:{proc.port}/0", timeout=2.0)
-    await redis_store.client.flushdb()
+    options = "?client_name=contract" if request.param == "redis-py" else ""
+    redis_store = RedisStore(f"redis://{proc.host}:{proc.port}/0{options}", timeout=2.0)
+    assert isinstance(redis_store.client, resp.Client) == (request.param == "redis")
+    await redis_store.client.execute_command("FLUSHDB")
     yield redis_store
     await redis_store.close()
 
