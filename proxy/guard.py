@@ -65,7 +65,9 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
         raise RefusalError(400, "BadRequest", "a fragment ('#') in the request target is refused")
     path = target.partition("?")[0]
     if _DOT_SEGMENT.search(path):
-        raise RefusalError(400, "BadRequest", "dot segments ('.', '..', '..;') in the path are refused")
+        raise RefusalError(
+            400, "BadRequest", "dot segments ('.', '..', '..;') in the path are refused"
+        )
     if _ENCODED_SEPARATOR.search(path):
         raise RefusalError(
             400, "BadRequest", "encoded separators (%2F, %5C, %00) or '\\' in the path are refused"
