@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.first
 	$(BIN)/python -m bench.waiting
 	$(BIN)/python -m bench.quota
+	$(BIN)/python -m bench.redis_client
 	$(BIN)/python -m bench.overhead
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.

@@ -207,11 +207,11 @@ def _pinned(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def start_redis(workdir: Path, port: int | None = None) -> Service:
+def start_redis(workdir: Path, port: int | None = None, cpu: int | None = None) -> Service:
     """A private redis-server on a loopback port (a free one by default), without persistence."""
     port = port or free_port()
     proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [*_pinned(cpu), REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
