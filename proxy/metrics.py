@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import platform
 import re
+from collections.abc import Callable
 from typing import Final
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import generate_latest
 
 from proxy import __version__, classify, codes, series
+
+# No ``_created`` series: neither the rules nor the dashboards read them, and the per-request
+# series (proxy.series) have none, so none of the rest should either.
+_disable_created: Callable[[], None] = prometheus_client.disable_created_metrics  # untyped there
+_disable_created()
 
 #: How many codes outside the known set get their own label value before the rest become ``other``.
 MAX_DYNAMIC_CODES: Final = 100

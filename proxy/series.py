@@ -130,32 +130,38 @@ class _Family(Generic[Child]):
         return list(self._children.items())
 
 
-class Counter(_Family[CounterChild]):
+ValueChild = TypeVar("ValueChild", CounterChild, GaugeChild)
+
+
+class _Valued(_Family[ValueChild]):
+    """A family whose series are single values: counters and gauges."""
+
+    _metric: type[CounterMetricFamily | GaugeMetricFamily]
+
+    def family(self) -> Metric:
+        """The metric family with every series, for a scrape."""
+        metric = self._metric(self.name, self.documentation, labels=self.labelnames)
+        for key, child in self.items():
+            metric.add_metric(key, child.value)
+        return metric
+
+
+class Counter(_Valued[CounterChild]):
     """A labelled counter (exported with the ``_total`` suffix)."""
+
+    _metric = CounterMetricFamily
 
     def _new(self) -> CounterChild:
         return CounterChild()
 
-    def family(self) -> Metric:
-        """The metric family with every series, for a scrape."""
-        metric = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, child in self.items():
-            metric.add_metric(key, child.value)
-        return metric
 
-
-class Gauge(_Family[GaugeChild]):
+class Gauge(_Valued[GaugeChild]):
     """A labelled gauge."""
+
+    _metric = GaugeMetricFamily
 
     def _new(self) -> GaugeChild:
         return GaugeChild()
-
-    def family(self) -> Metric:
-        """The metric family with every series, for a scrape."""
-        metric = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, child in self.items():
-            metric.add_metric(key, child.value)
-        return metric
 
 
 class Histogram(_Family[HistogramChild]):
