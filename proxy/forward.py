@@ -45,8 +45,24 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 _REQUEST_DROPPED: Final = HOP_BY_HOP | _REQUEST_OWNED
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {token for t in value.split(b",") if (token := t.strip().lower())}
+def _end_to_end(
+    raw: RawHeaders, dropped: frozenset[bytes], consumed: bytes | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The pairs of ``raw`` whose lower-case name is not in ``dropped``, not named by a
+    ``Connection`` header, and (if given) does not start with ``consumed``."""
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in dropped:
+            if lowered == b"connection":
+                named.update(t for part in value.split(b",") if (t := part.strip().lower()))
+        elif consumed is None or not lowered.startswith(consumed):
+            out.append((name, value))
+    if named:
+        # Headers the Connection header names may come before it: a second pass, rarely made.
+        out = [(name, value) for name, value in out if name.lower() not in named]
+    return out
 
 
 def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes, bytes]]:
@@ -54,18 +70,7 @@ def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes
 
     Headers addressed to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
     """
-    out: list[tuple[bytes, bytes]] = []
-    named: set[bytes] = set()
-    for name, value in raw:
-        lowered = name.lower()
-        if lowered in _REQUEST_DROPPED:
-            if lowered == b"connection":
-                named |= _connection_tokens(value)
-        elif not lowered.startswith(_PROXY_PREFIX):
-            out.append((name, value))
-    if named:
-        # Headers the Connection header names may come before it: a second pass, rarely made.
-        out = [(name, value) for name, value in out if name.lower() not in named]
+    out = _end_to_end(raw, _REQUEST_DROPPED, _PROXY_PREFIX)
     if request_id is not None:
         out.append((b"client-request-id", request_id.encode("ascii")))
     return out
@@ -73,18 +78,12 @@ def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes
 
 def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
     """The upstream's response headers as the caller should see them."""
-    kept: list[tuple[str, str]] = []
-    named: set[bytes] = set()
-    for name, value in raw:
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP:
-            if lowered == b"connection":
-                named |= _connection_tokens(value)
-        else:
-            kept.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
-    if named:
-        kept = [(n, v) for n, v in kept if n.encode("latin-1").lower() not in named]
-    return CIMultiDict(kept)
+    return CIMultiDict(
+        [
+            (name.decode("latin-1"), value.decode("utf-8", "replace"))
+            for name, value in _end_to_end(raw, HOP_BY_HOP)
+        ]
+    )
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:

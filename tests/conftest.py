@@ -1,10 +1,13 @@
-"""Fixtures shared by every test: the simulator as upstream, the proxy in front of it, captured logs."""
+"""Fixtures shared by every test: the simulator as upstream, the proxy in front of it, captured logs,
+a private redis-server."""
 
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +23,7 @@ from proxy.quota.limiter import Limiter
 from proxy.quota.memory import MemoryStore
 from proxy.routing import Router
 from proxy.simulator import SimConfig, make_app
+from tests.redisproc import RedisServer
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -125,3 +129,17 @@ async def stack(make_stack: Callable[..., Any]) -> Stack:
     """A proxy stack with the test defaults."""
     built: Stack = await make_stack()
     return built
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free port; resumed (if a test paused it) and stopped at teardown."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.running:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGCONT)
+        await server.stop()

@@ -125,6 +125,21 @@ async def get(
         return Answer(0, None, sent, time.monotonic(), repr(exc))
 
 
+async def paced(
+    session: aiohttp.ClientSession,
+    url: str,
+    stop: asyncio.Event,
+    out: list[Answer],
+    pace: float = 0.02,
+) -> None:
+    """A GET every ``pace`` seconds into ``out`` until ``stop`` (at most 2000)."""
+    for _ in range(2000):
+        if stop.is_set():
+            return
+        out.append(await get(session, url))
+        await asyncio.sleep(pace)
+
+
 def sample(text: str, name: str, **labels: str) -> float | None:
     """The sum of the samples called ``name`` whose labels include ``labels``; None if none."""
     found = [

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from tests.faultkit import (
     CliProxy,
     back_to,
     get,
+    paced,
     proxy_config,
     sample,
     settled,
@@ -253,34 +254,46 @@ async def test_waiting_callers_leaving_give_every_slot_back(make_stack: Callable
     assert stats["requests"] == 1 + WAITERS, stats  # no leaver was forwarded
 
 
-@pytest.mark.parametrize("server", ["production", "test"])
-async def test_caller_leaving_mid_upload_frees_everything(
-    make_stack: Callable[..., Any], server: str
-) -> None:
-    """10 uploads cut off after 1 of 10 MiB: each request ends, the pool recovers, nothing leaks."""
-    stack: Stack = await make_stack()
+async def _leaving(
+    stack: Stack, server: str, times: int, leave: Callable[[int], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """``times`` callers ``leave`` (given the port) between two ordinary requests; the leavers'
+    log lines, once the pool is back to its baseline with no connection left busy."""
     pool = stack.proxy.pool
     assert pool is not None
     async with _served(stack, server) as port:
         url = f"http://127.0.0.1:{port}/api/machines"
         assert await _ordinary(url) == 200
         baseline = await settled(pool)
-        for _ in range(UPLOADS):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(UPLOAD_HEAD % (10 * MIB))
-            writer.write(b"x" * MIB)
-            await writer.drain()
-            assert await _in_flight(stack, 1)
-            writer.close()
-            ended = await _in_flight(stack, 0)
-            assert ended, "the request did not end when its caller left"
+        for _ in range(times):
+            await leave(port)
         assert await _ordinary(url) == 200
         after = await back_to(pool, baseline)
-    lines = stack.logs.lines("request")[1:-1]
-    assert len(lines) == UPLOADS
-    assert all(0 < line["bytes_in"] <= MIB for line in lines), lines
     assert after.within(baseline), (baseline, after)
     assert pool.open_connections == pool.idle_connections
+    return stack.logs.lines("request")[1:-1]
+
+
+@pytest.mark.parametrize("server", ["production", "test"])
+async def test_caller_leaving_mid_upload_frees_everything(
+    make_stack: Callable[..., Any], server: str
+) -> None:
+    """10 uploads cut off after 1 of 10 MiB: each request ends, the pool recovers, nothing leaks."""
+    stack: Stack = await make_stack()
+
+    async def leave(port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UPLOAD_HEAD % (10 * MIB))
+        writer.write(b"x" * MIB)
+        await writer.drain()
+        assert await _in_flight(stack, 1)
+        writer.close()
+        ended = await _in_flight(stack, 0)
+        assert ended, "the request did not end when its caller left"
+
+    lines = await _leaving(stack, server, UPLOADS, leave)
+    assert len(lines) == UPLOADS
+    assert all(0 < line["bytes_in"] <= MIB for line in lines), lines
 
 
 @pytest.mark.parametrize("server", ["production", "test"])
@@ -289,26 +302,18 @@ async def test_caller_leaving_mid_download_frees_everything(
 ) -> None:
     """20 callers leaving 256 KiB into a 1 GiB download: 499s, the pool recovers, nothing leaks."""
     stack: Stack = await make_stack()
-    pool = stack.proxy.pool
-    assert pool is not None
-    async with _served(stack, server) as port:
-        url = f"http://127.0.0.1:{port}/api/machines"
-        assert await _ordinary(url) == 200
-        baseline = await settled(pool)
-        for _ in range(DOWNLOADS):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(DOWNLOAD_REQUEST)
-            async with asyncio.timeout(5):
-                await reader.readexactly(256 * 1024)
-            writer.transport.abort()
-            assert await _in_flight(stack, 0), "the request did not end when its caller left"
-        assert await _ordinary(url) == 200
-        after = await back_to(pool, baseline)
-    lines = stack.logs.lines("request")[1:-1]
+
+    async def leave(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(DOWNLOAD_REQUEST)
+        async with asyncio.timeout(5):
+            await reader.readexactly(256 * 1024)
+        writer.transport.abort()
+        assert await _in_flight(stack, 0), "the request did not end when its caller left"
+
+    lines = await _leaving(stack, server, DOWNLOADS, leave)
     assert [line["status"] for line in lines] == [499] * DOWNLOADS
     assert all(line["bytes_out"] < 64 * MIB for line in lines), lines
-    assert after.within(baseline), (baseline, after)
-    assert pool.open_connections == pool.idle_connections
 
 
 # -- Redis paused under load ----------------------------------------------------------------------
@@ -325,20 +330,6 @@ CLIENTS = 4
 PACE = 0.02  # each client's pause between requests: ~150 requests/s in all
 
 
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A private redis-server on a free port; resumed and stopped at teardown."""
-    server = RedisServer(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        if server.running:
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGCONT)
-        await server.stop()
-
-
 def _redis_config(simulator: TestServer, redis: RedisServer) -> str:
     return proxy_config(
         simulator.port,
@@ -348,16 +339,6 @@ def _redis_config(simulator: TestServer, redis: RedisServer) -> str:
         " fallback: {expected_replicas: 1, cooldown: 1s},"
         " routes: [{name: machines.list, limits: ['100000/1m']}]}",
     )
-
-
-async def _paced(
-    session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Answer]
-) -> None:
-    for _ in range(2000):
-        if stop.is_set():
-            return
-        out.append(await get(session, url))
-        await asyncio.sleep(PACE)
 
 
 def _transitions(proxy: CliProxy) -> list[str]:
@@ -398,7 +379,7 @@ async def _under_load(
     async with aiohttp.ClientSession() as session:
         stop = asyncio.Event()
         url = f"{proxy.url}/api/machines"
-        load = asyncio.gather(*(_paced(session, url, stop, answers) for _ in range(CLIENTS)))
+        load = asyncio.gather(*(paced(session, url, stop, answers, PACE) for _ in range(CLIENTS)))
         try:
             async with asyncio.timeout(30):
                 await asyncio.sleep(1.0)

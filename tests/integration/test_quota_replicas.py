@@ -17,11 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.errors import PROXY_HEADER
 from proxy.quota.limiter import MAX_WAIT_HEADER
-from tests.faultkit import Answer
+from tests.faultkit import Answer, get, paced, sample
 from tests.procs import Process, start_cli
 from tests.redisproc import RedisServer
 
@@ -104,47 +103,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await started.close()
 
 
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A private redis-server on a free port, stopped at teardown."""
-    server = RedisServer(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def call(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> Answer:
-    """One GET; a transport failure is an answer too (status 0), so the test can report it."""
-    sent = time.monotonic()
-    try:
-        async with session.get(url, headers=headers) as response:
-            await response.read()
-            return Answer(
-                response.status, response.headers.get(PROXY_HEADER), sent, time.monotonic()
-            )
-    except aiohttp.ClientError as exc:
-        return Answer(0, None, sent, time.monotonic(), repr(exc))
-
-
 async def metrics(session: aiohttp.ClientSession, replica: Replica) -> str:
     async with session.get(f"http://127.0.0.1:{replica.admin}/metrics") as response:
         assert response.status == 200
         return await response.text()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The sum of the samples called ``name`` whose labels include ``labels``; None if none."""
-    found = [
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and labels.items() <= s.labels.items()
-    ]
-    return sum(found) if found else None
 
 
 async def stats(session: aiohttp.ClientSession, simulator: int) -> dict[str, Any]:
@@ -173,7 +135,7 @@ async def saturate(
     for _ in range(100):
         if time.monotonic() >= until:
             return
-        out.append(await call(session, url))
+        out.append(await get(session, url))
 
 
 async def test_replicas_share_one_quota_without_upstream_429s(
@@ -233,17 +195,6 @@ CLIENTS = 3
 RECOVERY_DEADLINE = 6.0
 
 
-async def paced(
-    session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Answer]
-) -> None:
-    """A request every PACE seconds until ``stop`` (at most 2000)."""
-    for _ in range(2000):
-        if stop.is_set():
-            return
-        out.append(await call(session, url))
-        await asyncio.sleep(PACE)
-
-
 async def request_lines(replicas: list[Replica], count: int) -> list[dict[str, Any]]:
     """The replicas' ``request`` log lines, once all ``count`` of them have been read."""
     async with asyncio.timeout(5):
@@ -283,7 +234,7 @@ async def test_redis_outage_falls_back_to_the_local_share_then_recovers(
         stop = asyncio.Event()
         load = asyncio.gather(
             *(
-                paced(session, f"{replica.url}/api/machines", stop, answers)
+                paced(session, f"{replica.url}/api/machines", stop, answers, PACE)
                 for replica in replicas
                 for _ in range(CLIENTS)
             )
@@ -347,7 +298,7 @@ async def test_upstream_429_pauses_the_other_replicas_too(
         " routes: [{name: machines.list, limits: ['1000/1m']}]}",
     )
     async with aiohttp.ClientSession() as session:
-        throttled = await call(
+        throttled = await get(
             session,
             f"{a.url}/api/machines",
             {"X-Simulate": "error=TooManyRequests;retry-after=2"},
@@ -360,7 +311,7 @@ async def test_upstream_429_pauses_the_other_replicas_too(
             assert response.status == 429
             assert response.headers.get(PROXY_HEADER) == "TooManyRequests"
             assert int(response.headers["Retry-After"]) >= 1
-        held = await call(session, f"{b.url}/api/machines")
+        held = await get(session, f"{b.url}/api/machines")
         texts = [await metrics(session, a), await metrics(session, b)]
         upstream = await stats(session, simulator)
     # Retry-After 2, jittered up to +10%: the pause ends 2.0–2.2 s after A saw the 429.
