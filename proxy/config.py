@@ -73,10 +73,17 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Upstream timeouts, in seconds."""
+    """Timeouts, in seconds: towards the upstream (connect, read, pool) and callers."""
 
     connect: float = 5.0
     read: float = 120.0
+    #: the longest a caller may take to send its request head, and the longest the proxy waits
+    #: for the next bytes of a request body or for the caller to take more of an answer
+    caller: float = 30.0
+    #: the longest an admitted request waits for a connection from the upstream pool
+    pool: float = 5.0
+    #: idle keep-alive connections from callers are closed after this
+    caller_keepalive: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,9 @@ class Limits:
     max_body: int = 32 * 2**20
     error_body_cap: int = 2**20
     max_header_size: int = 16384
+    #: caller connections open at once on the proxy port; past it, new ones are closed at once.
+    #: 0 (the default) derives the cap from the file-descriptor limit (see ``caller_connection_cap``)
+    caller_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +314,13 @@ _SCHEMA: Final[dict[str, _Spec]] = {
     "upstream": _upstream,
     "listen": _address,
     "admin_listen": _address,
-    "timeouts": {"connect": _positive(parse_duration), "read": _positive(parse_duration)},
+    "timeouts": {
+        "connect": _positive(parse_duration),
+        "read": _positive(parse_duration),
+        "caller": _positive(parse_duration),
+        "pool": _positive(parse_duration),
+        "caller_keepalive": _positive(parse_duration),
+    },
     "log_format": _choice("json", "console", "auto"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "shutdown_grace": parse_duration,
@@ -313,6 +329,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "max_body": _positive(parse_size),
         "error_body_cap": _positive(parse_size),
         "max_header_size": _positive(parse_size),
+        "caller_connections": _count,
     },
     "pool": {"max_connections": _count, "keepalive": parse_duration},
     "allow_from": _networks,

@@ -218,7 +218,7 @@ def test_unknown_top_level_key() -> None:
 def test_unknown_nested_key() -> None:
     """An unknown key inside a section is reported with its dotted path and the section's keys."""
     assert problems_of({"timeouts": {"conect": "5s"}}) == [
-        "contoso.yaml: timeouts.conect: unknown key (known: connect, read)"
+        "contoso.yaml: timeouts.conect: unknown key (known: connect, read, caller, pool, caller_keepalive)"
     ]
 
 
