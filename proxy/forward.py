@@ -171,6 +171,30 @@ async def limited_body(
         yield chunk
 
 
+async def read_up_to(body: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first chunks of ``body``, until more than ``limit`` bytes came: (chunks, whether that
+    was the whole body). ``body`` is left where it stopped, to be read on."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return parts, False
+    return parts, True
+
+
+async def replay(
+    parts: list[bytes], rest: AsyncIterator[bytes] | None = None
+) -> AsyncIterator[bytes]:
+    """``parts``, then whatever is left of ``rest``."""
+    for part in parts:
+        yield part
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
+
+
 class BodyCounter:
     """How many request-body bytes went upstream."""
 

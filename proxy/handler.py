@@ -87,6 +87,7 @@ class Proxy:
         self._cap = settings.limits.error_body_cap
         self._max_body = settings.limits.max_body
         self._caller_timeout = settings.timeouts.caller
+        self._request_buffer = settings.limits.request_buffer
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
         self._request_log = RequestLog()
@@ -155,21 +156,26 @@ class Proxy:
         length = request.content_length
         body = None
         counter = forward.BodyCounter()
-        if request.body_exists:
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = forward.limited_body(
-                request.content, self._max_body, counter, self._caller_timeout
-            )
-        headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
-        sent = time.perf_counter()
         try:
+            if request.body_exists:
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = forward.limited_body(
+                    request.content, self._max_body, counter, self._caller_timeout
+                )
+                # A body up to limits.request_buffer is read whole before an upstream connection
+                # is taken: a caller that uploads slowly, or stalls, holds only its own connection.
+                parts, whole = await forward.read_up_to(body, self._request_buffer)
+                if whole:
+                    length = sum(map(len, parts))
+                    body = forward.replay(parts) if length else None
+                else:
+                    length = None
+                    body = forward.replay(parts, body)
+            headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            sent = time.perf_counter()
             upstream = await self.pool.request(
-                request.method,
-                target,
-                headers,
-                body,
-                chunked=length is None,
+                request.method, target, headers, body, chunked=length is None
             )
         finally:
             outcome.bytes_in = counter.count

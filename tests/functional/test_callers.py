@@ -130,6 +130,22 @@ async def test_a_stalled_upload_gets_408_and_frees_the_upstream_connection(serve
     assert lines[0]["bytes_in"] == 10
 
 
+async def test_a_stalled_small_upload_holds_no_upstream_connection(serve: Serve) -> None:
+    """A body under limits.request_buffer is read before a pool connection is taken."""
+    _, port = await serve(
+        pool=Pool(max_connections=1), timeouts=replace(TIMEOUTS, caller=3.0, pool=0.5)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n0123")
+    # While the upload stalls, the one pool connection serves others at once.
+    for _ in range(3):
+        assert (await exchange(port, REQUEST)).status == 200
+    assert not reader.at_eof()
+    answer = await asyncio.wait_for(read_response(reader), 10.0)
+    assert answer.status == 408
+    writer.close()
+
+
 async def test_a_caller_not_taking_the_answer_is_cut_and_the_upstream_freed(serve: Serve) -> None:
     """A caller that stops reading a download is cut off at the deadline; the upstream is freed."""
     stack, port = await serve(pool=Pool(max_connections=1))

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from proxy import app as wiring
+from proxy.config import Limits
 from proxy.errors import SERVER_NAME
 from tests.conftest import Stack
 from tests.httpraw import RawResponse, exchange, read_response
@@ -86,7 +87,8 @@ async def test_connection_cannot_strip_the_content_length(
 
 
 async def test_connection_cannot_strip_chunked_framing(served: tuple[Stack, int]) -> None:
-    """A Connection header naming Transfer-Encoding: the body still goes upstream whole, chunked."""
+    """Connection naming Transfer-Encoding: a small chunked body goes upstream whole, with the
+    length the proxy read."""
     _, port = served
     raw = (
         b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nConnection: transfer-encoding\r\n%s"
@@ -94,9 +96,29 @@ async def test_connection_cannot_strip_chunked_framing(served: tuple[Stack, int]
     )
     [answer] = await _converse(port, raw, 1)
     echo = _echoed(answer)
+    assert _named(echo, "transfer-encoding") == []
+    assert _named(echo, "content-length") == ["11"]
+    assert echo["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+
+
+async def test_a_chunked_body_over_the_buffer_goes_upstream_chunked(
+    make_stack: Callable[..., Any],
+) -> None:
+    """A chunked body larger than limits.request_buffer is streamed on, chunked, and arrives whole."""
+    stack: Stack = await make_stack(limits=Limits(request_buffer=1024))
+    body = bytes(range(256)) * 40
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 700):
+            yield body[start : start + 700]
+
+    async with stack.client.post(
+        "/api/indicators", data=chunks(), headers={"X-Simulate": "echo"}
+    ) as response:
+        echo = orjson.loads(await response.read())
     assert _named(echo, "transfer-encoding") == ["chunked"]
     assert _named(echo, "content-length") == []
-    assert echo["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
 async def test_pipelined_requests_after_a_connection_named_length_stay_in_step(
