@@ -275,6 +275,8 @@ class Proxy:
         outcome.error = {"code": exc.code, "message": exc.message, "target": target}
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
+            outcome.error["kind"] = exc.kind
+            outcome.error["cause"] = exc.cause
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
         response = error_response(exc.status, exc.code, exc.message, target, exc.headers)
