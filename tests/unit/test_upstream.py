@@ -15,6 +15,7 @@ from pytest_aiohttp import AiohttpServer
 from proxy.errors import UpstreamError
 from proxy.simulator import SimConfig, make_app
 from proxy.upstream import Pool, Response
+from proxy.upstream.connection import SENDING_BODY
 
 MACHINES = (
     b'{"@odata.context":"https://api.security.microsoft.com/api/$metadata#Machines","value":[]}'
@@ -350,3 +351,36 @@ async def test_closing_the_pool_closes_idle_connections(
     assert pool.open_connections == 0
     assert pool.idle_connections == 0
     await wait_for_upstream_connections(simulator, 0)
+
+
+async def test_an_upstream_that_stops_reading_the_body_is_a_504_write_timeout(
+    make_pool: MakePool,
+) -> None:
+    """A request body the upstream stops taking fails after read_timeout as write_timeout."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def deaf(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(
+            writer
+        )  # its reader's buffer fills, then the kernel's: nothing more is read
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b"x" * 2**20
+        for _ in range(256):
+            yield chunk
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    try:
+        pool = make_pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", read_timeout=0.3)
+        length = [(b"Content-Length", str(256 * 2**20).encode())]
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("POST", "/api/indicators", length, endless(), False)
+        error = caught.value
+        assert (error.status, error.code, error.kind) == (504, "GatewayTimeout", "write_timeout")
+        assert error.cause == SENDING_BODY
+        assert pool.open_connections == 0
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
