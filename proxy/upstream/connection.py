@@ -69,9 +69,8 @@ class Connection(asyncio.Protocol):
         self.keep_alive = False
         self.received_any = False
 
-    def reset(self) -> None:
-        """Make a kept-alive connection ready for its next exchange."""
-        self._new_response()
+    #: Make a kept-alive connection ready for its next exchange.
+    reset = _new_response
 
     # asyncio.Protocol
 
