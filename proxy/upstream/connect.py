@@ -52,7 +52,7 @@ class TCPConnector:
         """Connect ``conn``: name, TCP, TLS, all within the one connect timeout."""
         loop = asyncio.get_running_loop()
         phase = "connecting"
-        transport: asyncio.BaseTransport | None = None
+        transport: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 transport = await self._tcp(loop, conn)
@@ -62,11 +62,11 @@ class TCPConnector:
                     conn.connection_made(tls)
         except TimeoutError:
             if transport is not None:
-                transport.abort()  # type: ignore[attr-defined]
+                transport.abort()
             raise ConnectTimeout(f"timed out {phase} ({self._timeout:g}s)") from None
         except BaseException:
             if transport is not None:
-                transport.abort()  # type: ignore[attr-defined]
+                transport.abort()
             raise
 
     async def _tcp(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> asyncio.Transport:
