@@ -240,7 +240,7 @@ class Proxy:
                             outcome.bytes_out += len(chunk)
                     except UpstreamError as exc:
                         failed = True
-                        outcome.note = f"upstream failed mid-body ({exc.kind})"
+                        outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
         except TimeoutError:
             # The caller stopped taking the answer: free the upstream connection, end the caller's.
             upstream.close()
@@ -310,6 +310,8 @@ class Proxy:
         outcome.error = {"code": exc.code, "message": exc.message, "target": target}
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
+            outcome.error["kind"] = exc.kind
+            outcome.error["cause"] = exc.cause
         elif isinstance(exc, CallerTimeoutError):
             self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
