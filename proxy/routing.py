@@ -42,7 +42,6 @@ the work per request has a constant ceiling as well (``make bench`` runs ``bench
 
 from __future__ import annotations
 
-import functools
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -55,34 +54,54 @@ from proxy.catalogue import CATALOGUE, OTHER_ROUTE, RouteSpec
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _NEVER: Final = sys.maxsize
-# Pairs that re.IGNORECASE holds equal although no single-character case mapping links them (their
-# uppercase forms are several characters long); Python's own table of extra cases lists them.
-_FOLD_PAIRS: Final = {"\u1fd3": "\u0390", "\u1fe3": "\u03b0", "\ufb05": "\ufb06"}
+#: Lowercase letters that re.IGNORECASE holds equal to another lowercase letter, because both have
+#: the same uppercase (ſ and s are both S) or, for the last three, the same multi-letter one. A test
+#: checks this table against ``re`` for every cased character of the running Python.
+_SAME_LETTER: Final = (
+    ("\u00b5", "\u03bc"),  # µ micro sign: μ
+    ("\u0131", "i"),  # ı dotless i
+    ("\u017f", "s"),  # ſ long s
+    ("\u0345", "\u03b9"),  # combining ypogegrammeni: ι
+    ("\u03c2", "\u03c3"),  # ς final sigma: σ
+    ("\u03d0", "\u03b2"),  # ϐ: β
+    ("\u03d1", "\u03b8"),  # ϑ: θ
+    ("\u03d5", "\u03c6"),  # ϕ: φ
+    ("\u03d6", "\u03c0"),  # ϖ: π
+    ("\u03f0", "\u03ba"),  # ϰ: κ
+    ("\u03f1", "\u03c1"),  # ϱ: ρ
+    ("\u03f5", "\u03b5"),  # ϵ: ε
+    ("\u1c80", "\u0432"),  # Cyrillic rounded ve: в
+    ("\u1c81", "\u0434"),  # long-legged de: д
+    ("\u1c82", "\u043e"),  # narrow o: о
+    ("\u1c83", "\u0441"),  # wide es: с
+    ("\u1c84", "\u0442"),  # tall te: т
+    ("\u1c85", "\u0442"),  # three-legged te: т
+    ("\u1c86", "\u044a"),  # tall hard sign: ъ
+    ("\u1c87", "\u0463"),  # tall yat: ѣ
+    ("\u1c88", "\ua64b"),  # unblended uk: ꙋ
+    ("\u1e9b", "\u1e61"),  # ẛ: ṡ
+    ("\u1fbe", "\u03b9"),  # prosgegrammeni: ι
+    ("\u1fd3", "\u0390"),  # ΐ (1FD3): ΐ (0390)
+    ("\u1fe3", "\u03b0"),  # ΰ (1FE3): ΰ (03B0)
+    ("\ufb05", "\ufb06"),  # ﬅ: ﬆ
+)
 
 
 class PatternError(ValueError):
     """A route pattern that cannot be compiled."""
 
 
-@functools.lru_cache(maxsize=4096)
-def _fold_char(char: str) -> str:
-    if char in _FOLD_PAIRS:
-        return _FOLD_PAIRS[char]
-    lower = char.lower()
-    if len(lower) != 1:  # only U+0130 (İ) lowercases to two characters; its simple form is "i"
-        lower = "i"
-    upper = lower.upper()
-    if len(upper) == 1 and len(upper.lower()) == 1:
-        # Lowercase letters with the same uppercase are one class (ı, i and I; ſ, s and S; ς and σ).
-        return upper.lower()
-    return lower
-
-
 def fold(text: str) -> str:
-    """``text`` case-folded character by character, the same length: equal folds, equal text."""
+    """``text`` case-folded as re.IGNORECASE compares it: same length, equal folds for equal text."""
     if text.isascii():
         return text.lower()
-    return "".join(map(_fold_char, text))
+    # str.lower() maps every character to one, but for İ (to "i" and a combining dot; its simple
+    # lowercase, which re uses, is "i") and Σ (σ or ς by context, which fold alike below).
+    text = text.replace("\u0130", "i").lower()
+    for char, same in _SAME_LETTER:
+        if char in text:
+            text = text.replace(char, same)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,17 +240,17 @@ def _walk(node: _Node, segments: list[str], depth: int, best: int, newline: int)
     if depth == count:
         return best
     segment = segments[depth]
-    size = len(segment)
     down = depth + 1
-    for length in node.lengths:
-        if size == length:
-            child = node.literals.get(segment)
-        elif size > length + 1 and segment[length] == "(" and segment[-1] == ")":
-            child = node.literals.get(segment[:length])
-        else:
-            continue
-        if child is not None and child.best < best:
-            best = _walk(child, segments, down, best, newline)
+    child = node.literals.get(segment)
+    if child is not None and child.best < best:
+        best = _walk(child, segments, down, best, newline)
+    if segment[-1:] == ")":  # the segment may be a literal and an OData call
+        size = len(segment)
+        for length in node.lengths:
+            if size > length + 1 and segment[length] == "(":
+                child = node.literals.get(segment[:length])
+                if child is not None and child.best < best:
+                    best = _walk(child, segments, down, best, newline)
     if node.exact:
         child = node.exact.get(segment)
         if child is not None and child.best < best:

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.catalogue import CATALOGUE, OTHER, OTHER_ROUTE, RouteSpec
+from proxy.catalogue import CATALOGUE, OTHER, RouteSpec
 from proxy.guard import MAX_PATH
 from proxy.routing import PatternError, Router, compile_pattern, fold
 from proxy.units import Limit
+from tests.regex_router import RegexRouter
 
 ROUTER = Router()
 
@@ -257,55 +258,7 @@ def test_match_names_bounded_for_near_misses(prefix: str, rest: str) -> None:
     assert ROUTER.match("GET", prefix + rest).name in ROUTER.names
 
 
-# --- the regular expression the router replaced, kept here as the oracle -------------------------
-
-
-def _regex_segment(segment: str) -> str:
-    if re.match(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$", segment):
-        return "[^/]+"
-    return "[^/]*".join(re.escape(piece) for piece in segment.split("*")) + r"(?:\([^/]*\))?"
-
-
-def _regex_pattern(pattern: str) -> str:
-    method, _, path = pattern.strip().partition(" ")
-    method = method.upper()
-    segments = path.strip().strip("/").split("/") if path.strip() != "/" else []
-    tail = ""
-    if segments and segments[-1] == "**":
-        segments.pop()
-        tail = "(?:/.*)?"
-    body = "".join("/" + _regex_segment(s) for s in segments)
-    if segments and segments[0].lower() == "api":
-        body = "/api(?:/v1\\.0)?" + body[len("/api") :]
-    method_re = "[A-Z]+" if method == "*" else re.escape(method)
-    return f"{method_re} {body}{tail}/?"
-
-
-class RegexRouter:
-    """The router as it was: every pattern one alternative of one case-insensitive expression."""
-
-    def __init__(self, specs: Iterable[RouteSpec] = CATALOGUE) -> None:
-        self.routes: list[RouteSpec] = [OTHER_ROUTE]
-        alternatives: list[str] = []
-        for spec in specs:
-            for pattern in spec.match:
-                alternatives.append(f"({_regex_pattern(pattern)})")
-                self.routes.append(spec)
-        self.regex = re.compile(f"(?:{'|'.join(alternatives) or '(?!)'})\\Z", re.IGNORECASE)
-
-    def match(self, method: str, path: str) -> RouteSpec:
-        if "%" in path:
-            path = unquote(path, errors="replace")
-        method = method.upper()
-        if method == "HEAD":
-            method = "GET"
-        found = self.regex.match(f"{method} {path}")
-        return (
-            OTHER_ROUTE
-            if found is None or found.lastindex is None
-            else self.routes[found.lastindex]
-        )
-
+# --- the same answers as the regular expression the router replaced ---------------------------
 
 ORACLE = RegexRouter()
 DIFFERENTIAL = settings(
