@@ -77,6 +77,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.stalled
 	$(BIN)/python -m bench.slowloris
+	$(BIN)/python -m bench.routing
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)

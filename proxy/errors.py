@@ -8,7 +8,7 @@ tell the proxy answered, not the API.
 Exceptions raised inside the proxy to end a request early::
 
     ProxyError                 carries status, code and message of the answer
-    ├── RefusalError           the request is not ours to forward (400, 413)
+    ├── RefusalError           the request is not ours to forward (400, 403, 413, 414)
     │   └── CallerTimeoutError the caller stopped sending its request (408)
     └── UpstreamError          the upstream could not be reached or did not answer (502, 503, 504)
 """
