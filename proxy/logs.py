@@ -37,14 +37,14 @@ _SECRET_KEYS: Final = frozenset(
 _OWN_KEYS: Final = frozenset(
     {"event", "level", "timestamp", "logger", "logger_name", "route", "source", "quota"}
 )
-_PLAIN_TYPES: Final = (int, float, bool, type(None))
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 
 def _scrub_any(value: Any) -> Any:
     """A value that is not a plain string or number, scrubbed: containers item by item, else as text."""
     if isinstance(value, str):
         return scrub(value)
-    if isinstance(value, _PLAIN_TYPES):
+    if type(value) in _PLAIN_TYPES:
         return value
     if isinstance(value, dict):
         return {

@@ -24,8 +24,8 @@ Text with a ``%`` is also read percent-decoded (up to three times, for double en
 caught, and then the decoded form, scrubbed, is what comes back.
 
 It runs on every field of every line, so it is built to be cheap. Most text a proxy logs (paths,
-ids) has none of the characters any shape needs, and one character-class search returns it as it
-is. Keys and schemes are found from the separator or space that must follow them: the text is
+ids) has none of the characters any shape needs (``= : . %``, a space, ``ey``/``ew``), and a few
+substring tests return it as it is, the same object. Keys and schemes are found from the separator or space that must follow them: the text is
 lowered and reversed once, and a pattern that starts with ``[:=]`` (or a space) lets the regex
 engine skip straight to those few places, where one anchored match of the reversed names says
 whether a secret follows. Matching every name at every position is ten times slower.
@@ -103,8 +103,6 @@ _OPAQUE: Final = re.compile(
 )
 _USERINFO: Final = re.compile(r"(://[^/?#@\s:]*:)[^/?#@\s]+(?=@)")
 
-# Every shape but a JWT needs one of these.
-_SUSPECT: Final = re.compile(r"[=:%.\s]")
 _ASCII_LOWER: Final = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 _CONTROL: Final[dict[int, str]] = {c: f"%{c:02X}" for c in (*range(0x20), 0x7F)}
 _DECODINGS: Final = 3
@@ -112,7 +110,17 @@ _DECODINGS: Final = 3
 
 def scrub(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    if _SUSPECT.search(text) is None and _JWT_START.search(text) is None:
+    # Every shape needs one of these; `in` is several times faster than a character class here.
+    if not (
+        "=" in text
+        or ":" in text
+        or "." in text
+        or "%" in text
+        or " " in text
+        or "\t" in text
+        or "ey" in text
+        or "ew" in text
+    ):
         return text
     scrubbed = _scrub(text)
     if "%" not in scrubbed:
