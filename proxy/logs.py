@@ -48,7 +48,7 @@ def _scrub_any(value: Any) -> Any:
         return value
     if isinstance(value, dict):
         return {
-            k: REDACTED if str(k).lower() in _SECRET_KEYS else _scrub_any(v)
+            scrub(str(k)): REDACTED if str(k).lower() in _SECRET_KEYS else _scrub_any(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):

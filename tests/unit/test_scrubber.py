@@ -90,6 +90,12 @@ def test_a_path_is_scrubbed_raw_and_decoded(path: str, secret: str) -> None:
     assert secret not in logs.scrub(path)
 
 
+def test_text_whose_lowering_changes_length_is_scrubbed_in_place() -> None:
+    """A character that lowers to two (U+0130) does not shift where the secret is found."""
+    scrubbed = logs.scrub("\u0130\u0130 rejected token=t0k3nV4lue, retry")
+    assert scrubbed == f"\u0130\u0130 rejected token={REDACTED}, retry"
+
+
 def test_decoding_cannot_forge_a_line() -> None:
     """A decoded path that had a secret comes back without the line breaks decoding made."""
     scrubbed = logs.scrub("/api/x%0Aevent=forged%3Ftoken%3Dt0k3nV4lue")
@@ -116,6 +122,7 @@ def test_decoding_cannot_forge_a_line() -> None:
         "AADSTS700016: Application with identifier 'x' was not found in the directory",
         "upstream failed mid-body (reset)",
         "version 1.2.3 of api.security.microsoft.com",
+        "Quota 100% used: retry later",
     ],
 )
 def test_ordinary_text_is_left_as_it_was(text: str) -> None:
@@ -149,7 +156,7 @@ def test_nested_values_and_odd_types_are_scrubbed(log_format: str) -> None:
             return f"Odd(password={SECRET})"
 
     fields = {
-        "headers": {"X-Api-Key": SECRET, "Accept": f"sig={SECRET}"},
+        "headers": {"X-Api-Key": SECRET, "Accept": f"sig={SECRET}", f"token={SECRET}": "x"},
         "items": [f"pwd={SECRET}"],
         "thing": Odd(),
     }
