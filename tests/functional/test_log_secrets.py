@@ -45,9 +45,13 @@ class Rendered:
 
 
 async def _answer_planted(request: web.Request) -> web.Response:
-    """A 400 whose body is the envelope the caller put, base64url-encoded, in ``X-Plant``."""
+    """A 400 whose body is the envelope the caller put, base64url-encoded, in ``X-Plant``, with
+    ``X-Plant-Request-Id`` (when sent) as its ``request-id`` header."""
     body = base64.urlsafe_b64decode(request.headers.get("X-Plant", ""))
-    return web.Response(status=400, body=body, content_type="application/json")
+    response = web.Response(status=400, body=body, content_type="application/json")
+    if "X-Plant-Request-Id" in request.headers:
+        response.headers["request-id"] = request.headers["X-Plant-Request-Id"]
+    return response
 
 
 @pytest.fixture
@@ -83,12 +87,18 @@ def _envelope(code: str, message: str, target: str = "", inner_code: str = "") -
 
 
 async def _send(
-    stack: Stack, path: str, plant: str, request_id: str | None = None
+    stack: Stack,
+    path: str,
+    plant: str,
+    request_id: str | None = None,
+    upstream_request_id: str | None = None,
 ) -> tuple[int, bytes]:
     """One GET of ``path`` (sent exactly as given) through the proxy; its status and body."""
     head = [f"GET {path} HTTP/1.1", "Host: proxy", f"X-Plant: {plant}", "Connection: close"]
     if request_id is not None:
         head.append(f"client-request-id: {request_id}")
+    if upstream_request_id is not None:
+        head.append(f"X-Plant-Request-Id: {upstream_request_id}")
     assert stack.client.server.port is not None
     raw = ("\r\n".join(head) + "\r\n\r\n").encode()
     answer = await exchange(stack.client.server.port, raw)
@@ -172,6 +182,7 @@ _request_ids = jwts(small=True) | st.builds(
     inner_code=plants(compact=True),
     path=plants(),
     request_id=_request_ids,
+    target_in_header=st.booleans(),
 )
 async def test_no_planted_secret_reaches_a_log_line_through_the_proxy(
     rendered: dict[str, Rendered],
@@ -181,14 +192,18 @@ async def test_no_planted_secret_reaches_a_log_line_through_the_proxy(
     inner_code: Plant,
     path: Plant,
     request_id: Plant,
+    target_in_header: bool,
 ) -> None:
-    """Generated secrets in the upstream's code, message, target and inner code, in the path and in
-    the caller's request id, all at once, appear in neither the JSON nor the console rendering."""
-    plant = _envelope(code.text, message.text, target.text, inner_code.text)
+    """Generated secrets in the upstream's code, message, target (in the envelope or its request-id
+    header) and inner code, in the path and in the caller's request id, all at once, appear in
+    neither the JSON nor the console rendering."""
+    in_body = "" if target_in_header else target.text
+    plant = _envelope(code.text, message.text, in_body, inner_code.text)
+    in_header = target.text if target_in_header else None
     sent = "/api/machines/" + quote(path.text, safe="/")
     for out in rendered.values():
         out.clear()
-        status, _ = await _send(out.stack, sent, plant, request_id.text)
+        status, _ = await _send(out.stack, sent, plant, request_id.text, in_header)
         assert status == 400
         assert "request" in out.text
         for planted in (message, target, code, inner_code, path, request_id):
