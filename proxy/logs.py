@@ -63,10 +63,11 @@ def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in _SECRET_KEYS & event.keys():
         event[key] = REDACTED
     for key, value in event.items():
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             if key not in _OWN_KEYS:
                 event[key] = scrub(value)
-        elif type(value) not in _PLAIN_TYPES:
+        elif kind not in _PLAIN_TYPES:
             event[key] = _scrub_any(value)
     return event
 

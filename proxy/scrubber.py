@@ -140,14 +140,17 @@ def scrub(text: str) -> str:
 
 
 def _scrub(text: str) -> str:
-    backwards = text.lower()[::-1]
-    if len(backwards) != len(text):  # lowering changed a length (U+0130): lower ASCII only
-        backwards = text.translate(_ASCII_LOWER)[::-1]
-    spans = _keyed_spans(text, backwards)
-    if " " in text or "\t" in text:
-        spans += _scheme_spans(text, backwards)
-    if spans:
-        text = _replace(text, spans)
+    keyed = "=" in text or ":" in text
+    spaced = " " in text or "\t" in text
+    if keyed or spaced:
+        backwards = text.lower()[::-1]
+        if len(backwards) != len(text):  # lowering changed a length (U+0130): lower ASCII only
+            backwards = text.translate(_ASCII_LOWER)[::-1]
+        spans = _keyed_spans(text, backwards) if keyed else []
+        if spaced:
+            spans += _scheme_spans(text, backwards)
+        if spans:
+            text = _replace(text, spans)
     if _JWT_START.search(text) is not None:
         text = _JWT.sub(_jwt, text)
     if text.count(".") >= 2:
