@@ -248,6 +248,9 @@ def _store(value: object) -> str:
             raise ValueError(f"unknown URL option {shown(name)} (known: {known})")
         if len(given) > 1:
             raise ValueError(f"the URL option {name} is given {len(given)} times")
+        if name.startswith("ssl_") and not scheme.startswith("rediss"):
+            # redis-py hands these only to TLS connections; a plain one fails on them at connect.
+            raise ValueError(f"the URL option {name} needs a rediss:// URL, got {shown_url}")
         try:
             check(given[0])
         except ValueError as error:

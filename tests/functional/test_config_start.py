@@ -26,11 +26,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import logs
 from proxy.app import build, proxy_server
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings, load_settings, parse_settings
 from proxy.forward import tls_context
 from proxy.metrics import Metrics
 
-CA_BUNDLE = "<ca bundle>"  # replaced by a real PEM file's path in each example
+CA_BUNDLE = "CA-BUNDLE-PATH"  # replaced by a real PEM file's path in each example
 HUGE = "9" * 400
 Strategy = st.SearchStrategy[object]
 
@@ -89,6 +89,17 @@ ROUTES = st.lists(
     max_size=3,
     unique_by=lambda route: str(route["name"]),
 )
+# Stores that refuse connections at once: the start must fall back, never fail.
+STORES = (
+    "memory",
+    "redis://127.0.0.1:1/2147483646",
+    "redis://127.0.0.1:1/0?password=p&client_name=dp",
+    "rediss://127.0.0.1:1/0",
+    f"rediss://127.0.0.1:1/0?ssl_cert_reqs=none&ssl_check_hostname=false&ssl_ca_certs={CA_BUNDLE}",
+    "unix:///nonexistent/redis.sock?db=2147483646",
+    "redis+cluster://127.0.0.1:1",
+    "rediss+cluster://127.0.0.1:1?ssl_cert_reqs=required&client_name=dp",
+)
 HOSTILE = st.one_of(
     st.sampled_from([10**400, float("nan"), float("inf"), -1, True, None, "", "x\n", [1, [2]]]),
     st.text(max_size=10),
@@ -123,14 +134,7 @@ NEAR_BOUNDS: dict[tuple[str, ...], tuple[Strategy, Strategy]] = {
         st.lists(st.sampled_from(["10.0.0.0/8", "::/0", "127.0.0.1", "fe80::1/128"])),
         st.just(["10.0.0.0/8\n"]),
     ),
-    ("throttle", "store"): choices(
-        "memory",
-        "redis://127.0.0.1:1/2147483646",
-        "rediss://127.0.0.1:1/0",
-        "unix:///nonexistent/redis.sock?db=5",
-        "redis+cluster://127.0.0.1:1",
-        "redis://127.0.0.1:1/0?ssl_cert_reqs=none&client_name=dp",
-    ),
+    ("throttle", "store"): choices(*STORES),
     ("throttle", "namespace"): choices("default", "a" * 64, "x.y-z_1"),
     ("throttle", "mode"): choices("enforce", "shadow"),
     ("throttle", "max_wait"): durations("1h", 3600, positive=False),
@@ -218,5 +222,52 @@ def test_accepted_settings_always_start(ca_bundle: str, document: dict[str, obje
     if refused:
         assert all(problem.startswith(f"{path}: ") for problem in refused)
         return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(start_of_run(settings)) >= 1
+
+
+# Every edge on its own, so that none is left to the luck of a draw: (key path, value).
+EDGES: list[tuple[str, object]] = [
+    *(("throttle.store", store) for store in STORES),
+    *(("upstream", url) for url in ("https://[::1]:65535", "https://a-b.example.", "HTTP://X:1")),
+    ("listen", "localhost:65535"),
+    ("timeouts.connect", "5m"),
+    ("timeouts.read", "1h"),
+    ("timeouts.caller", "1ms"),
+    ("timeouts.pool", "10m"),
+    ("timeouts.caller_keepalive", "1h"),
+    ("shutdown_grace", "1h"),
+    ("tls.ca_bundle", CA_BUNDLE),
+    ("limits.max_body", "16GiB"),
+    ("limits.error_body_cap", "64MiB"),
+    ("limits.max_header_size", "1KiB"),
+    ("limits.max_header_size", "1MiB"),
+    ("limits.caller_connections", 2**20),
+    ("pool.max_connections", 10_000),
+    ("pool.keepalive", 0),
+    ("throttle.max_wait", "1h"),
+    ("throttle.max_wait", 0),
+    ("throttle.store_timeout", "1ms"),
+    ("throttle.margin", "9.999s"),
+    ("throttle.max_pause", "1d"),
+    ("throttle.bulk_reserve", 0.999999),
+    ("throttle.fallback.expected_replicas", 1000),
+    ("throttle.fallback.cooldown", "1ms"),
+    (
+        "throttle.routes",
+        [{"name": "new.route", "match": ["* /x/**"], "limits": ["100000/1d", "1/1ms"]}],
+    ),
+    ("throttle.routes", [{"name": "machines.get", "limits": ["1/86400s"], "priority": "bulk"}]),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), EDGES, ids=[f"{p}={v!r}"[:60] for p, v in EDGES])
+def test_each_edge_value_starts(ca_bundle: str, path: str, value: object) -> None:
+    """Each accepted edge value (a bound, a store URL with options) builds, warms and admits."""
+    for key in reversed(path.split(".")):
+        value = {key: value}
+    text = yaml.safe_dump(value).replace(CA_BUNDLE, ca_bundle)
+    logs.configure("json", "error", io.StringIO())
+    settings = parse_settings(yaml.safe_load(text), "contoso.yaml", {})
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(start_of_run(settings)) >= 1
