@@ -299,7 +299,10 @@ def test_a_redis_database_past_the_bound_is_a_problem(store: str) -> None:
         ("unix:///run/redis.sock?db=x", "the URL option db: the database must be a number"),
         ("unix:///run/redis.sock?db=1&db=2", "the URL option db is given 2 times"),
         ("rediss://cache/0?ssl_cert_reqs=maybe", "the URL option ssl_cert_reqs: expected none"),
-        ("redis://cache/0?ssl_cert_reqs=none", "the URL option ssl_cert_reqs needs a rediss:// URL"),
+        (
+            "redis://cache/0?ssl_cert_reqs=none",
+            "the URL option ssl_cert_reqs needs a rediss:// URL",
+        ),
         ("unix:///run/redis.sock?ssl_ca_certs=/x", "the URL option ssl_ca_certs needs a rediss://"),
         ("redis+cluster://node:7000?db=3", "Redis Cluster has only database 0"),
         ("redis://cache/٣", "must be printable ASCII without spaces or control characters"),
