@@ -397,9 +397,11 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
         problems.append(f"{path}: invalid YAML{where}: {reason}")
     except RecursionError:
         problems.append(f"{path}: invalid YAML: nested too deeply")
-    except (ValueError, ArithmeticError) as error:
-        # The loader's own conversions: a date that does not exist (2024-02-30), an integer of
-        # more digits than Python converts (sys.get_int_max_str_digits).
-        problems.append(f"{path}: invalid YAML: {shown(str(error))}")
+    except Exception as error:
+        # The loader's constructors raise whatever they happen to on a value they cannot build:
+        # ValueError for a date that does not exist (2024-02-30) or an integer past Python's
+        # digit limit, IndexError for `!!float ''`, AttributeError for `!!timestamp ''`.
+        reason = shown(str(error)) if str(error) else type(error).__name__
+        problems.append(f"{path}: invalid YAML: a value cannot be read: {reason}")
     # Keep going so environment problems are reported alongside a file problem.
     return _parse(data, path or "<defaults>", env, problems)

@@ -28,7 +28,7 @@ WORST = [
         "throttle: {store: 'redis://127.0.0.1:6379/99999999999999999999'}\n",
         "throttle.store: the database must be at most 2147483646",
     ),
-    ("listen: 2024-02-30\n", "invalid YAML"),
+    ("listen: 2024-02-30\n", "invalid YAML: a value cannot be read"),
     ("listen: " + "[" * 3000 + "]" * 3000 + "\n", "invalid YAML: nested too deeply"),
 ]
 IDS = ["max_body", "limit", "max_wait", "ca_bundle", "namespace", "database", "date", "nesting"]

@@ -378,9 +378,11 @@ def write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("listen: 2024-02-30\n", "invalid YAML: 'day is out of range for month'"),
+        ("listen: 2024-02-30\n", "invalid YAML: a value cannot be read: 'day is out of range for month'"),
+        ("listen: !!float ''\n", "invalid YAML: a value cannot be read: 'string index out of range'"),
+        ("listen: !!timestamp ''\n", "invalid YAML: a value cannot be read: "),
         ("listen: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML: nested too deeply"),
-        ("listen: " + "9" * 5000 + "\n", "invalid YAML: 'Exceeds the limit"),
+        ("listen: " + "9" * 5000 + "\n", "invalid YAML: a value cannot be read: 'Exceeds the limit"),
         ("listen: 0x" + "f" * 5000 + "\n", "listen: expected host:port, got a number of about 6021 digits"),
         ("0x" + "f" * 900 + ": 1\n", "a number of about 1084 digits: unknown key"),
         ('"a\\nb": 1\n', "'a\\nb': unknown key"),
@@ -388,7 +390,7 @@ def write(tmp_path: Path, text: str) -> str:
          "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nlisten: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
          "listen: expected host:port, got a list of 8 items"),
     ],
-    ids=["no-such-date", "deep", "5000-digits", "huge-hex", "huge-key", "newline-key", "aliases"],
+    ids=["no-such-date", "empty-float", "empty-timestamp", "deep", "5000-digits", "huge-hex", "huge-key", "newline-key", "aliases"],
 )  # fmt: skip
 def test_hostile_yaml_is_a_problem_naming_the_file(tmp_path: Path, text: str, problem: str) -> None:
     """What the YAML loader or a message would choke on is a problem naming the file, not a crash."""
@@ -559,3 +561,33 @@ def test_check_config_never_raises_on_any_document(document: dict[str, object]) 
         assert match is not None, line
         assert match["file"] == "contoso.yaml"
         assert match["key"].split(".")[0].split("[")[0] in TOP_KEYS, line
+
+
+YAML_PIECES = st.sampled_from(
+    [
+        *(f"{key}: " for key in TOP_KEYS),
+        "\n  connect: ",
+        "\n  routes:\n    - name: ",
+        "[", "]", "{", "}", ", ", ": ", "\n", "  ", "- ", "? ", "'", '"', "&a ", "*a", "<<: ",
+        "!!binary ", "!!timestamp ", "!!float ", "!!int ", "!!set ", "!!omap ", "!!str ",
+        "0x", "0o", "1_000", "190:20:30", "2024-13-45", "2024-02-30", "1e400", ".nan", ".inf",
+        "9" * 50, "%YAML 1.1\n", "---\n", "...\n", "\\u", "\\x", "#",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(YAML_PIECES, st.text(max_size=4)), max_size=30).map("".join))
+def test_load_settings_never_raises_on_any_yaml_text(text: str) -> None:
+    """Any text, YAML or not, gives settings or a ConfigError whose lines all name the file."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "contoso.yaml")
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as file:
+            file.write(text)
+        try:
+            load_settings(path, environ={})
+        except ConfigError as error:
+            problems = error.problems
+        else:
+            problems = []
+    assert all(problem.startswith(f"{path}: ") for problem in problems)
