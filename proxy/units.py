@@ -4,8 +4,8 @@ Durations are written ``500ms``, ``2s``, ``1m``, ``1h`` (a bare number means sec
 ``512``, ``64KiB``, ``1MiB``, ``1GiB`` (also ``KB``/``MB``/``GB``, decimal); limits ``100/1m``
 (requests per window). Each parser raises ``ValueError`` with a message fit to show a user, and
 ``shown`` spells a value for such a message whatever it is (a 5,000-digit number, a megabyte of
-text, a list nested a thousand deep). Digits are ASCII only, and nothing may follow the value (a
-trailing newline included).
+text, a list nested a thousand deep). Digits are ASCII only, and nothing but blanks may come
+before or after a value.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ MAX_LIMIT_COUNT: Final = 100_000
 #: a window under a millisecond would have no exact name in metrics and RateLimit headers.
 MAX_LIMIT_WINDOW: Final = 86400.0
 MIN_LIMIT_WINDOW: Final = 0.001
-# Past these a value is described rather than shown.
 #: Long enough for any file path (PATH_MAX on Linux).
 PATH_CHARACTERS: Final = 4096
+# Past these a value is described rather than shown.
 _SHOWN_CHARACTERS: Final = 80
 _SHOWN_DIGITS: Final = 40
 
@@ -51,9 +51,9 @@ _SHOWN_DIGITS: Final = 40
 def shown(value: object, characters: int = _SHOWN_CHARACTERS) -> str:
     """``value`` as a problem message shows it: its repr, bounded in length and never raising.
 
-    Text is cut short (past ``characters``); numbers too long to print are given by their length; lists and mappings
-    by their kind, since their repr may be huge (aliases in YAML) or nested past the recursion
-    limit.
+    Text is cut short (past ``characters``); numbers too long to print are given by their
+    length; lists and mappings by their kind, since their repr may be huge (aliases in YAML) or
+    nested past the recursion limit.
     """
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return repr(value)
