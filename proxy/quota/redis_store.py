@@ -47,7 +47,14 @@ class RedisStore:
             self.client = self._redis_py(url, scheme, sep, rest, timeout)
             import redis.exceptions
 
-            self.errors = (OSError, TimeoutError, redis.exceptions.RedisError)
+            # RedisClusterException is not a RedisError: it is what an unreachable cluster
+            # raises at the first call, which must mean fallback, not a crash at start-up.
+            self.errors = (
+                OSError,
+                TimeoutError,
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+            )
         self._admit = self.client.register_script(_lua("admit.lua"))
         self._release = self.client.register_script(_lua("release.lua"))
         self._pause = self.client.register_script(_lua("pause.lua"))
