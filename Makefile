@@ -47,8 +47,8 @@ system-tools:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench fuzz
+	$(BIN)/ruff format --check proxy tests bench fuzz
 
 types: $(STAMP)
 	$(BIN)/mypy
