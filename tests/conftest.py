@@ -67,6 +67,13 @@ class Stack:
     def metrics(self) -> Metrics:
         return self.proxy.metrics
 
+    @property
+    def port(self) -> int:
+        """The proxy's port on 127.0.0.1."""
+        port = self.client.port
+        assert port is not None  # the client's server is started before a test sees the stack
+        return port
+
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value

@@ -612,7 +612,7 @@ async def test_random_paths_and_codes_keep_metric_series_bounded(make_stack: Any
         for _ in range(10_000)
     ]
     assert len({path for _, path, _ in paths}) > 9_000
-    statuses = await _drive(stack.client.port, paths + errors)
+    statuses = await _drive(stack.port, paths + errors)
     assert len(statuses) == 20_000
     assert {str(status) for status in statuses} <= STATUSES
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -716,7 +717,7 @@ def test_throttle_example_parses_to_the_expected_values(tmp_path: Path) -> None:
     ids=repr,
 )
 def test_throttle_edge_values_are_accepted(
-    section: dict[str, object], expected: dict[str, object]
+    section: dict[str, object], expected: dict[str, Any]
 ) -> None:
     """Values at the edge of each allowed range are accepted and converted."""
     assert throttle_of(section) == dataclasses.replace(Throttle(), **expected)

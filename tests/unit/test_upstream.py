@@ -172,7 +172,9 @@ async def test_interim_103_is_skipped(make_pool: MakePool) -> None:
     assert header(response, b"Link") is None
     assert header(response, b"Content-Length") == str(len(body)).encode()
     assert orjson.loads(body)["error"]["code"] == "NotFound"
-    assert orjson.loads(body)["error"]["target"] == header(response, b"X-Sim-Target").decode()
+    target = header(response, b"X-Sim-Target")
+    assert target is not None
+    assert orjson.loads(body)["error"]["target"] == target.decode()
     # The interim answer left the connection in step: it is reused for the next one.
     assert pool.idle_connections == 1
     response, body = await fetch(pool)
