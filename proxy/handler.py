@@ -393,7 +393,8 @@ def _request_id(request: web.BaseRequest) -> tuple[str, str]:
     given = headers.get("client-request-id") or headers.get("x-request-id")
     if given is None:
         return fresh_request_id(), ""
-    if _REQUEST_ID.match(given):
+    # A token the scrubber would change (JWT-shaped, say) would be logged other than it was sent.
+    if _REQUEST_ID.match(given) and scrub(given) == given:
         return given, ""
     return fresh_request_id(), scrub(given[:_MAX_LOGGED_ID])
 

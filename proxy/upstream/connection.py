@@ -118,6 +118,14 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # Bytes after the answer was whole: nothing asked for them. Parsed on, they would add
+            # headers to the answer being relayed, or wait on the idle connection to be taken
+            # for the answer to the next request. The connection is dropped instead.
+            self._fail(ProtocolError("the upstream sent bytes after its answer"))
+            raise httptools.HttpParserError("bytes after the answer")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 

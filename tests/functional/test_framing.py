@@ -276,3 +276,17 @@ async def test_proxy_answers_name_no_versions(served: tuple[Stack, int]) -> None
     answer = await exchange(port, b"GET /api/%2e%2e/x HTTP/1.1\r\nHost: p\r\n\r\n")
     assert answer.status == 400
     assert answer.header("server") == SERVER_NAME
+
+
+async def test_a_secret_shaped_request_id_is_replaced_not_sent(served: tuple[Stack, int]) -> None:
+    """A sane-looking id the scrubber would redact (a JWT) is replaced, so the log still names the
+    id that was sent."""
+    stack, port = served
+    jwt = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4eHh4eHh4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    raw = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nConnection: close\r\n%s" % ECHO
+    raw += b"client-request-id: " + jwt + b"\r\n\r\n"
+    echo = _echoed(await exchange(port, raw))
+    [sent] = _named(echo, "client-request-id")
+    assert GUID.match(sent)
+    assert stack.logs.lines("request")[-1]["request_id"] == sent
+    assert jwt.decode() not in stack.logs.text

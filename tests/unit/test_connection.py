@@ -276,3 +276,28 @@ async def test_the_next_exchange_on_a_kept_connection_starts_clean() -> None:
     assert (conn.status, conn.headers[-1]) == (200, (b"X-Second", b"1"))
     assert await body_of(conn) == b"ok"
     assert bytes(transport.written) == HEAD * 2
+
+
+async def test_bytes_after_a_whole_answer_end_the_connection() -> None:
+    """A second answer sent behind the first adds nothing to it, and the connection is dropped."""
+    conn, transport = await connected()
+    await exchange(
+        conn,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: planted=1\r\nContent-Length: 4\r\n\r\nevil",
+    )
+    assert conn.headers == [(b"Content-Length", b"2")]
+    assert await body_of(conn) == b"ok"
+    assert not conn.reusable
+    assert transport.closed
+
+
+async def test_bytes_on_an_idle_connection_end_it() -> None:
+    """An answer that arrives on an idle kept-alive connection makes it unusable for the next."""
+    conn, transport = await connected()
+    await exchange(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert await body_of(conn) == b"ok"
+    assert conn.reusable
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+    assert not conn.reusable
+    assert transport.closed
