@@ -297,7 +297,8 @@ async def test_bytes_on_an_idle_connection_end_it() -> None:
     conn, transport = await connected()
     await exchange(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert await body_of(conn) == b"ok"
-    assert conn.reusable
+    reusable_before = conn.reusable
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+    assert reusable_before
     assert not conn.reusable
     assert transport.closed
