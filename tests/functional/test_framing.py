@@ -290,3 +290,22 @@ async def test_a_secret_shaped_request_id_is_replaced_not_sent(served: tuple[Sta
     assert GUID.match(sent)
     assert stack.logs.lines("request")[-1]["request_id"] == sent
     assert jwt.decode() not in stack.logs.text
+
+
+async def test_a_trailer_field_never_reaches_the_next_request(served: tuple[Stack, int]) -> None:
+    """After a chunked request with a trailer, the connection ends: the trailer field cannot
+    become a header of the request pipelined behind it."""
+    stack, port = served
+    raw = (
+        b"POST /api/alerts HTTP/1.1\r\nHost: p\r\n%sTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: planted\r\n\r\n"
+        b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n%s\r\n" % (ECHO, ECHO)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    first = await asyncio.wait_for(read_response(reader), 5.0)
+    assert first.header("connection") == "close"
+    assert _echoed(first)["body_length"] == 3
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    writer.close()
+    assert [line["method"] for line in stack.logs.lines("request")] == ["POST"]
