@@ -77,6 +77,6 @@ async def test_a_redis_url_imports_the_lean_client_only(redis_server: RedisServe
 
 async def test_a_redis_url_with_options_imports_redis_py(redis_server: RedisServer) -> None:
     """A redis:// store with query options is served by redis-py, so redis-py is imported."""
-    modules = await _modules_after_start(f"{redis_server.url}?socket_keepalive=true")
+    modules = await _modules_after_start(f"{redis_server.url}?client_name=defender-proxy")
     assert modules.issuperset(REDIS_CLIENT)
     assert {"redis", "redis.asyncio"} <= _redis_py(modules)
