@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from proxy import app as wiring
 from proxy.config import Limits
 from proxy.errors import SERVER_NAME
 from tests.conftest import Stack
@@ -21,18 +19,6 @@ from tests.httpraw import RawResponse, exchange, read_response
 
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 ECHO = b"X-Simulate: echo\r\n"
-
-
-@pytest.fixture
-async def served(make_stack: Callable[..., Any]) -> AsyncIterator[tuple[Stack, int]]:
-    """The proxy on its production server class, on a free port."""
-    stack: Stack = await make_stack()
-    runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield stack, int(runner.addresses[0][1])
-    await runner.cleanup()
 
 
 async def _converse(port: int, raw: bytes, answers: int) -> list[RawResponse]:
