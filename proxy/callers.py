@@ -23,6 +23,8 @@ import time
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import RawRequestMessage
 
 from proxy.config import Settings
 from proxy.errors import PROXY_HEADER, SERVER_NAME, envelope, error_response, new_target
@@ -87,6 +89,16 @@ class CallerConnection(web.RequestHandler):
         super().data_received(data)
         if self._messages:  # a whole head (or a parse error) is queued: the deadline is met
             self._disarm_head()
+            current = self._current_request
+            if current is not None and not isinstance(self._messages[-1][0], RawRequestMessage):
+                # The parser failed inside the body of the request being handled (a broken
+                # chunk, say): aiohttp queues a 400 for after it, and leaves the body waiting
+                # for bytes that will never be read. End the body with the parser's error.
+                payload = current.content
+                if not payload.is_eof():
+                    payload.set_exception(BadHttpMessage("the request body's framing is invalid"))
+                    # Nothing more of this body can be read: no lingering to drain it.
+                    self._lingering_time = 0.0
         elif data:
             waiter = self._waiter
             if self._head_timer is None and waiter is not None and not waiter.done():

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from proxy.config import Settings
@@ -161,6 +162,10 @@ async def limited_body(
             raise CallerTimeoutError(
                 "RequestTimeout",
                 f"no more of the request body came within timeouts.caller ({caller_timeout:g}s)",
+            ) from None
+        except HttpProcessingError:
+            raise RefusalError(
+                400, "BadRequest", "the request body's framing is not valid HTTP/1.1"
             ) from None
         except (ConnectionError, aiohttp.ClientPayloadError, EOFError) as exc:
             raise CallerGoneError("the caller went away mid-upload") from exc

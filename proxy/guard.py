@@ -120,10 +120,19 @@ def check_caller(remote: str | None, allowed: Networks) -> None:
         raise RefusalError(403, "Forbidden", f"callers from {address} are not allowed")
 
 
-def check_framing(version: tuple[int, int], has_transfer_encoding: bool) -> None:
-    """Refuse what an HTTP/1.0 or 0.9 peer cannot frame unambiguously (RFC 9112 §6.1)."""
+def check_framing(version: tuple[int, int], transfer_encoding: str | None) -> None:
+    """Refuse what cannot be framed unambiguously: HTTP/0.9, a transfer coding in HTTP/1.0 (RFC
+    9112 §6.1), and a transfer coding that does not end in chunked (§6.3: the length of such a
+    request cannot be known)."""
     if version < (1, 0):
         raise RefusalError(400, "BadRequest", "HTTP/0.9 requests are refused")
-    if version < (1, 1) and has_transfer_encoding:
+    if transfer_encoding is None:
+        return
+    if version < (1, 1):
         # An HTTP/1.0 message has no chunked coding: a body framed so may smuggle a request.
         raise RefusalError(400, "BadRequest", "Transfer-Encoding in an HTTP/1.0 request is refused")
+    if transfer_encoding.rsplit(",", 1)[-1].strip().lower() != "chunked":
+        # The parser lets such a request through when it also asks for an Upgrade.
+        raise RefusalError(
+            400, "BadRequest", "a Transfer-Encoding whose last coding is not chunked is refused"
+        )

@@ -115,8 +115,10 @@ class Proxy:
                 if self._allowed is not None:
                     guard.check_caller(request.remote, self._allowed)
                 version = request.version
-                framed = "Transfer-Encoding" in request.headers
-                guard.check_framing((version.major, version.minor), framed)
+                codings = request.headers.getall("Transfer-Encoding", None)
+                guard.check_framing(
+                    (version.major, version.minor), None if codings is None else ",".join(codings)
+                )
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)

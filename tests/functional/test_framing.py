@@ -295,3 +295,39 @@ async def test_a_trailer_field_never_reaches_the_next_request(served: tuple[Stac
     assert await asyncio.wait_for(reader.read(), 5.0) == b""
     writer.close()
     assert [line["method"] for line in stack.logs.lines("request")] == ["POST"]
+
+
+async def test_a_chunk_broken_mid_body_is_refused_at_once(served: tuple[Stack, int]) -> None:
+    """A chunked body that turns malformed after its first chunk was read gets a 400 in the
+    envelope at once, not a wait for more body; nothing reaches the upstream."""
+    stack, port = served
+    before = await _upstream_requests(stack)
+    head = b"POST /api/alerts HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(b"3\r\nabcXX0\r\n\r\n")
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    writer.close()
+    assert answer.status == 400
+    assert orjson.loads(answer.body)["error"]["code"] == "BadRequest"
+    assert answer.header("x-defender-proxy-error") == "BadRequest"
+    assert await _upstream_requests(stack) == before
+    [line] = stack.logs.lines("request")
+    assert line["status"] == 400
+
+
+async def test_a_coding_not_ending_in_chunked_is_refused_with_upgrade_too(
+    served: tuple[Stack, int],
+) -> None:
+    """Transfer-Encoding whose last coding is not chunked is refused, Upgrade or not."""
+    stack, port = served
+    before = await _upstream_requests(stack)
+    raw = (
+        b"POST /api/alerts HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: identity\r\n"
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n0\r\n\r\n"
+    )
+    answer = await exchange(port, raw)
+    assert answer.status == 400
+    assert await _upstream_requests(stack) == before
