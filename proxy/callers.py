@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -37,6 +37,8 @@ _FD_RESERVE: Final = 64
 # A cap derived from a very high or unlimited descriptor limit stops here.
 _MAX_DERIVED_CAP: Final = 65536
 _MIN_DERIVED_CAP: Final = 16
+#: How long a closed caller connection goes on reading (and dropping) what the caller still sends.
+LINGER: Final = 2.0
 
 
 def caller_connection_cap(settings: Settings) -> int:
@@ -67,6 +69,50 @@ def _timeout_answer(target: str) -> bytes:
     )
 
 
+class _Lingering:
+    """A caller's transport whose ``close`` lingers: the answer is flushed and a FIN sent, then
+    whatever the caller still sends is read and dropped until it closes too, for at most
+    ``LINGER`` seconds.
+
+    A socket closed with unread input is reset by the kernel, and a reset can overtake the
+    answer already sent: a caller still writing (a pipelined request behind a refused one, the
+    rest of a head) would read ``ECONNRESET`` instead of its 400 or its answer. ``abort`` still
+    resets at once. Everything else is the transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, on_linger: Any) -> None:
+        self._transport = transport
+        self._on_linger = on_linger
+        self._timer: asyncio.TimerHandle | None = None
+        # The calls made for every answer, bound once: no wrapper on the hot path.
+        self.write = transport.write
+        self.writelines = transport.writelines
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+        self.abort = transport.abort
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        transport = self._transport
+        if transport.is_closing() or self._timer is not None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._on_linger()
+        transport.resume_reading()
+        transport.write_eof()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(LINGER, transport.close)
+
+    def closed(self) -> None:
+        """The connection is gone: no timer left behind."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class CallerConnection(web.RequestHandler):
     """One caller connection: aiohttp's handler plus the request-head deadline."""
 
@@ -81,9 +127,15 @@ class CallerConnection(web.RequestHandler):
     # The deadline for a request head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._lingering = _Lingering(cast(asyncio.Transport, transport), self._stop_reading)
+        super().connection_made(cast(asyncio.BaseTransport, self._lingering))
         self._arm_head()
         self._callers.make_room(self)
+
+    def _stop_reading(self) -> None:
+        # What comes in while the connection lingers is dropped, not parsed.
+        self._close = True
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -107,6 +159,7 @@ class CallerConnection(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_head()
+        self._lingering.closed()
         super().connection_lost(exc)
 
     def _arm_head(self) -> None:
@@ -141,8 +194,9 @@ class CallerConnection(web.RequestHandler):
         return not self._request_in_progress and not self._messages and self.transport is not None
 
     def shed(self) -> None:
-        """Close the connection to make room for another."""
+        """Close the connection to make room for another: at once, without lingering."""
         self._disarm_head()
+        self._lingering.abort()
         self.force_close()
 
     # Requests aiohttp cannot parse

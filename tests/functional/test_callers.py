@@ -189,3 +189,33 @@ def test_settings_carry_the_caller_timeouts() -> None:
     """The defaults are the documented ones: 30 s per caller wait, 5 s pool, 75 s keep-alive."""
     timeouts = Settings().timeouts
     assert (timeouts.caller, timeouts.pool, timeouts.caller_keepalive) == (30.0, 5.0, 75.0)
+
+
+async def test_a_refused_caller_still_sending_reads_its_answer(callers: Serve) -> None:
+    """A caller whose bytes keep coming after the parser refused its request reads the 400, and
+    nothing it sends after is answered: the connection lingers, dropping input, then ends."""
+    _, port = await callers()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/alerts HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\nX-Folded: a\r\n\t")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the 400 is sent and the connection closed meanwhile
+    writer.write(b"b\r\n\r\nGET /api/alerts HTTP/1.1\r\nHost: p\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # a reset, if one is sent, is here before the answer is read
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    assert answer.status == 400
+    assert await _eof(reader) == b""
+    writer.close()
+
+
+async def test_a_lingering_connection_ends_within_the_linger(callers: Serve) -> None:
+    """A caller that never closes its side after a refusal is closed by the proxy after LINGER."""
+    stack, port = await callers()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/%2e%2e/x HTTP/1.1\r\nHost: p\r\n\r\n")
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    assert answer.status == 400
+    # The proxy's FIN: the caller has read everything there is.
+    assert await _eof(reader) == b""
+    assert await until(lambda: stack.sample("defender_proxy_caller_connections") == 0, 10.0)
+    writer.close()
