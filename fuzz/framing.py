@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import uvloop
-from hypothesis import HealthCheck, Phase, find, given, seed, settings
+from hypothesis import HealthCheck, Phase, assume, find, given, seed, settings
 from hypothesis.errors import NoSuchExample
 
 from tests.framediff import Harness, Mismatch, describe
@@ -29,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shrink", type=int, default=3000, help="cases to find each class again")
+    parser.add_argument(
+        "--without", action="append", default=[], metavar="NOTE",
+        help="leave out conversations with a request whose oddities mention NOTE (repeatable): "
+        "to look past a class already known",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    global _WITHOUT
+    _WITHOUT = tuple(args.without)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         harness = Harness()
         runner.run(harness.start())
@@ -37,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
             return _survey(runner, harness, args.cases, args.seed, args.shrink)
         finally:
             runner.run(harness.close())
+
+
+_WITHOUT: tuple[str, ...] = ()
+
+
+def _wanted(conversation: Conversation) -> bool:
+    notes = [note for request in conversation.requests for note in request.notes]
+    return not any(word in note for word in _WITHOUT for note in notes)
 
 
 def _survey(runner: asyncio.Runner, harness: Harness, cases: int, at: int, shrink: int) -> int:
@@ -48,6 +63,7 @@ def _survey(runner: asyncio.Runner, harness: Harness, cases: int, at: int, shrin
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(conversations())
     def sweep(conversation: Conversation) -> None:
+        assume(_wanted(conversation))
         found = runner.run(harness.run(conversation))
         for kind in {m.kind for m in found}:
             counts[kind] += 1
@@ -61,14 +77,20 @@ def _survey(runner: asyncio.Runner, harness: Harness, cases: int, at: int, shrin
         print(f"\n=== {kind}: {count} cases")
 
         def shows(conversation: Conversation, kind: str = kind) -> bool:
+            if not _wanted(conversation):
+                return False
             return any(m.kind == kind for m in runner.run(harness.run(conversation)))
 
         try:
             smallest = find(
                 conversations(),
                 shows,
-                settings=settings(max_examples=shrink, deadline=None, database=None,
-                                  suppress_health_check=list(HealthCheck)),  # fmt: skip
+                settings=settings(
+                    max_examples=shrink,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
             )
         except NoSuchExample:
             smallest = first[kind][0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -103,9 +104,7 @@ class Harness:
         )
         metrics = Metrics()
         router = Router(effective_routes(throttle))
-        limiter = Limiter(
-            throttle, router.routes, route_policies(throttle), MemoryStore(), metrics
-        )
+        limiter = Limiter(throttle, router.routes, route_policies(throttle), MemoryStore(), metrics)
         self._proxy = Proxy(settings, metrics, router, limiter)
         await self._proxy.start()
         self._server = wiring.proxy_server(self._proxy)
@@ -142,7 +141,7 @@ class Harness:
         try:
             async with asyncio.timeout(STALL):
                 cuts = [0, *conversation.writes, len(raw)]
-                for start, end in zip(cuts, cuts[1:], strict=False):
+                for start, end in itertools.pairwise(cuts):
                     writer.write(raw[start:end])
                     # The proxy may answer and close before it has read everything.
                     with contextlib.suppress(ConnectionError):
@@ -167,7 +166,8 @@ class Harness:
         """Wait until the proxy has no connection and no request, then renew its pool and wait
         until the upstream has seen every connection close (it has then parsed every byte)."""
         proxy, server = self._proxy, self._server
-        assert proxy is not None and server is not None
+        assert proxy is not None
+        assert server is not None
         for _ in range(_IDLE_STEPS):
             if not server.connections and proxy.in_flight == 0:
                 break
@@ -203,11 +203,12 @@ def compare(conversation: Conversation, seen: Observed, upstream_host: str) -> l
     handled = [x for x in seen.lines if x.get("event") in (REQUEST, PARSER_REFUSAL)]
     forwarded = [x for x in handled if x["event"] == REQUEST and x["source"] == "upstream"]
     complete = seen.recording.complete
-    for line in seen.lines:
-        if line.get("event") == "unexpected error":
-            out.append(Mismatch("proxy-crash", str(line.get("error"))))
-    for error in seen.recording.errors:
-        out.append(Mismatch("upstream-unparsable", error))
+    out += [
+        Mismatch("proxy-crash", str(x.get("error")))
+        for x in seen.lines
+        if x.get("event") == "unexpected error"
+    ]
+    out += [Mismatch("upstream-unparsable", error) for error in seen.recording.errors]
     logged = [(x["method"], x["path"]) for x in forwarded]
     parsed = [(u.method, _path(u.target)) for u in complete]
     aligned = logged == parsed
@@ -215,9 +216,11 @@ def compare(conversation: Conversation, seen: Observed, upstream_host: str) -> l
         kind = "smuggled" if len(parsed) > len(logged) else "forwarded-unlogged"
         out.append(Mismatch(kind, f"the upstream parsed {parsed}, the proxy logged {logged}"))
     cut = {x["path"] for x in handled if x["event"] == REQUEST and x["source"] == "proxy"}
-    for partial in seen.recording.partial:
-        if _path(partial.target) not in cut:
-            out.append(Mismatch("upstream-partial", f"{partial.method} {partial.target} unfinished"))
+    out += [
+        Mismatch("upstream-partial", f"{p.method} {p.target} unfinished")
+        for p in seen.recording.partial
+        if _path(p.target) not in cut
+    ]
     by_path = {r.path: r for r in conversation.requests}
     if aligned:
         for line, upstream in zip(forwarded, complete, strict=True):
@@ -250,8 +253,10 @@ def _check_forwarded(
     ids = upstream.values("client-request-id")
     if ids and ids != [line["request_id"]]:
         out.append(Mismatch("request-id", f"{what}: sent {ids}, logged {line['request_id']!r}"))
-    for name in sorted({n for n, _ in upstream.headers} & (HOP_BY_HOP - OWN)):
-        out.append(Mismatch("hop-by-hop-forwarded", f"{what}: {name} reached the upstream"))
+    out += [
+        Mismatch("hop-by-hop-forwarded", f"{what}: {name} reached the upstream")
+        for name in sorted({n for n, _ in upstream.headers} & (HOP_BY_HOP - OWN))
+    ]
     if sent is None:
         return out
     caller: dict[str, set[str]] = {}
@@ -285,7 +290,9 @@ def _check_answers(
                          f"({[x.get('status') for x in expected]}), caller got {statuses}")]  # fmt: skip
     out: list[Mismatch] = []
     for n, answer in enumerate(answers):
-        framing = [(k, v) for k, v in answer.headers if k in ("content-length", "transfer-encoding")]
+        framing = [
+            (k, v) for k, v in answer.headers if k in ("content-length", "transfer-encoding")
+        ]
         if len(framing) > 1:
             out.append(Mismatch("answer-framing", f"answer {n} is framed by {framing}"))
     echoes = {id(x): u.answer for x, u in zip(forwarded, complete or [], strict=False)}
@@ -332,7 +339,10 @@ def _check_reading(
             # aiohttp's parser refuses what it has buffered as one: a plain request is refused
             # with a broken one that follows it in the same read.
             later = [r.reading for r in sent[index:]]
-            batch = line["event"] == PARSER_REFUSAL and min(later, default=Reading.PLAIN) < Reading.PLAIN
+            batch = (
+                line["event"] == PARSER_REFUSAL
+                and min(later, default=Reading.PLAIN) < Reading.PLAIN
+            )
             if request.reading is Reading.PLAIN and not batch:
                 out.append(Mismatch("plain-refused", f"{request.rid}: {line.get('status')} "
                                     f"{line.get('message', '')}"))  # fmt: skip

@@ -136,12 +136,14 @@ _CONNECTION_TOKENS = (
 
 _TOKEN_LISTS = st.lists(st.sampled_from(_CONNECTION_TOKENS), min_size=1, max_size=4)
 _EXTRAS = st.frozensets(
-    st.sampled_from(["note", "auth", "id", "expect", "keep-alive", "te", "upgrade", "fold", "bare-lf"]),
+    st.sampled_from(
+        ["note", "auth", "id", "expect", "keep-alive", "te", "upgrade", "fold", "bare-lf"]
+    ),
     max_size=4,
 )
 # Body pieces: plain bytes, and bytes a lost framing would turn into requests or chunk syntax.
 _FILLER = st.binary(min_size=1, max_size=24)
-_TEXTS = st.sampled_from([b"hello", b"{\"x\":1}", b"\r\n", b"0\r\n\r\n", b"5\r\nabcde\r\n", b"\n"])
+_TEXTS = st.sampled_from([b"hello", b'{"x":1}', b"\r\n", b"0\r\n\r\n", b"5\r\nabcde\r\n", b"\n"])
 
 
 @st.composite
@@ -389,7 +391,7 @@ _REQUESTS = tuple(request(i) for i in range(3))
 def conversations(draw: st.DrawFn) -> Conversation:
     """One to three generated requests, then the closing one, and how the caller splits them."""
     count = draw(_ints(1, 3))
-    sent = tuple(draw(_REQUESTS[i]) for i in range(count)) + (END,)
+    sent = (*(draw(_REQUESTS[i]) for i in range(count)), END)
     size = sum(len(r.raw) for r in sent)
     writes = tuple(sorted(draw(_cut_sets(size - 1, 2))))
     return Conversation(sent, writes)

@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._h11 = h11.Connection(h11.SERVER)
         self._transport: asyncio.Transport | None = None
         self._current: UpstreamRequest | None = None
+        self._closed = False
         recording.connections += 1
         recording.open += 1
         self._index = recording.connections
@@ -82,6 +83,7 @@ class _Connection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
+        self._closed = True
         self._h11.receive_data(b"")
         self._pump()
         return False
@@ -96,6 +98,8 @@ class _Connection(asyncio.Protocol):
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if self._closed and self._current is not None:
+                    return  # the connection ended inside a request: recorded as partial
                 self._recording.errors.append(f"connection {self._index}: h11 refused: {exc}")
                 transport.write(
                     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -155,9 +159,7 @@ class RawUpstream:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self.recording), "127.0.0.1", 0
-        )
+        self._server = await loop.create_server(lambda: _Connection(self.recording), "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def reset(self) -> Recording:
