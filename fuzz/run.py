@@ -1,5 +1,5 @@
 """The long fuzz run: the properties of tests/unit/test_fuzz.py and the differential framing
-property of tests/functional/test_framing.py, with many more examples.
+property of tests/functional/test_framing_diff.py, with many more examples.
 
 ``make fuzz`` (``python -m fuzz.run``) runs each property in its own pytest process, two at a time
 by default, with ``FUZZ_EXAMPLES`` set to its share below: the classifier and the guard get
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "tests/unit/test_fuzz.py"
-FRAMING = "tests/functional/test_framing.py::test_upstream_parses_exactly_what_the_proxy_read"
+FRAMING = "tests/functional/test_framing_diff.py::test_upstream_parses_exactly_what_the_proxy_read"
 
 #: (area, pytest node, examples): what ``make fuzz`` runs. The framing property runs in two
 #: processes (each draws its own random cases), so both cores send conversations through a proxy.

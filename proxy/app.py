@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy.callers import CallerServer, caller_connection_cap
 from proxy.config import Settings, effective_routes, route_policies
-from proxy.errors import error_response, new_target
+from proxy.errors import SERVER_NAME
 from proxy.handler import Proxy
-from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota import make_store
 from proxy.quota.limiter import Limiter
@@ -54,56 +54,31 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Proxy, we
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
     admin.cleanup_ctx.append(_resources)
+    admin.on_response_prepare.append(_server_header)
     return proxy, admin
 
 
-class _RequestHandler(web.RequestHandler):
-    """Requests aiohttp cannot parse: a 400 in the Defender envelope and one scrubbed log line.
-
-    aiohttp's own answer echoes the offending bytes (a header line with a token in it, say) in its
-    body and logs them with a traceback; neither may happen here.
-    """
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer had begun; the connection is closed instead")
-        target = new_target()
-        code = "BadRequest" if status < 500 else "InternalServerError"
-        text = "the request is not valid HTTP/1.1" if status < 500 else "the proxy failed"
-        get_logger("http").warning(
-            "request refused by the HTTP parser",
-            status=status,
-            error=type(exc).__name__ if exc is not None else "",
-            target=target,
-        )
-        response = error_response(status, code, text, target)
-        response.force_close()
-        return response
-
-
-class _Server(web.Server):
-    def __call__(self) -> web.RequestHandler:
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-def proxy_server(proxy: Proxy) -> web.Server:
+def proxy_server(proxy: Proxy) -> CallerServer:
     """The low-level server for the proxy port."""
-    limits = proxy.settings.limits
-    return _Server(
+    settings = proxy.settings
+    limits = settings.limits
+    return CallerServer(
         proxy.handle,
+        caller_timeout=settings.timeouts.caller,
+        cap=caller_connection_cap(settings),
+        metrics=proxy.metrics,
         # A caller that goes away cancels its handler: a waiter gives its slot back and is never
         # forwarded, an upload stops being streamed upstream.
         handler_cancellation=True,
         access_log=None,
+        keepalive_timeout=settings.timeouts.caller_keepalive,
         max_field_size=limits.max_header_size,
         max_line_size=limits.max_header_size,
     )
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

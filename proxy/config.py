@@ -101,6 +101,8 @@ class Limits:
     max_body: int = 32 * 2**20
     error_body_cap: int = 2**20
     max_header_size: int = 16384
+    #: request bodies up to this size are read whole before an upstream connection is taken
+    request_buffer: int = 64 * 2**10
     #: caller connections open at once on the proxy port; past it, new ones are closed at once.
     #: 0 (the default) derives the cap from the file-descriptor limit (see ``caller_connection_cap``)
     caller_connections: int = 0
@@ -329,6 +331,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "max_body": _positive(parse_size),
         "error_body_cap": _positive(parse_size),
         "max_header_size": _positive(parse_size),
+        "request_buffer": _positive(parse_size),
         "caller_connections": _count,
     },
     "pool": {"max_connections": _count, "keepalive": parse_duration},

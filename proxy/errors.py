@@ -9,6 +9,7 @@ Exceptions raised inside the proxy to end a request early::
 
     ProxyError                 carries status, code and message of the answer
     ├── RefusalError           the request is not ours to forward (400, 413)
+    │   └── CallerTimeoutError the caller stopped sending its request (408)
     └── UpstreamError        the upstream could not be reached or did not answer (502, 504)
 """
 
@@ -22,6 +23,9 @@ from aiohttp import web
 
 #: Set on every response the proxy makes itself; the value is the error code.
 PROXY_HEADER: Final = "X-Defender-Proxy-Error"
+#: The ``Server`` of the proxy's own answers: no version, where aiohttp would name itself and
+#: Python with theirs.
+SERVER_NAME: Final = "defender-proxy"
 
 
 class CallerGoneError(Exception):
@@ -44,6 +48,14 @@ class ProxyError(Exception):
 
 class RefusalError(ProxyError):
     """The request is refused before anything is sent upstream."""
+
+
+class CallerTimeoutError(RefusalError):
+    """The caller sent no more of its request within ``timeouts.caller``: 408, and the connection
+    is closed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(408, code, message)
 
 
 class QuotaRefusal(ProxyError):  # noqa: N818 - a refusal, not a failure
@@ -84,6 +96,7 @@ def error_response(
         charset="utf-8",
     )
     response.headers[PROXY_HEADER] = code
+    response.headers["Server"] = SERVER_NAME
     if headers:
         response.headers.update(headers)
     return response

@@ -4,19 +4,26 @@ Hop-by-hop headers are removed in both directions as RFC 9110 §7.6.1 says, toge
 header the ``Connection`` header names; ``Host`` is set to the upstream's; everything else passes
 through unchanged, ``Authorization`` included. Bodies are never decompressed or re-encoded on their
 way through, and the upstream client adds no headers of its own.
+
+The framing of every message is the proxy's own, in both directions: the caller's
+``Content-Length`` and ``Transfer-Encoding`` are never copied; the upstream is told the length the
+proxy's parser read (or gets the body chunked), and the caller is told the length the upstream's
+answer was parsed with (or gets it chunked). So ``Connection: content-length`` cannot strip the
+framing, and no header can make the two sides of the proxy read one byte stream differently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from proxy.config import Settings
-from proxy.errors import CallerGoneError, RefusalError
+from proxy.errors import CallerGoneError, CallerTimeoutError, RefusalError
 from proxy.upstream import Pool
 
 # RFC 9110 §7.6.1, plus the proxy-only credentials and the legacy Proxy-Connection.
@@ -34,8 +41,11 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 # Not hop-by-hop, but the proxy owns them: Host is the upstream's, Expect is answered locally,
-# and client-request-id is re-added below when the proxy chose the id.
-_REQUEST_OWNED: Final = frozenset({b"host", b"expect"})
+# the framing is derived from what the proxy read, and client-request-id is always the id the
+# proxy logs (the caller's when it is sane).
+_REQUEST_OWNED: Final = frozenset({b"host", b"expect", b"content-length", b"client-request-id"})
+# The answer's length is the one the upstream's answer was parsed with; never copied as sent.
+_RESPONSE_DROPPED: Final = HOP_BY_HOP | {b"content-length"}
 
 _PROXY_PREFIX: Final = b"x-defender-proxy-"
 
@@ -65,25 +75,50 @@ def _end_to_end(
     return out
 
 
-def request_headers(raw: RawHeaders, request_id: str | None) -> list[tuple[bytes, bytes]]:
-    """The caller's header bytes to send upstream; ``request_id`` added as client-request-id.
+def request_headers(
+    raw: RawHeaders, request_id: str, content_length: int | None
+) -> list[tuple[bytes, bytes]]:
+    """The caller's header bytes to send upstream, framed by the proxy.
 
-    Headers addressed to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
+    ``request_id`` goes as the one client-request-id; ``content_length`` is the length of the body
+    the proxy read (None: no length is sent; a body without one goes chunked). Headers addressed
+    to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
     """
     out = _end_to_end(raw, _REQUEST_DROPPED, _PROXY_PREFIX)
-    if request_id is not None:
-        out.append((b"client-request-id", request_id.encode("ascii")))
+    out.append((b"client-request-id", request_id.encode("ascii")))
+    if content_length is not None:
+        out.append((b"Content-Length", b"%d" % content_length))
     return out
 
 
 def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
-    """The upstream's response headers as the caller should see them."""
+    """The upstream's response headers as the caller should see them, without their framing.
+
+    The caller's framing is set by the relay: ``Content-Length`` from ``response_length``, else
+    chunked.
+    """
     return CIMultiDict(
         [
             (name.decode("latin-1"), value.decode("utf-8", "replace"))
-            for name, value in _end_to_end(raw, HOP_BY_HOP)
+            for name, value in _end_to_end(raw, _RESPONSE_DROPPED)
         ]
     )
+
+
+def response_length(raw: RawHeaders) -> int | None:
+    """The length the upstream's answer was framed with: its Content-Length when that is the
+    framing (one value, or one value repeated, and no Transfer-Encoding), else None."""
+    lengths: set[bytes] = set()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return None
+        if lowered == b"content-length":
+            lengths.update(part.strip() for part in value.split(b","))
+    if len(lengths) != 1:
+        return None
+    (length,) = lengths
+    return int(length) if length.isdigit() and len(length) <= 18 else None
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -110,15 +145,22 @@ def make_pool(settings: Settings) -> Pool:
 
 
 async def limited_body(
-    stream: aiohttp.StreamReader, max_body: int, on_chunk: BodyCounter
+    stream: aiohttp.StreamReader, max_body: int, on_chunk: BodyCounter, caller_timeout: float
 ) -> AsyncIterator[bytes]:
-    """A request body streamed upstream, refused once it passes ``max_body`` bytes."""
+    """A request body streamed upstream, refused once it passes ``max_body`` bytes, or when the
+    caller sends nothing more of it for ``caller_timeout`` seconds."""
     chunks = stream.iter_any()
     while True:
         try:
-            chunk = await chunks.__anext__()
+            async with asyncio.timeout(caller_timeout):
+                chunk = await chunks.__anext__()
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            raise CallerTimeoutError(
+                "RequestTimeout",
+                f"no more of the request body came within timeouts.caller ({caller_timeout:g}s)",
+            ) from None
         except (ConnectionError, aiohttp.ClientPayloadError, EOFError) as exc:
             raise CallerGoneError("the caller went away mid-upload") from exc
         on_chunk.count += len(chunk)
@@ -129,6 +171,30 @@ async def limited_body(
         yield chunk
 
 
+async def read_up_to(body: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first chunks of ``body``, until more than ``limit`` bytes came: (chunks, whether that
+    was the whole body). ``body`` is left where it stopped, to be read on."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return parts, False
+    return parts, True
+
+
+async def replay(
+    parts: list[bytes], rest: AsyncIterator[bytes] | None = None
+) -> AsyncIterator[bytes]:
+    """``parts``, then whatever is left of ``rest``."""
+    for part in parts:
+        yield part
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
+
+
 class BodyCounter:
     """How many request-body bytes went upstream."""
 
@@ -136,11 +202,3 @@ class BodyCounter:
 
     def __init__(self) -> None:
         self.count = 0
-
-
-def has_body(headers: CIMultiDictProxy[str]) -> bool:
-    """Whether the request declares a body (a length above zero, or any transfer coding)."""
-    length = headers.get("Content-Length")
-    if length is not None:
-        return length.strip() != "0"
-    return "Transfer-Encoding" in headers

@@ -22,6 +22,7 @@ from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
 from proxy.errors import (
     CallerGoneError,
+    CallerTimeoutError,
     ProxyError,
     QuotaRefusal,
     RefusalError,
@@ -29,7 +30,7 @@ from proxy.errors import (
     error_response,
     new_target,
 )
-from proxy.logs import RequestLog, get_logger
+from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, Limiter
 from proxy.routing import Router
@@ -37,6 +38,7 @@ from proxy.upstream import Pool, Response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
 _MAX_LOGGED_PATH: Final = 512
+_MAX_LOGGED_ID: Final = 128
 # Version 4 and the RFC 4122 variant, stamped into a random 128-bit number.
 _UUID4_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
 _UUID4_BITS: Final = (0x4 << 76) | (0x2 << 62)
@@ -59,6 +61,8 @@ class Outcome:
     bytes_out: int = 0
     error: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    #: the caller's own request id when it was not a sane token (scrubbed, truncated)
+    caller_request_id: str = ""
     admission: Admission | None = None
 
 
@@ -82,6 +86,8 @@ class Proxy:
         self._upstream = settings.upstream
         self._cap = settings.limits.error_body_cap
         self._max_body = settings.limits.max_body
+        self._caller_timeout = settings.timeouts.caller
+        self._request_buffer = settings.limits.request_buffer
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
         self._request_log = RequestLog()
@@ -102,7 +108,8 @@ class Proxy:
         """Answer one request on the proxy port."""
         started = time.perf_counter()
         self.in_flight += 1
-        outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], _request_id(request))
+        outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], "")
+        outcome.request_id, outcome.caller_request_id = _request_id(request)
         try:
             try:
                 if self._allowed is not None:
@@ -145,23 +152,30 @@ class Proxy:
         self, request: web.BaseRequest, target: str, outcome: Outcome
     ) -> web.StreamResponse:
         assert self.pool is not None, "Proxy.start() was not awaited"
-        incoming = request.headers
-        added_id = None if "client-request-id" in incoming else outcome.request_id
-        headers = forward.request_headers(request.raw_headers, added_id)
+        # The framing sent upstream is the proxy's own: the length its parser read, or chunked.
+        length = request.content_length
         body = None
         counter = forward.BodyCounter()
-        if forward.has_body(incoming):
-            if incoming.get("Expect", "").lower() == "100-continue":
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = forward.limited_body(request.content, self._max_body, counter)
-        sent = time.perf_counter()
         try:
+            if request.body_exists:
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = forward.limited_body(
+                    request.content, self._max_body, counter, self._caller_timeout
+                )
+                # A body up to limits.request_buffer is read whole before an upstream connection
+                # is taken: a caller that uploads slowly, or stalls, holds only its own connection.
+                parts, whole = await forward.read_up_to(body, self._request_buffer)
+                if whole:
+                    length = sum(map(len, parts))
+                    body = forward.replay(parts) if length else None
+                else:
+                    length = None
+                    body = forward.replay(parts, body)
+            headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            sent = time.perf_counter()
             upstream = await self.pool.request(
-                request.method,
-                target,
-                headers,
-                body,
-                chunked=body is not None and request.content_length is None,
+                request.method, target, headers, body, chunked=length is None
             )
         finally:
             outcome.bytes_in = counter.count
@@ -194,26 +208,47 @@ class Proxy:
             if admission is not None and not upstream_says:
                 route = outcome.route.name
                 headers.extend(self.limiter.ratelimit_headers(route, admission.decision))
+        length = forward.response_length(upstream.headers)
+        if length is not None:
+            headers["Content-Length"] = str(length)
         response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
         if "Upgrade" in request.headers:
             # Upgrades are never honoured; aiohttp's parser may have taken what followed on the
             # connection for upgraded bytes, so end it rather than leave a request unanswered.
             response.force_close()
+        loop = asyncio.get_running_loop()
         try:
-            await response.prepare(request)
-            # The head goes out with the body's first bytes in one write when they are here
-            # already, else on its own at once: a slow body must not hold back the status.
-            first = prefix or upstream.read_ready()
-            await response.write(first)
-            outcome.bytes_out += len(first)
-            if not failed:
-                try:
-                    while chunk := await upstream.read():
-                        await response.write(chunk)
-                        outcome.bytes_out += len(chunk)
-                except UpstreamError as exc:
-                    failed = True
-                    outcome.note = f"upstream failed mid-body ({exc.kind})"
+            # Every wait for the caller to take more of the answer is bounded by timeouts.caller;
+            # the waits for the upstream are bounded by timeouts.read.
+            async with asyncio.timeout(None) as deadline:
+                await response.prepare(request)
+                # The head goes out with the body's first bytes in one write when they are here
+                # already, else on its own at once: a slow body must not hold back the status.
+                first = prefix or upstream.read_ready()
+                deadline.reschedule(loop.time() + self._caller_timeout)
+                await response.write(first)
+                outcome.bytes_out += len(first)
+                if not failed:
+                    try:
+                        while True:
+                            deadline.reschedule(None)
+                            chunk = await upstream.read()
+                            if not chunk:
+                                break
+                            deadline.reschedule(loop.time() + self._caller_timeout)
+                            await response.write(chunk)
+                            outcome.bytes_out += len(chunk)
+                    except UpstreamError as exc:
+                        failed = True
+                        outcome.note = f"upstream failed mid-body ({exc.kind})"
+        except TimeoutError:
+            # The caller stopped taking the answer: free the upstream connection, end the caller's.
+            upstream.close()
+            if request.transport is not None:
+                request.transport.abort()
+            self.metrics.caller_timeouts.labels("answer").inc()
+            outcome.note = "caller stopped taking the answer within timeouts.caller; closed"
+            return response
         except ConnectionError:
             # The caller went away: drop the upstream connection instead of draining it.
             self._caller_left(upstream, outcome)
@@ -275,6 +310,8 @@ class Proxy:
         outcome.error = {"code": exc.code, "message": exc.message, "target": target}
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
+        elif isinstance(exc, CallerTimeoutError):
+            self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
         response = error_response(exc.status, exc.code, exc.message, target, exc.headers)
@@ -308,6 +345,8 @@ class Proxy:
             "bytes_out": outcome.bytes_out,
             "request_id": outcome.request_id,
         }
+        if outcome.caller_request_id:
+            fields["caller_request_id"] = outcome.caller_request_id
         if outcome.error:
             fields.update(outcome.error)
         if outcome.note:
@@ -321,18 +360,40 @@ class Proxy:
 
 
 class _Relayed(web.StreamResponse):
-    """A relayed answer whose head is held until the first write, so both share one send."""
+    """A relayed answer: its head is held until the first write, so both share one send, and it
+    carries no header the upstream did not send beyond ``Date`` (added where missing, as RFC 9110
+    §6.6.1 asks), the RateLimit fields and the proxy's own framing."""
 
     _send_headers_immediately = False
 
+    def __init__(self, *, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self._upstream_typed = "Content-Type" in headers
+        self._upstream_server = "Server" in headers
 
-def _request_id(request: web.BaseRequest) -> str:
-    """The caller's request id when it is a sane token, else a fresh one."""
+    async def _prepare_headers(self) -> None:
+        # aiohttp's StreamResponse adds Content-Type (application/octet-stream) and a Server
+        # naming aiohttp and Python with their versions; neither came from the upstream.
+        await super()._prepare_headers()
+        if not self._upstream_typed:
+            self._headers.popall("Content-Type", None)
+        if not self._upstream_server:
+            self._headers.popall("Server", None)
+
+
+def _request_id(request: web.BaseRequest) -> tuple[str, str]:
+    """(the id to send and log, the caller's own id when it was refused).
+
+    The caller's ``client-request-id`` (or ``x-request-id``) when it is a sane token; else a fresh
+    GUID, with the caller's value kept, scrubbed and truncated, for the log line.
+    """
     headers = request.headers
     given = headers.get("client-request-id") or headers.get("x-request-id")
-    if given is not None and _REQUEST_ID.match(given):
-        return given
-    return fresh_request_id()
+    if given is None:
+        return fresh_request_id(), ""
+    if _REQUEST_ID.match(given):
+        return given, ""
+    return fresh_request_id(), scrub(given[:_MAX_LOGGED_ID])
 
 
 def fresh_request_id() -> str:

@@ -170,6 +170,26 @@ class Metrics:
             "Times the shared quota store became unreachable and the local share took over.",
             registry=r,
         )
+        self.caller_timeouts = Counter(
+            "defender_proxy_caller_timeouts",
+            "Callers cut off after timeouts.caller, by phase: head (the request head was not sent "
+            "in time), body (no more of the request body came), answer (the caller stopped taking "
+            "the answer).",
+            ["phase"],
+            registry=r,
+        )
+        self.caller_connections = Gauge(
+            "defender_proxy_caller_connections",
+            "Caller connections open on the proxy port.",
+            registry=r,
+        )
+        self.caller_connections_shed = Counter(
+            "defender_proxy_caller_connections_shed",
+            "Caller connections closed at the connection cap (limits.caller_connections): evicted "
+            "(an idle or half-sent connection closed to make room) or refused (no room).",
+            ["reason"],
+            registry=r,
+        )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
 

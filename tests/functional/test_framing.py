@@ -1,112 +1,278 @@
-"""Differential framing: the upstream parses exactly the requests the proxy read, logged and answered.
-
-Generated conversations (``tests.framegen``: Content-Length and Transfer-Encoding in their
-spellings, Connection lists naming framing and Host, CL with TE, signed and duplicated lengths,
-obs-fold, chunk oddities, bare LF, Expect, pipelined bodies hiding requests) go as raw bytes through
-the real proxy to an h11 upstream that records what it parses (``tests.framediff`` compares).
-
-``make test`` runs ``FUZZ_EXAMPLES`` cases (200 by default); ``make fuzz`` runs the property with
-many more through ``fuzz/run.py``. The pinned conversations below are the classes the property
-found on 8db9520, each as its smallest raw reproducer.
-"""
+"""Framing is the proxy's own both ways; the request id sent is the one logged; relayed answers
+carry only the upstream's headers plus the documented additions."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import orjson
 import pytest
-import uvloop
-from hypothesis import HealthCheck, given, settings
+from aiohttp import web
 
-from tests.framediff import Harness, describe
-from tests.framegen import END, Conversation, Reading, Sent, conversations
+from proxy import app as wiring
+from proxy.config import Limits
+from proxy.errors import SERVER_NAME
+from tests.conftest import Stack
+from tests.httpraw import RawResponse, exchange, read_response
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
-
-
-@pytest.fixture(scope="module")
-def harness() -> Iterator[tuple[asyncio.Runner, Harness]]:
-    """One proxy and one recording upstream on uvloop for the module; each case renews the rest."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        built = Harness()
-        runner.run(built.start())
-        try:
-            yield runner, built
-        finally:
-            runner.run(built.close())
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+ECHO = b"X-Simulate: echo\r\n"
 
 
-def _check(harness: tuple[asyncio.Runner, Harness], conversation: Conversation) -> None:
-    runner, built = harness
-    mismatches = runner.run(built.run(conversation))
-    assert not mismatches, "\n".join([describe(conversation), *map(str, mismatches)])
+@pytest.fixture
+async def served(make_stack: Callable[..., Any]) -> AsyncIterator[tuple[Stack, int]]:
+    """The proxy on its production server class, on a free port."""
+    stack: Stack = await make_stack()
+    runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield stack, int(runner.addresses[0][1])
+    await runner.cleanup()
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(conversation=conversations())
-def test_upstream_parses_exactly_what_the_proxy_read(
-    harness: tuple[asyncio.Runner, Harness], conversation: Conversation
-) -> None:
-    """For any framing, the upstream parses exactly the requests the proxy logged, bodies whole,
-    no header the caller did not send, one answer per request read, each its own."""
-    _check(harness, conversation)
+async def _converse(port: int, raw: bytes, answers: int) -> list[RawResponse]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return [await asyncio.wait_for(read_response(reader), 5.0) for _ in range(answers)]
+    finally:
+        writer.close()
 
 
-def _one(raw: bytes, body: bytes, reading: Reading = Reading.VALID) -> Conversation:
-    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    headers = tuple(
-        (name.strip().lower(), value.strip())
-        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
-    )
-    connection = frozenset(
-        token.strip().lower()
-        for name, value in headers
-        if name == "connection"
-        for token in value.split(",")
-        if token.strip()
-    )
-    method = head.split(" ", 1)[0]
-    sent = Sent("r0", method, raw, reading, body, headers, connection, False, ())
-    return Conversation((sent, END), ())
+def _echoed(response: RawResponse) -> dict[str, Any]:
+    assert response.status == 200, response
+    echo: dict[str, Any] = orjson.loads(response.body)
+    return echo
 
 
-SMUGGLED = b"GET /api/machines/s0 HTTP/1.1\r\nHost: proxy\r\n\r\n"
+def _named(echo: dict[str, Any], name: str) -> list[str]:
+    return [value for key, value in echo["headers"] if key.lower() == name]
+
+
+async def _upstream_requests(stack: Stack) -> int:
+    async with stack.client.session.get(stack.upstream.make_url("/_sim/stats")) as response:
+        return int((await response.json())["requests"])
 
 
 @pytest.mark.parametrize(
-    "connection", [b"content-length", b"Content-Length", b"keep-alive, content-length"]
+    "connection",
+    [b"Content-Length", b"keep-alive, content-length", b"close, CONTENT-LENGTH, host"],
 )
-def test_connection_cannot_remove_content_length(
-    harness: tuple[asyncio.Runner, Harness], connection: bytes
+async def test_connection_cannot_strip_the_content_length(
+    served: tuple[Stack, int], connection: bytes
 ) -> None:
-    """Connection naming Content-Length: the body still reaches the upstream as the body."""
+    """A Connection header naming Content-Length leaves the proxy's own length on the request."""
+    stack, port = served
+    smuggled = b"GET /api/machineactions/x/getPackageUri HTTP/1.1\r\nHost: p\r\n\r\n"
+    body = smuggled * 3
+    before = await _upstream_requests(stack)
     raw = (
-        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n"
-        b"Connection: %s\r\n\r\n%s" % (len(SMUGGLED), connection, SMUGGLED)
+        b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nConnection: %s\r\n%s"
+        b"Content-Length: %d\r\n\r\n%s" % (connection, ECHO, len(body), body)
     )
-    _check(harness, _one(raw, SMUGGLED))
+    [answer] = await _converse(port, raw, 1)
+    echo = _echoed(answer)
+    assert _named(echo, "content-length") == [str(len(body))]
+    assert echo["body_length"] == len(body)
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+    # One request upstream: the smuggled ones stayed body.
+    assert await _upstream_requests(stack) - before == 1
+    assert [line["route"] for line in stack.logs.lines("request")] == ["indicators.submit"]
 
 
-def test_connection_cannot_remove_transfer_encoding(
-    harness: tuple[asyncio.Runner, Harness],
+async def test_connection_cannot_strip_chunked_framing(served: tuple[Stack, int]) -> None:
+    """Connection naming Transfer-Encoding: a small chunked body goes upstream whole, with the
+    length the proxy read."""
+    _, port = served
+    raw = (
+        b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nConnection: transfer-encoding\r\n%s"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" % ECHO
+    )
+    [answer] = await _converse(port, raw, 1)
+    echo = _echoed(answer)
+    assert _named(echo, "transfer-encoding") == []
+    assert _named(echo, "content-length") == ["11"]
+    assert echo["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+
+
+async def test_a_chunked_body_over_the_buffer_goes_upstream_chunked(
+    make_stack: Callable[..., Any],
 ) -> None:
-    """Connection naming Transfer-Encoding: the chunked body still reaches the upstream whole."""
-    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
-    raw = (
-        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n"
-        b"Connection: transfer-encoding\r\n\r\n" + chunk
+    """A chunked body larger than limits.request_buffer is streamed on, chunked, and arrives whole."""
+    stack: Stack = await make_stack(limits=Limits(request_buffer=1024))
+    body = bytes(range(256)) * 40
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 700):
+            yield body[start : start + 700]
+
+    async with stack.client.post(
+        "/api/indicators", data=chunks(), headers={"X-Simulate": "echo"}
+    ) as response:
+        echo = orjson.loads(await response.read())
+    assert _named(echo, "transfer-encoding") == ["chunked"]
+    assert _named(echo, "content-length") == []
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_pipelined_requests_after_a_connection_named_length_stay_in_step(
+    served: tuple[Stack, int],
+) -> None:
+    """Two pipelined requests, the first naming its length in Connection: two answers, in order."""
+    _, port = served
+    first = b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nConnection: content-length\r\n%s" % ECHO
+    first += b"client-request-id: first\r\nContent-Length: 3\r\n\r\nabc"
+    second = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n%sclient-request-id: second\r\n\r\n" % ECHO
+    answers = await _converse(port, first + second, 2)
+    assert [_named(_echoed(a), "client-request-id") for a in answers] == [["first"], ["second"]]
+    assert [_echoed(a)["body_length"] for a in answers] == [3, 0]
+
+
+async def test_a_bodiless_post_keeps_its_zero_length(served: tuple[Stack, int]) -> None:
+    """Content-Length: 0 on a POST reaches the upstream as the proxy's own zero length."""
+    _, port = served
+    raw = b"POST /api/machines/m1/isolate HTTP/1.1\r\nHost: p\r\nConnection: close\r\n%s"
+    raw += b"Content-Length: 0\r\n\r\n"
+    echo = _echoed(await exchange(port, raw % ECHO))
+    assert _named(echo, "content-length") == ["0"]
+    assert _named(echo, "transfer-encoding") == []
+
+
+@pytest.mark.parametrize("named", [b"client-request-id", b"host"])
+async def test_connection_cannot_strip_what_the_proxy_owns(
+    served: tuple[Stack, int], named: bytes
+) -> None:
+    """Connection naming Host or client-request-id: the upstream still gets both, as logged."""
+    stack, port = served
+    raw = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nConnection: close, %s\r\n%s" % (named, ECHO)
+    raw += b"client-request-id: abc-123\r\n\r\n"
+    echo = _echoed(await exchange(port, raw))
+    assert len(_named(echo, "host")) == 1
+    assert _named(echo, "client-request-id") == ["abc-123"]
+    assert stack.logs.lines("request")[-1]["request_id"] == "abc-123"
+
+
+async def test_an_insane_request_id_is_replaced_by_the_one_logged(
+    served: tuple[Stack, int],
+) -> None:
+    """A caller id that is no sane token: the proxy's GUID goes upstream and into the log."""
+    stack, port = served
+    raw = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nConnection: close\r\n%s" % ECHO
+    raw += b"client-request-id: not a valid id token=s3cr3tvalue\r\n\r\n"
+    echo = _echoed(await exchange(port, raw))
+    [sent] = _named(echo, "client-request-id")
+    assert GUID.match(sent)
+    line = stack.logs.lines("request")[-1]
+    assert line["request_id"] == sent
+    assert line["caller_request_id"].startswith("not a valid id")
+    assert "s3cr3tvalue" not in stack.logs.text
+
+
+async def test_a_long_caller_request_id_is_truncated_in_the_log(served: tuple[Stack, int]) -> None:
+    """A caller id over the token length is replaced, and logged cut to 128 characters."""
+    stack, port = served
+    raw = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nConnection: close\r\n"
+    raw += b"x-request-id: " + b"a" * 500 + b"\r\n\r\n"
+    assert (await exchange(port, raw)).status == 200
+    line = stack.logs.lines("request")[-1]
+    assert GUID.match(line["request_id"])
+    assert line["caller_request_id"] == "a" * 128
+
+
+# --- answers relayed to callers ------------------------------------------------------------------
+
+
+class BareUpstream:
+    """A raw upstream that answers every request with the same bytes, whatever it was asked."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(self.answer)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def _through_bare(make_stack: Callable[..., Any], answer: bytes) -> RawResponse:
+    upstream = BareUpstream(answer)
+    await upstream.start()
+    try:
+        stack: Stack = await make_stack(upstream=f"http://127.0.0.1:{upstream.port}")
+        async with stack.client.get("/api/alerts") as response:
+            await response.read()
+            return RawResponse(
+                response.status,
+                [(k.lower(), v) for k, v in response.headers.items()],
+                b"",
+            )
+    finally:
+        await upstream.close()
+
+
+async def test_a_relayed_answer_gains_no_content_type_and_no_server(
+    make_stack: Callable[..., Any],
+) -> None:
+    """An answer without Content-Type or Server reaches the caller without either."""
+    answer = await _through_bare(
+        make_stack, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
     )
-    _check(harness, _one(raw, SMUGGLED))
+    assert answer.header("content-type") is None
+    assert answer.header("server") is None
+    assert answer.header("content-length") == "2"
+    assert answer.header("date") is not None  # RFC 9110 §6.6.1: added where missing
 
 
-def test_connection_cannot_remove_host(harness: tuple[asyncio.Runner, Harness]) -> None:
-    """Connection naming Host: the upstream still gets its own Host."""
-    raw = b"GET /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nConnection: host\r\n\r\n"
-    _check(harness, _one(raw, b""))
+async def test_the_upstreams_own_server_and_date_pass_unchanged(
+    make_stack: Callable[..., Any],
+) -> None:
+    """The upstream's Server and Date are relayed as sent."""
+    answer = await _through_bare(
+        make_stack,
+        b"HTTP/1.1 200 OK\r\nServer: Microsoft-IIS/10.0\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    assert answer.header("server") == "Microsoft-IIS/10.0"
+    assert answer.header("date") == "Tue, 01 Dec 2026 10:00:00 GMT"
+    assert answer.header("content-type") == "text/plain"
+
+
+async def test_an_answer_naming_its_length_in_connection_keeps_it(
+    make_stack: Callable[..., Any],
+) -> None:
+    """An upstream answer whose Connection names Content-Length is relayed with that length."""
+    answer = await _through_bare(
+        make_stack,
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, close\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    assert answer.header("content-length") == "5"
+
+
+async def test_proxy_answers_name_no_versions(served: tuple[Stack, int]) -> None:
+    """The proxy's own answers say Server: defender-proxy, without a version."""
+    _, port = served
+    answer = await exchange(port, b"GET /api/%2e%2e/x HTTP/1.1\r\nHost: p\r\n\r\n")
+    assert answer.status == 400
+    assert answer.header("server") == SERVER_NAME

@@ -430,6 +430,17 @@ SMUGGLING_CASES = _params([
     ("upgrade-with-body-then-pipelined--one-answer-then-close",
      _post(b"Connection: Upgrade", b"Upgrade: h2c", b"Content-Length: 3", body=b"abc") + NEXT,
      [200], 1),
+    # A Connection header may name hop-by-hop headers, never the framing: the proxy sends its own
+    # length, so the request in the body stays body (one upstream request), whatever else follows.
+    ("connection-names-content-length--one-request",
+     _post(b"Connection: close, Content-Length", b"Content-Length: %d" % len(NEXT), body=NEXT),
+     [200], 1),
+    ("connection-names-content-length-then-pipelined--two-requests",
+     _post(b"Connection: keep-alive, content-length", b"Content-Length: %d" % len(NEXT),
+           body=NEXT) + NEXT, [200, 200], 2),
+    ("connection-names-transfer-encoding--one-request",
+     _post(b"Connection: transfer-encoding, close", TE,
+           body=b"%x\r\n%s\r\n" % (len(NEXT), NEXT) + LAST), [200], 1),
     # Control: two honest pipelined requests are two answers and two upstream requests.
     ("pipelined-control--two-answers", _get(b"/api/alerts") + NEXT, [200, 200], 2),
 ])  # fmt: skip

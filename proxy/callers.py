@@ -1,0 +1,195 @@
+"""The caller side of the proxy port: aiohttp's server with deadlines and a connection cap.
+
+aiohttp gives a caller as long as it likes to send a request head and keeps an idle connection for
+an hour; a few thousand slow or silent connections then hold every file descriptor. Here:
+
+- a caller has ``timeouts.caller`` to send a whole request head, counted from the connection's
+  start or from the first byte of the head on a kept-alive connection; past it, a caller that sent
+  part of a head gets a 408 in the Defender envelope, a silent one is just closed;
+- an idle kept-alive connection is closed after ``timeouts.caller_keepalive`` (aiohttp's own timer);
+- at most ``limits.caller_connections`` connections are open at once. A new connection past the cap
+  takes the place of the connection that has waited longest without a request in progress (idle,
+  or dribbling a head): real requests finish, the slowest non-working connection goes. When every
+  connection has a request in progress, the new one is closed at once.
+
+Requests aiohttp cannot parse are answered here too: a 400 in the Defender envelope and one scrubbed
+log line, where aiohttp would echo the offending bytes and log a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.errors import PROXY_HEADER, SERVER_NAME, envelope, error_response, new_target
+from proxy.logs import get_logger
+from proxy.metrics import Metrics
+
+# File descriptors kept back from the cap for everything else: the upstream pool is added to it,
+# then Redis, the admin port, the log stream and the interpreter's own.
+_FD_RESERVE: Final = 64
+# A cap derived from a very high or unlimited descriptor limit stops here.
+_MAX_DERIVED_CAP: Final = 65536
+_MIN_DERIVED_CAP: Final = 16
+
+
+def caller_connection_cap(settings: Settings) -> int:
+    """``limits.caller_connections``, or a cap derived from the process's file-descriptor limit
+    less the upstream pool and a reserve."""
+    if settings.limits.caller_connections:
+        return settings.limits.caller_connections
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - Linux has both
+        return _MAX_DERIVED_CAP
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_DERIVED_CAP
+    derived = soft - settings.pool.max_connections - _FD_RESERVE
+    return max(_MIN_DERIVED_CAP, min(_MAX_DERIVED_CAP, derived))
+
+
+def _timeout_answer(target: str) -> bytes:
+    body = envelope(
+        "RequestTimeout", "the request head was not sent within timeouts.caller", target
+    )
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n%s: RequestTimeout\r\nServer: %s\r\nConnection: close\r\n\r\n%s"
+        % (len(body), PROXY_HEADER.encode(), SERVER_NAME.encode(), body)
+    )
+
+
+class CallerConnection(web.RequestHandler):
+    """One caller connection: aiohttp's handler plus the request-head deadline."""
+
+    def __init__(self, manager: CallerServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._callers = manager
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = False
+        #: when the connection began to wait for its current request head (monotonic)
+        self.waiting_since = 0.0
+
+    # The deadline for a request head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head()
+        self._callers.make_room(self)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # a whole head (or a parse error) is queued: the deadline is met
+            self._disarm_head()
+        elif data:
+            waiter = self._waiter
+            if self._head_timer is None and waiter is not None and not waiter.done():
+                self._arm_head()  # the first bytes of a head on an idle kept-alive connection
+            self._head_bytes = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head()
+        super().connection_lost(exc)
+
+    def _arm_head(self) -> None:
+        self._head_bytes = False
+        self.waiting_since = time.monotonic()
+        self._head_timer = self._loop.call_later(self._callers.caller_timeout, self._head_late)
+
+    def _disarm_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._messages or self._request_in_progress or self.transport is None:
+            return
+        self._callers.metrics.caller_timeouts.labels("head").inc()
+        if self._head_bytes:
+            target = new_target()
+            get_logger("http").warning(
+                "caller cut off: no whole request head within timeouts.caller",
+                status=408,
+                timeout_s=self._callers.caller_timeout,
+                target=target,
+            )
+            self.transport.write(_timeout_answer(target))
+        self.force_close()
+
+    @property
+    def evictable(self) -> bool:
+        """Whether the connection has no request in progress or queued (idle, or mid-head)."""
+        return not self._request_in_progress and not self._messages and self.transport is not None
+
+    def shed(self) -> None:
+        """Close the connection to make room for another."""
+        self._disarm_head()
+        self.force_close()
+
+    # Requests aiohttp cannot parse
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had begun; the connection is closed instead")
+        target = new_target()
+        code = "BadRequest" if status < 500 else "InternalServerError"
+        text = "the request is not valid HTTP/1.1" if status < 500 else "the proxy failed"
+        get_logger("http").warning(
+            "request refused by the HTTP parser",
+            status=status,
+            error=type(exc).__name__ if exc is not None else "",
+            target=target,
+        )
+        response = error_response(status, code, text, target)
+        response.force_close()
+        return response
+
+
+class CallerServer(web.Server):
+    """aiohttp's low-level server for the proxy port, with the caller deadlines and the cap."""
+
+    def __init__(
+        self, handler: Any, *, caller_timeout: float, cap: int, metrics: Metrics, **kwargs: Any
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.caller_timeout = caller_timeout
+        self.cap = cap
+        self.metrics = metrics
+        metrics.caller_connections.set_function(lambda: len(self._connections))
+
+    def __call__(self) -> CallerConnection:
+        return CallerConnection(self, loop=self._loop, **self._kwargs)
+
+    def make_room(self, newcomer: CallerConnection) -> None:
+        """Keep the open connections within the cap once ``newcomer`` has joined them."""
+        if len(self._connections) <= self.cap:
+            return
+        # Linear in the open connections, and only ever run at the cap.
+        victim: CallerConnection | None = None
+        for connection in self._connections:
+            if (
+                connection is not newcomer
+                and isinstance(connection, CallerConnection)
+                and connection.evictable
+                and (victim is None or connection.waiting_since < victim.waiting_since)
+            ):
+                victim = connection
+        if victim is None:
+            self.metrics.caller_connections_shed.labels("refused").inc()
+            newcomer.shed()
+        else:
+            self.metrics.caller_connections_shed.labels("evicted").inc()
+            victim.shed()

@@ -1,0 +1,205 @@
+"""Slow, silent and stalled callers are cut off at timeouts.caller; idle connections close after
+timeouts.caller_keepalive; the connection cap makes room by closing what does no work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy import app as wiring
+from proxy.config import Limits, Pool, Settings, Timeouts
+from proxy.errors import PROXY_HEADER
+from tests.conftest import Stack
+from tests.faultkit import until
+from tests.httpraw import exchange, read_response
+
+CALLER = 0.3
+TIMEOUTS = Timeouts(connect=1.0, read=5.0, caller=CALLER, caller_keepalive=0.5)
+REQUEST = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n\r\n"
+
+Serve = Callable[..., Awaitable[tuple[Stack, int]]]
+
+
+@pytest.fixture
+async def serve(make_stack: Callable[..., Any]) -> AsyncIterator[Serve]:
+    """Start the proxy on its production server class with settings changed from the defaults."""
+    runners: list[web.ServerRunner] = []
+
+    async def start(**changes: Any) -> tuple[Stack, int]:
+        stack: Stack = await make_stack(**{"timeouts": TIMEOUTS, **changes})
+        runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return stack, int(runner.addresses[0][1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _eof(reader: asyncio.StreamReader, seconds: float = 5.0) -> bytes:
+    """Everything the proxy sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_a_half_sent_head_gets_408_in_the_envelope(serve: Serve) -> None:
+    """A request head left unfinished past timeouts.caller is answered 408 and closed."""
+    stack, port = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n")
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    assert answer.status == 408
+    assert answer.header(PROXY_HEADER) == "RequestTimeout"
+    assert orjson.loads(answer.body)["error"]["code"] == "RequestTimeout"
+    assert await _eof(reader) == b""
+    writer.close()
+    assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 1
+    [line] = stack.logs.lines("caller cut off: no whole request head within timeouts.caller")
+    assert line["target"] == orjson.loads(answer.body)["error"]["target"]
+
+
+async def test_a_dribbled_head_is_cut_before_it_ends(serve: Serve) -> None:
+    """A head sent a byte at a time is cut off at the deadline, however long it keeps dribbling."""
+    stack, port = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    sent = 0
+    for byte in head:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except ConnectionError:
+            break
+        sent += 1
+        await asyncio.sleep(CALLER / 10)
+        if reader.at_eof():
+            break
+    assert sent < len(head)
+    assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 1
+    writer.close()
+
+
+async def test_a_silent_connection_is_closed_without_an_answer(serve: Serve) -> None:
+    """A connection that sends nothing is closed at timeouts.caller, with no bytes sent to it."""
+    stack, port = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await _eof(reader) == b""
+    writer.close()
+    assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 1
+
+
+async def test_an_idle_kept_alive_connection_closes_after_caller_keepalive(serve: Serve) -> None:
+    """After an answer, a connection that stays idle is closed after timeouts.caller_keepalive."""
+    stack, port = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    assert (await asyncio.wait_for(read_response(reader), 5.0)).status == 200
+    assert await _eof(reader) == b""
+    writer.close()
+    # Idle after a request is keep-alive's business, not a late head.
+    assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 0
+
+
+async def test_a_stalled_upload_gets_408_and_frees_the_upstream_connection(serve: Serve) -> None:
+    """A body that stops arriving: 408, the upstream connection is freed for the next caller."""
+    stack, port = await serve(pool=Pool(max_connections=1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n0123456789"
+    )
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    assert answer.status == 408
+    assert answer.header(PROXY_HEADER) == "RequestTimeout"
+    writer.close()
+    # The one pool connection is free again: an ordinary request goes through at once.
+    assert (await exchange(port, REQUEST)).status == 200
+    assert stack.sample("defender_proxy_caller_timeouts_total", phase="body") == 1
+    lines = stack.logs.lines("request")
+    assert [(line["route"], line["status"]) for line in lines] == [
+        ("indicators.submit", 408),
+        ("alerts.list", 200),
+    ]
+    assert lines[0]["bytes_in"] == 10
+
+
+async def test_a_stalled_small_upload_holds_no_upstream_connection(serve: Serve) -> None:
+    """A body under limits.request_buffer is read before a pool connection is taken."""
+    _, port = await serve(
+        pool=Pool(max_connections=1), timeouts=replace(TIMEOUTS, caller=3.0, pool=0.5)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n0123")
+    # While the upload stalls, the one pool connection serves others at once.
+    for _ in range(3):
+        assert (await exchange(port, REQUEST)).status == 200
+    assert not reader.at_eof()
+    answer = await asyncio.wait_for(read_response(reader), 10.0)
+    assert answer.status == 408
+    writer.close()
+
+
+async def test_a_caller_not_taking_the_answer_is_cut_and_the_upstream_freed(serve: Serve) -> None:
+    """A caller that stops reading a download is cut off at the deadline; the upstream is freed."""
+    stack, port = await serve(pool=Pool(max_connections=1))
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nX-Simulate: download=64MiB\r\n\r\n")
+    cut = await until(
+        lambda: stack.sample("defender_proxy_caller_timeouts_total", phase="answer") == 1, 20.0
+    )
+    assert cut
+    assert (await exchange(port, REQUEST)).status == 200
+    writer.close()
+    [download, after] = stack.logs.lines("request")
+    assert download["note"].startswith("caller stopped taking the answer")
+    assert download["bytes_out"] < 64 * 2**20
+    assert after["status"] == 200
+
+
+async def test_the_cap_closes_the_longest_idle_connection_for_a_newcomer(serve: Serve) -> None:
+    """At the cap, a new caller takes the place of the connection idle the longest."""
+    stack, port = await serve(
+        limits=Limits(caller_connections=2),
+        timeouts=replace(TIMEOUTS, caller=30.0, caller_keepalive=30.0),
+    )
+    oldest_reader, oldest = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.05)
+    newer_reader, newer = await asyncio.open_connection("127.0.0.1", port)
+    assert (await exchange(port, REQUEST)).status == 200
+    assert await _eof(oldest_reader) == b""
+    assert not newer_reader.at_eof()
+    assert stack.sample("defender_proxy_caller_connections_shed_total", reason="evicted") == 1
+    oldest.close()
+    newer.close()
+
+
+async def test_the_cap_refuses_a_newcomer_when_every_connection_works(serve: Serve) -> None:
+    """At the cap with every connection's request in progress, the new one is closed at once."""
+    stack, port = await serve(
+        limits=Limits(caller_connections=1),
+        timeouts=replace(TIMEOUTS, caller=30.0, caller_keepalive=30.0),
+    )
+    busy_reader, busy = await asyncio.open_connection("127.0.0.1", port)
+    busy.write(b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nX-Simulate: slow=1s\r\n\r\n")
+    assert await until(lambda: stack.proxy.in_flight == 1, 5.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    assert await _eof(reader) == b""
+    writer.close()
+    assert (await asyncio.wait_for(read_response(busy_reader), 5.0)).status == 200
+    busy.close()
+    assert stack.sample("defender_proxy_caller_connections_shed_total", reason="refused") == 1
+    assert stack.sample("defender_proxy_caller_connections") >= 0
+
+
+def test_settings_carry_the_caller_timeouts() -> None:
+    """The defaults are the documented ones: 30 s per caller wait, 5 s pool, 75 s keep-alive."""
+    timeouts = Settings().timeouts
+    assert (timeouts.caller, timeouts.pool, timeouts.caller_keepalive) == (30.0, 5.0, 75.0)
