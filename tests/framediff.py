@@ -147,7 +147,10 @@ class Harness:
                     # The proxy may answer and close before it has read everything.
                     with contextlib.suppress(ConnectionError):
                         await writer.drain()
-                    await asyncio.sleep(0)
+                    # A few turns of the loop: the proxy reads this write (and starts its
+                    # handler) before the next one arrives, as it would from a slower caller.
+                    for _ in range(4):
+                        await asyncio.sleep(0)
                 while True:
                     try:
                         answer = await read_response(reader)

@@ -228,7 +228,10 @@ def _chunk_size(draw: st.DrawFn, draft: _Draft, size: int) -> bytes:
 
 def _chunk_ext(draw: st.DrawFn, draft: _Draft) -> bytes:
     ext = _pick(draw, [b""] * 5 + [b";a", b";a=b", b';a="q;x\\"y"', b" ;a=b", b";a=b;c"])
-    if ext:
+    if ext.startswith(b" "):
+        # BWS: a sender must not send it, a recipient removes it (RFC 9110 §5.6.3).
+        draft.weaken(Reading.LENIENT, "chunk extension after whitespace")
+    elif ext:
         draft.weaken(Reading.VALID, "chunk extension")
     return ext
 

@@ -6,8 +6,9 @@ obs-fold, chunk oddities, bare LF, Expect, pipelined bodies hiding requests) go 
 the real proxy to an h11 upstream that records what it parses (``tests.framediff`` compares).
 
 ``make test`` runs ``FUZZ_EXAMPLES`` cases (200 by default); ``make fuzz`` runs the property with
-many more through ``fuzz/run.py``. The pinned conversations below are the classes the property
-found on 8db9520, each as its smallest raw reproducer.
+50,000 through ``fuzz/run.py``; ``python -m fuzz.framing`` surveys the classes of mismatch. The
+pinned conversations below are classes the property found, each as its smallest raw reproducer:
+Connection naming the framing or Host (found on 8db9520), and those still open after it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ def test_upstream_parses_exactly_what_the_proxy_read(
     _check(harness, conversation)
 
 
-def _one(raw: bytes, body: bytes, reading: Reading = Reading.VALID) -> Conversation:
+def _one(
+    raw: bytes,
+    body: bytes,
+    reading: Reading = Reading.VALID,
+    closes: bool = False,
+    writes: tuple[int, ...] = (),
+) -> Conversation:
     head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     headers = tuple(
         (name.strip().lower(), value.strip())
@@ -73,8 +80,8 @@ def _one(raw: bytes, body: bytes, reading: Reading = Reading.VALID) -> Conversat
         if token.strip()
     )
     method = head.split(" ", 1)[0]
-    sent = Sent("r0", method, raw, reading, body, headers, connection, False, ())
-    return Conversation((sent, END), ())
+    sent = Sent("r0", method, raw, reading, body, headers, connection, closes, ())
+    return Conversation((sent, END), writes)
 
 
 SMUGGLED = b"GET /api/machines/s0 HTTP/1.1\r\nHost: proxy\r\n\r\n"
@@ -110,3 +117,35 @@ def test_connection_cannot_remove_host(harness: tuple[asyncio.Runner, Harness]) 
     """Connection naming Host: the upstream still gets its own Host."""
     raw = b"GET /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nConnection: host\r\n\r\n"
     _check(harness, _one(raw, b""))
+
+
+def test_trailer_fields_stay_with_their_request(harness: tuple[asyncio.Runner, Harness]) -> None:
+    """A chunked request's trailer fields never reach the upstream as headers of the next one."""
+    raw = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nX-Trailer: t\r\n\r\n"
+    )
+    _check(harness, _one(raw, b""))
+
+
+def test_a_chunk_broken_after_the_body_began_is_answered(
+    harness: tuple[asyncio.Runner, Harness],
+) -> None:
+    """A chunked body that turns malformed after its first chunk was read is refused at once."""
+    first = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n"
+    )
+    raw = first + b"3\r\nabcXX0\r\n\r\n"
+    _check(harness, _one(raw, b"", Reading.INVALID, writes=(len(first),)))
+
+
+def test_an_upgrade_does_not_excuse_an_unknown_coding(
+    harness: tuple[asyncio.Runner, Harness],
+) -> None:
+    """Transfer-Encoding not ending in chunked is refused, Upgrade or not (RFC 9112 §6.3)."""
+    raw = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: identity\r\n"
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n0\r\n\r\n"
+    )
+    _check(harness, _one(raw, b"", Reading.INVALID, closes=True))
