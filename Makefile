@@ -75,6 +75,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.quota
 	$(BIN)/python -m bench.redis_client
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.stalled
+	$(BIN)/python -m bench.slowloris
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)

@@ -4,8 +4,8 @@ Run with ``python -m bench.slowloris`` (part of ``make bench``). The proxy runs 
 (``timeouts.caller`` 30 s, the connection cap derived from its descriptor limit) with its soft
 ``RLIMIT_NOFILE`` set to 1,024. ``BENCH_SLOWLORIS`` attackers (2,000) each open a connection, send
 part of a request head, then one more header line every 5 s; an attacker whose connection is
-closed opens a new one at once, for ``BENCH_SLOWLORIS_SECONDS`` (60). Beside them, an ordinary
-caller sends a GET on a fresh connection every 50 ms. Printed: the ordinary callers' success rate
+closed opens a new one a second later, for ``BENCH_SLOWLORIS_SECONDS`` (60). Beside them, an ordinary
+caller (a process of its own) sends a GET on a fresh connection every 50 ms. Printed: the ordinary callers' success rate
 and latency (p50, p99) before and during the attack, the proxy's peak RSS and descriptors, and
 how the proxy shed the attack (head timeouts, evictions, refusals).
 """
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -38,6 +40,8 @@ SECONDS = float(os.environ.get("BENCH_SLOWLORIS_SECONDS", "60"))
 FD_LIMIT = 1024
 PACE = 0.05
 DRIBBLE = 5.0
+# A slowloris fills the server with slow connections; it does not flood it with new ones.
+RECONNECT = 1.0
 REQUEST = b"GET /api/machines HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 HEAD_START = b"GET /api/machines HTTP/1.1\r\nHost: bench\r\n"
 
@@ -54,7 +58,16 @@ class Calls:
         return len(self.latencies) + self.failures
 
 
-async def _ordinary(port: int, until: float, calls: Calls) -> None:
+def _ordinary_process(port: int, seconds: float) -> Calls:
+    """The ordinary caller, run in a process of its own so the attack's event loop cannot slow it."""
+    calls = Calls()
+    asyncio.run(_ordinary(port, seconds, calls))
+    return calls
+
+
+async def _ordinary(port: int, seconds: float, calls: Calls) -> None:
+    until = time.monotonic() + seconds
+
     async def one() -> None:
         started = time.monotonic()
         try:
@@ -103,6 +116,7 @@ async def _attacker(port: int, until: float, opened: list[int]) -> None:
             pass
         finally:
             writer.close()
+        await asyncio.sleep(RECONNECT)
 
 
 async def _sample_proxy(pid: int, until: float, peak: dict[str, float]) -> None:
@@ -132,8 +146,9 @@ _SHED = {
 
 async def _run(proxy: Service) -> dict[str, object]:
     port, pid = proxy.port, proxy.pid
-    quiet = Calls()
-    await _ordinary(port, time.monotonic() + 10.0, quiet)
+    loop = asyncio.get_running_loop()
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    quiet = await loop.run_in_executor(executor, _ordinary_process, port, 10.0)
     idle_rss = rss_mib(pid)
     until = time.monotonic() + SECONDS
     opened = [0]
@@ -141,9 +156,9 @@ async def _run(proxy: Service) -> dict[str, object]:
     attack = [asyncio.create_task(_attacker(port, until, opened)) for _ in range(ATTACKERS)]
     sampler = asyncio.create_task(_sample_proxy(pid, until, peak))
     await asyncio.sleep(5.0)  # let the attack take hold before measuring
-    loud = Calls()
-    await _ordinary(port, until, loud)
+    loud = await loop.run_in_executor(executor, _ordinary_process, port, until - time.monotonic())
     await asyncio.gather(*attack, sampler)
+    executor.shutdown()
     async with aiohttp.ClientSession() as session:
         shed = await scrape(session, [proxy], _SHED)
     return {

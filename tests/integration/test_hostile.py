@@ -307,14 +307,14 @@ async def test_head_with_a_declared_body_over_the_limit_gets_413(hostile: Hostil
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_streamed_body_over_the_limit_is_cut_with_413(hostile: Hostile) -> None:
-    """A chunked body over max_body is cut off with a 413 envelope; one upstream request began."""
-    # A streamed body can only be measured while it is forwarded: the simulator sees the one
-    # request start (echo makes it wait for the body), never its end, and never a second one.
+    """A chunked body over max_body is cut off with a 413 envelope; nothing reached the upstream."""
+    # max_body (64 KiB) is within limits.request_buffer (64 KiB): the body is read before any
+    # upstream connection is taken, so the simulator never sees the request start.
     chunk = b"4000\r\n" + b"a" * 0x4000 + b"\r\n"
     raw = _post(b"X-Simulate: echo", TE, body=chunk * 6 + LAST)
     answers, upstream_seen = await hostile.run(raw, read=one_answer)
     assert [(a.status, a.header(PROXY_HEADER)) for a in answers] == [(413, "PayloadTooLarge")]
-    assert upstream_seen == 1
+    assert upstream_seen == 0
 
 
 # --- refused by aiohttp's parser (plain text, not the envelope) -------------------------------

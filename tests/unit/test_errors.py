@@ -81,7 +81,8 @@ def test_error_response_without_extra_headers() -> None:
     """Without extra headers only the proxy's own headers are set."""
     response = error_response(504, "GatewayTimeout", "late", TARGET)
     assert "Retry-After" not in response.headers
-    assert set(response.headers) == {"Content-Type", PROXY_HEADER}
+    assert set(response.headers) == {"Content-Type", PROXY_HEADER, "Server"}
+    assert response.headers["Server"] == "defender-proxy"
 
 
 def test_error_hierarchy() -> None:
