@@ -244,6 +244,8 @@ def _check_forwarded(
     """One forwarded request: its body as the proxy read it, its framing, its headers."""
     out: list[Mismatch] = []
     what = f"{upstream.method} {upstream.target}"
+    if line.get("quota") is None:
+        out.append(Mismatch("unadmitted", f"{what} was forwarded without an admission"))
     if len(upstream.body) != line["bytes_in"]:
         out.append(
             Mismatch("body-length", f"{what}: upstream got {len(upstream.body)} body bytes, "
