@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.framing", description=__doc__)
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shrink", type=int, default=3000, help="cases to find each class again")
+    parser.add_argument("--shrink", type=int, default=300, help="cases to find each class again")
     parser.add_argument(
         "--without", action="append", default=[], metavar="NOTE",
         help="leave out conversations with a request whose oddities mention NOTE (repeatable): "
