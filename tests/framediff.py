@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from proxy import app as wiring
@@ -90,8 +91,10 @@ class Harness:
         self._runner: web.ServerRunner | None = None
         self._server: web.Server | None = None
         self._proxy: Proxy | None = None
+        self._logging: dict[str, Any] | None = None
 
     async def start(self) -> None:
+        self._logging = structlog.get_config()
         logs.configure("json", "debug", self.stream)
         await self.upstream.start()
         # Shadow mode: every request is admitted (and counted) and none waits.
@@ -121,6 +124,8 @@ class Harness:
         if self._proxy is not None:
             await self._proxy.close()
         await self.upstream.close()
+        if self._logging is not None:
+            structlog.configure(**self._logging)  # as the harness found it
 
     @property
     def upstream_host(self) -> str:

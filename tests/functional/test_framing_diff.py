@@ -55,8 +55,7 @@ def _check(harness: tuple[asyncio.Runner, Harness], conversation: Conversation) 
 def test_upstream_parses_exactly_what_the_proxy_read(
     harness: tuple[asyncio.Runner, Harness], conversation: Conversation
 ) -> None:
-    """For any framing, the upstream parses exactly the requests the proxy logged, bodies whole,
-    no header the caller did not send, one answer per request read, each its own."""
+    """Upstream, proxy log and caller agree: same requests, whole bodies, own framing, own answers."""
     _check(harness, conversation)
 
 

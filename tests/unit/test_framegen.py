@@ -34,8 +34,7 @@ def _body(connection: h11.Connection) -> bytes:
 )
 @given(conversation=conversations())
 def test_h11_reads_valid_requests_as_the_generator_says(conversation: Conversation) -> None:
-    """Each request the generator calls plain or valid, up to the first weaker one, is parsed by
-    h11 with the generator's target and body."""
+    """h11 parses every request the generator calls plain or valid with the generator's body."""
     connection = h11.Connection(h11.SERVER)
     connection.receive_data(conversation.raw)
     for sent in conversation.requests:
