@@ -148,3 +148,12 @@ def test_an_upgrade_does_not_excuse_an_unknown_coding(
         b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n0\r\n\r\n"
     )
     _check(harness, _one(raw, b"", Reading.INVALID, closes=True))
+
+
+def test_a_refusal_reaches_a_caller_still_sending(harness: tuple[asyncio.Runner, Harness]) -> None:
+    """The parser's 400 reaches a caller whose next bytes are still arriving (no reset eats it)."""
+    first = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\nX-Folded: a\r\n\t"
+    )
+    raw = first + b"b\r\n\r\n"
+    _check(harness, _one(raw, b"", Reading.LENIENT, writes=(len(first),)))
