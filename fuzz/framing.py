@@ -95,8 +95,15 @@ def _survey(runner: asyncio.Runner, harness: Harness, cases: int, at: int, shrin
         except NoSuchExample:
             smallest = first[kind][0]
         print(describe(smallest))
-        for mismatch in runner.run(harness.run(smallest)):
+        again = runner.run(harness.run(smallest))
+        for mismatch in again:
             print(f"  {mismatch}")
+        if not any(m.kind == kind for m in again):
+            # It did not show again (it depends on timing): the case as first seen.
+            conversation, found = first[kind]
+            print(f"not seen again; first seen as:\n{describe(conversation)}")
+            for mismatch in found:
+                print(f"  {mismatch}")
     return 1 if counts else 0
 
 

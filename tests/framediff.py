@@ -45,7 +45,7 @@ from tests.rawupstream import RawUpstream, Recording, UpstreamRequest
 # How long a caller waits for the proxy to end a conversation. Every conversation is complete:
 # a proxy that reads it as RFC 9112 does answers it all or refuses and closes, in milliseconds;
 # only one that waits for bytes that never come (a body or a request it reads differently) stalls.
-STALL = 1.0
+STALL = 2.0
 # Bounds (in 1 ms steps) on waiting for the proxy and the upstream to go idle after a case.
 _IDLE_STEPS = 3000
 REQUEST = "request"
@@ -101,7 +101,7 @@ class Harness:
         throttle = Throttle(mode=SHADOW)
         settings = Settings(
             upstream=f"http://127.0.0.1:{self.upstream.port}",
-            timeouts=Timeouts(connect=1.0, read=1.0),
+            timeouts=Timeouts(connect=2.0, read=5.0),
             limits=Limits(max_body=64 * 1024, max_header_size=8192),
             throttle=throttle,
         )
