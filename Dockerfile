@@ -19,13 +19,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/build.txt requirements/runtime.txt requirements/
 COPY proxy/ proxy/
-# The wheelhouse holds the project's wheel and every dependency's; the install then reads nothing
-# else, so the image gets exactly what was built. pip and setuptools leave the runtime venv: the
-# container never installs anything.
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip wheel --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/defender_proxy-*.whl \
+# Everything comes from the lock (requirements/, compiled by `make lock`), hashes checked: the
+# project's wheel is built in a venv of its own by the locked setuptools, and the runtime venv gets
+# the locked runtime set plus that wheel without its dependencies, so nothing unpinned gets in.
+# pip and setuptools then leave the runtime venv: the container never installs anything.
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes -r requirements/build.txt \
+    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt \
+    && /opt/venv/bin/pip install --no-index --no-deps /wheels/defender_proxy-*.whl \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}

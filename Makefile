@@ -9,25 +9,52 @@ SIM_PORT ?= 9000
 DEMO_PORT ?= 8080
 DEMO_ADMIN_PORT ?= 9464
 
-.PHONY: help run test lint types unit system-tools demo bench fuzz soak clean
+# The lock: every dependency pinned with its hashes, compiled from pyproject.toml by `make lock`
+# for CPython 3.11 on Linux x86_64. runtime.txt is what the image ships, dev.txt adds the dev
+# extra (the same pins), build.txt is the build backend. The installers are pinned here.
+LOCK := requirements
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.8
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+# UPGRADE=1 takes the newest release of everything pyproject.toml allows, UPGRADE=NAME of one package.
+UPGRADE ?=
+LOCK_FLAGS := --quiet --generate-hashes --custom-compile-command "make lock" $(LOCK_TARGET) \
+	$(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
+
+.PHONY: help run test lint types unit system-tools demo bench fuzz soak clean lock
 
 help:
-	@echo "make run    - create .venv, install, start the proxy on its embedded defaults"
-	@echo "make test   - install test needs, then lint, types and the whole suite"
+	@echo "make run    - create .venv, install from the lock, start the proxy on its embedded defaults"
+	@echo "make test   - install the test needs from the lock, then lint, types and the whole suite"
 	@echo "make demo   - the simulator with the proxy in front of it, and curl lines to try"
 	@echo "make bench  - benchmarks that print figures"
+	@echo "make lock   - (maintainers) compile requirements/*.txt from pyproject.toml; UPGRADE=1 or UPGRADE=NAME"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Dependencies come from the lock only, their hashes checked; the project itself is installed
+# editable on top, built by the locked setuptools (no build isolation, so nothing unpinned).
+$(VENV)/.installed: $(LOCK)/runtime.txt $(LOCK)/build.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)/build.txt -r $(LOCK)/runtime.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(STAMP): $(LOCK)/dev.txt $(LOCK)/build.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)/build.txt -r $(LOCK)/dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(VENV)/.installed $@
+
+# For maintainers, after a change to the dependencies in pyproject.toml (it needs PyPI). Pins
+# already in the files are kept unless UPGRADE says otherwise; dev.txt is resolved first and the
+# runtime and build sets are held to its pins, so the tests run on exactly what the image ships.
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra dev -o $(LOCK)/dev.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) pyproject.toml -c $(LOCK)/dev.txt -o $(LOCK)/runtime.txt
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(BIN)/uv pip compile $(LOCK_FLAGS) - -c $(LOCK)/dev.txt -o $(LOCK)/build.txt
 
 run: $(VENV)/.installed
 	$(BIN)/defender-proxy run $(if $(CONFIG),--config $(CONFIG))
@@ -47,8 +74,8 @@ system-tools:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench fuzz
+	$(BIN)/ruff format --check proxy tests bench fuzz
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -77,6 +104,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.stalled
 	$(BIN)/python -m bench.slowloris
+	$(BIN)/python -m bench.routing
+	$(BIN)/python -m bench.scrub
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)

@@ -213,7 +213,8 @@ class Bench:
 def _sent_at(line: dict[str, Any]) -> float:
     """When a forwarded request left the proxy: its start, plus the decision, plus the wait."""
     end = datetime.fromisoformat(line["timestamp"]).timestamp()
-    return end + (line.get("admit_ms", 0.0) + line.get("wait_ms", 0.0) - line["duration_ms"]) / 1000
+    ms = float(line.get("admit_ms", 0.0)) + float(line.get("wait_ms", 0.0))
+    return end + (ms - float(line["duration_ms"])) / 1000
 
 
 def _common(stats_end: dict[str, Any], stats_final: dict[str, Any], sent: list[float]) -> Row:

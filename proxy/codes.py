@@ -60,6 +60,7 @@ PROXY_CODES: Final[frozenset[str]] = frozenset(
         "BadGateway",
         "GatewayTimeout",
         "PayloadTooLarge",
+        "UriTooLong",
         "TooManyRequests",
         "ServiceUnavailable",
     }

@@ -5,21 +5,30 @@ of them are collected and raised together in one ``ConfigError``, each prefixed 
 from (``contoso.yaml: timeouts.connect: ...`` or ``DEFENDER_PROXY_LISTEN: ...``). Environment
 variables win over the file. No problem text ever carries a password: URLs are shown through
 ``redact_url``. The ``throttle`` section's own types and its list of routes live in
-``throttle_config``; they are re-exported here.
+``throttle_config``, addresses, URLs and the files they name in ``endpoints``; both are
+re-exported here. Every number has bounds (listed in the README), and no value, however hostile,
+makes validation raise anything but ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, TypeAlias, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from typing import Any, Final, TypeAlias
 
 import yaml
 
+from proxy.endpoints import (
+    Address,
+    parse_address,
+    parse_ca_bundle,
+    parse_store,
+    parse_upstream,
+    redact_url,
+)
 from proxy.throttle_config import (
     Fallback,
     NestedValueError,
@@ -31,7 +40,14 @@ from proxy.throttle_config import (
     parse_routes,
     route_policies,
 )
-from proxy.units import format_duration, parse_duration, parse_size
+from proxy.units import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    shown,
+    shown_key,
+)
 
 __all__ = [
     "Address",
@@ -58,17 +74,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A socket address to listen on; port 0 asks the OS for a free port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +126,8 @@ class Settings:
     """Everything the proxy is configured with; ``upstream`` is a normalised origin."""
 
     upstream: str = "https://api.security.microsoft.com"
-    listen: Address = Address("127.0.0.1", 8080)
-    admin_listen: Address = Address("0.0.0.0", 9464)  # noqa: S104 - metrics are scraped from outside
+    listen: Address = Address("127.0.0.1", 8080)  # noqa: RUF009 - frozen, so shared safely
+    admin_listen: Address = Address("0.0.0.0", 9464)  # noqa: S104, RUF009 - scraped from outside
     timeouts: Timeouts = Timeouts()
     log_format: str = "auto"
     log_level: str = "info"
@@ -135,133 +140,57 @@ class Settings:
     allow_from: tuple[str, ...] = ()
 
 
-# The password runs to the *last* "@": a raw "@", "/" or "#" in it must not leak the tail, so this
-# errs toward hiding too much in odd URLs rather than showing a secret.
-_USERINFO: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:@/?#]*):.*@")
-# redis-py also takes the password as a query parameter.
-_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-_HOSTNAME: Final = re.compile(r"^[a-z0-9_.\-]+$")
-_ADDRESS: Final = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for logs and error messages."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url, count=1))
-
-
-def _host(text: str) -> str:
-    host = text.lower()
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"not a valid IPv6 address: {text!r}") from None
-    elif not _HOSTNAME.match(host):
-        raise ValueError(f"not a valid host name: {text!r}")
-    return host
-
-
-def _address(value: object) -> Address:
-    match = _ADDRESS.match(value) if isinstance(value, str) else None
-    if match is None or (match["v6"] is not None and ":" not in match["v6"]):
-        raise ValueError(f"expected host:port, got {value!r}")
-    port = int(match["port"])
-    if port > 65535:
-        raise ValueError(f"port must be 0-65535, got {value!r}")
-    return Address(_host(match["v6"] or match["host"]), port)
-
-
-def _url(value: object, expected: str, schemes: tuple[str, ...]) -> tuple[SplitResult, str]:
-    """``value`` split as a URL with one of ``schemes``, and its password-free spelling."""
-    if not isinstance(value, str):
-        raise ValueError(f"{expected}, got a {type(value).__name__}")
-    shown = repr(redact_url(value))
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port  # read now so a bad port is a problem here, not a crash later
-    except ValueError:
-        raise ValueError(f"not a valid URL: {shown}") from None
-    if parts.scheme.lower() not in schemes:
-        raise ValueError(f"{expected}, got {shown}")
-    if port == 0:
-        raise ValueError(f"port must be 1-65535, got {shown}")
-    if not parts.hostname and parts.scheme.lower() != "unix":
-        raise ValueError(f"must name a host, got {shown}")
-    return parts, shown
-
-
-def _upstream(value: object) -> str:
-    parts, shown = _url(value, "expected an http:// or https:// URL", ("http", "https"))
-    if "@" in parts.netloc:
-        # Say nothing of the value itself: all of the userinfo may be a secret.
-        raise ValueError("must not carry credentials; the proxy never sends its own")
-    if "?" in str(value) or "#" in str(value):
-        raise ValueError(f"must not have a query or fragment, got {shown}")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"must be an origin without a path, got path {parts.path!r}")
-    scheme, host = parts.scheme.lower(), _host(str(parts.hostname))
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}[scheme]:
-        netloc = f"{netloc}:{parts.port}"
-    return f"{scheme}://{netloc}"
-
-
-def _store(value: object) -> str:
-    if isinstance(value, str) and value.strip() == "memory":
-        return "memory"
-    expected = (
-        "expected 'memory' or a redis://, rediss://, redis+cluster://, rediss+cluster:// "
-        "or unix:// URL"
-    )
-    schemes = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
-    parts, shown = _url(value, expected, schemes)
-    database = parts.path.strip("/")
-    if parts.scheme.lower().endswith("+cluster") and database not in ("", "0"):
-        raise ValueError(f"Redis Cluster has only database 0, got {shown}")
-    if parts.scheme.lower() == "unix" and not parts.path:
-        raise ValueError(f"a unix:// URL needs a socket path, got {shown}")
-    if parts.scheme.lower() != "unix" and database and not database.isdecimal():
-        raise ValueError(f"the database must be a number, got {shown}")
-    return str(value).strip()
-
-
 def _choice(*allowed: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if isinstance(value, str) and value.strip().lower() in allowed:
             return value.strip().lower()
-        raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        raise ValueError(f"expected one of {', '.join(allowed)}, got {shown(value)}")
 
     return parse
 
 
-_Number = TypeVar("_Number", int, float)
+def _duration(at_most: float, *, positive: bool = True) -> Callable[[object], float]:
+    """A duration of at most ``at_most`` seconds, and more than 0 when ``positive``."""
+
+    def parse(value: object) -> float:
+        seconds = parse_duration(value, at_most)
+        if positive and seconds <= 0:
+            raise ValueError(f"must be greater than 0, got {shown(value)}")
+        return seconds
+
+    return parse
 
 
-def _positive(parse: Callable[[object], _Number]) -> Callable[[object], _Number]:
-    def checked(value: object) -> _Number:
-        number = parse(value)
-        if number <= 0:
-            raise ValueError(f"must be greater than 0, got {value!r}")
-        return number
+def _size(at_least: int, at_most: int) -> Callable[[object], int]:
+    """A size from ``at_least`` to ``at_most`` bytes."""
 
-    return checked
+    def parse(value: object) -> int:
+        size = parse_size(value, at_most)
+        if size < at_least:
+            raise ValueError(f"must be at least {format_size(at_least)}, got {shown(value)}")
+        return size
+
+    return parse
+
+
+def _whole(at_least: int, at_most: int) -> Callable[[object], int]:
+    """A whole number from ``at_least`` to ``at_most``."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and at_least <= value <= at_most:
+            return value
+        raise ValueError(
+            f"expected a whole number from {at_least} to {at_most}, got {shown(value)}"
+        )
+
+    return parse
 
 
 def _below(ceiling: float, parse: Callable[[object], float]) -> Callable[[object], float]:
     def checked(value: object) -> float:
         seconds = parse(value)
         if seconds >= ceiling:
-            raise ValueError(f"must be less than {format_duration(ceiling)}, got {value!r}")
-        return seconds
-
-    return checked
-
-
-def _at_most(ceiling: float, parse: Callable[[object], float]) -> Callable[[object], float]:
-    def checked(value: object) -> float:
-        seconds = parse(value)
-        if seconds > ceiling:
-            raise ValueError(f"must be at most {format_duration(ceiling)}, got {value!r}")
+            raise ValueError(f"must be less than {format_duration(ceiling)}, got {shown(value)}")
         return seconds
 
     return checked
@@ -271,81 +200,88 @@ def _share(value: object) -> float:
     """A fraction of a window: 0 (none) up to, but not including, 1 (all of it)."""
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1:
         return float(value)
-    raise ValueError(f"expected a number from 0 up to (not including) 1, got {value!r}")
+    raise ValueError(f"expected a number from 0 up to (not including) 1, got {shown(value)}")
 
 
 def _boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _count(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-
-
-def _ca_bundle(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a file path, got {value!r}")
-    if not os.path.isfile(value):
-        raise ValueError(f"no such file: {value!r}")
-    return value
+    raise ValueError(f"expected true or false, got {shown(value)}")
 
 
 def _networks(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError("expected a list of networks such as ['10.0.0.0/8', '127.0.0.1/32']")
+    if len(value) > MAX_NETWORKS:
+        raise ValueError(f"at most {MAX_NETWORKS} networks, got {len(value)}")
     networks = []
     for item in value:
         try:
             networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
         except ValueError:
-            raise ValueError(f"not a network: {item!r} (write e.g. 10.1.0.0/16)") from None
+            raise ValueError(f"not a network: {shown(item)} (write e.g. 10.1.0.0/16)") from None
     return tuple(networks)
 
 
 _Parser = Callable[[object], object]
 _Spec: TypeAlias = "_Parser | dict[str, _Spec]"
 
+# Every number has a ceiling (and a floor where 0 would break something): a value past it is
+# a typo, and one too large for a float or a C int would crash the proxy later rather than here.
+# The README's configuration section lists the same bounds.
+_MINUTE: Final = 60.0
+_HOUR: Final = 3600.0
+_DAY: Final = 86400.0
+_KiB: Final = 1 << 10
+_MiB: Final = 1 << 20
+_GiB: Final = 1 << 30
+#: Open files per process can be raised no higher than this on Linux (fs.nr_open's default).
+MAX_CALLER_CONNECTIONS: Final = 1 << 20
+MAX_UPSTREAM_CONNECTIONS: Final = 10_000
+MAX_EXPECTED_REPLICAS: Final = 1_000
+MAX_NETWORKS: Final = 1_000
+
 # One entry per key; a nested dict is a section (a mapping in YAML, a dataclass in Settings).
 _SCHEMA: Final[dict[str, _Spec]] = {
-    "upstream": _upstream,
-    "listen": _address,
-    "admin_listen": _address,
+    "upstream": parse_upstream,
+    "listen": parse_address,
+    "admin_listen": parse_address,
     "timeouts": {
-        "connect": _positive(parse_duration),
-        "read": _positive(parse_duration),
-        "caller": _positive(parse_duration),
-        "pool": _positive(parse_duration),
-        "caller_keepalive": _positive(parse_duration),
+        "connect": _duration(5 * _MINUTE),
+        "read": _duration(_HOUR),
+        "caller": _duration(_HOUR),
+        "pool": _duration(10 * _MINUTE),
+        "caller_keepalive": _duration(_HOUR),
     },
     "log_format": _choice("json", "console", "auto"),
     "log_level": _choice("debug", "info", "warning", "error"),
-    "shutdown_grace": parse_duration,
-    "tls": {"verify": _boolean, "ca_bundle": _ca_bundle},
+    "shutdown_grace": _duration(_HOUR, positive=False),
+    "tls": {"verify": _boolean, "ca_bundle": parse_ca_bundle},
     "limits": {
-        "max_body": _positive(parse_size),
-        "error_body_cap": _positive(parse_size),
-        "max_header_size": _positive(parse_size),
-        "request_buffer": _positive(parse_size),
-        "caller_connections": _count,
+        "max_body": _size(1, 16 * _GiB),
+        "error_body_cap": _size(1, 64 * _MiB),
+        "max_header_size": _size(_KiB, _MiB),
+        "request_buffer": _size(1, 64 * _MiB),
+        "caller_connections": _whole(1, MAX_CALLER_CONNECTIONS),
     },
-    "pool": {"max_connections": _count, "keepalive": parse_duration},
+    "pool": {
+        "max_connections": _whole(1, MAX_UPSTREAM_CONNECTIONS),
+        "keepalive": _duration(_HOUR, positive=False),
+    },
     "allow_from": _networks,
     "throttle": {
-        "store": _store,
+        "store": parse_store,
         "namespace": parse_name,
         "mode": parse_mode,
-        "max_wait": parse_duration,
-        "store_timeout": _at_most(5.0, _positive(parse_duration)),
-        "margin": _below(10.0, parse_duration),
-        "max_pause": _positive(parse_duration),
+        "max_wait": _duration(_HOUR, positive=False),
+        "store_timeout": _duration(5.0),
+        "margin": _below(10.0, _duration(math.inf, positive=False)),
+        "max_pause": _duration(_DAY),
         "bulk_reserve": _share,
-        "fallback": {"expected_replicas": _count, "cooldown": _positive(parse_duration)},
+        "fallback": {
+            "expected_replicas": _whole(1, MAX_EXPECTED_REPLICAS),
+            "cooldown": _duration(_HOUR),
+        },
         "routes": parse_routes,
     },
 }
@@ -396,7 +332,7 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
             return
         for key, raw in data.items():
             spec = schema.get(key) if isinstance(key, str) else None
-            dotted = ".".join((*path, str(key)))
+            dotted = ".".join((*path, shown_key(key)))
             if spec is None:
                 problems.append(f"{source}: {dotted}: unknown key (known: {', '.join(schema)})")
             elif isinstance(spec, dict):
@@ -462,5 +398,13 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(error, "problem", None) or str(error).splitlines()[0]
         problems.append(f"{path}: invalid YAML{where}: {reason}")
+    except RecursionError:
+        problems.append(f"{path}: invalid YAML: nested too deeply")
+    except Exception as error:
+        # The loader's constructors raise whatever they happen to on a value they cannot build:
+        # ValueError for a date that does not exist (2024-02-30) or an integer past Python's
+        # digit limit, IndexError for `!!float ''`, AttributeError for `!!timestamp ''`.
+        reason = shown(str(error)) if str(error) else type(error).__name__
+        problems.append(f"{path}: invalid YAML: a value cannot be read: {reason}")
     # Keep going so environment problems are reported alongside a file problem.
     return _parse(data, path or "<defaults>", env, problems)

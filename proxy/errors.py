@@ -8,9 +8,9 @@ tell the proxy answered, not the API.
 Exceptions raised inside the proxy to end a request early::
 
     ProxyError                 carries status, code and message of the answer
-    ├── RefusalError           the request is not ours to forward (400, 413)
+    ├── RefusalError           the request is not ours to forward (400, 403, 413, 414)
     │   └── CallerTimeoutError the caller stopped sending its request (408)
-    └── UpstreamError        the upstream could not be reached or did not answer (502, 504)
+    └── UpstreamError          the upstream could not be reached or did not answer (502, 503, 504)
 """
 
 from __future__ import annotations
@@ -65,10 +65,20 @@ class QuotaRefusal(ProxyError):  # noqa: N818 - a refusal, not a failure
 class UpstreamError(ProxyError):
     """The upstream failed before its answer could begin (refused, reset, timed out)."""
 
-    def __init__(self, status: int, code: str, message: str, kind: str) -> None:
-        super().__init__(status, code, message)
-        #: connect | reset | timeout | tls | other: a closed set, used as a metric label.
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        kind: str,
+        cause: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, code, message, headers)
+        #: a closed set (``proxy.upstream.answers.KINDS``), used as a metric label
         self.kind = kind
+        #: what exactly failed, for the log line (the phase of a timeout, an OpenSSL reason)
+        self.cause = cause
 
 
 def new_target() -> str:

@@ -137,6 +137,7 @@ def make_pool(settings: Settings) -> Pool:
         ssl_context=tls_context(settings) if settings.upstream.startswith("https:") else None,
         connect_timeout=settings.timeouts.connect,
         read_timeout=settings.timeouts.read,
+        pool_timeout=settings.timeouts.pool,
         max_connections=settings.pool.max_connections,
         keepalive=settings.pool.keepalive,
         # Responses may carry more headers than callers are allowed to send.

@@ -127,7 +127,7 @@ class Proxy:
                     outcome.admission = admission
                 return await self._forward(request, target, outcome)
             except ProxyError as exc:
-                return self._answer(exc, outcome)
+                return self._answer(exc, outcome, request)
             except CallerGoneError:
                 self._caller_gone(outcome, "caller disconnected mid-upload")
                 return web.Response(status=CLIENT_CLOSED)
@@ -143,6 +143,7 @@ class Proxy:
                         500, "InternalServerError", "the proxy failed to handle the request"
                     ),
                     outcome,
+                    request,
                 )
         finally:
             self.in_flight -= 1
@@ -212,9 +213,7 @@ class Proxy:
         if length is not None:
             headers["Content-Length"] = str(length)
         response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
-        if "Upgrade" in request.headers:
-            # Upgrades are never honoured; aiohttp's parser may have taken what followed on the
-            # connection for upgraded bytes, so end it rather than leave a request unanswered.
+        if _ends_connection(request):
             response.force_close()
         loop = asyncio.get_running_loop()
         try:
@@ -240,7 +239,7 @@ class Proxy:
                             outcome.bytes_out += len(chunk)
                     except UpstreamError as exc:
                         failed = True
-                        outcome.note = f"upstream failed mid-body ({exc.kind})"
+                        outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
         except TimeoutError:
             # The caller stopped taking the answer: free the upstream connection, end the caller's.
             upstream.close()
@@ -303,19 +302,21 @@ class Proxy:
         ).inc()
         return info.message
 
-    def _answer(self, exc: ProxyError, outcome: Outcome) -> web.Response:
+    def _answer(self, exc: ProxyError, outcome: Outcome, request: web.BaseRequest) -> web.Response:
         target = new_target()
         outcome.status = exc.status
         outcome.source = "proxy"
         outcome.error = {"code": exc.code, "message": exc.message, "target": target}
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_failures.labels(outcome.route.name, exc.kind).inc()
+            outcome.error["kind"] = exc.kind
+            outcome.error["cause"] = exc.cause
         elif isinstance(exc, CallerTimeoutError):
             self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
         response = error_response(exc.status, exc.code, exc.message, target, exc.headers)
-        if isinstance(exc, RefusalError):
+        if isinstance(exc, RefusalError) or _ends_connection(request):
             # The caller may still be sending a body we will never read.
             response.force_close()
         outcome.bytes_out = response.content_length or 0
@@ -381,6 +382,18 @@ class _Relayed(web.StreamResponse):
             self._headers.popall("Server", None)
 
 
+def _ends_connection(request: web.BaseRequest) -> bool:
+    """Whether the caller's connection must end with this answer.
+
+    Upgrades are never honoured, and aiohttp's parser may have taken what followed an Upgrade
+    request for upgraded bytes. After a chunked request, aiohttp's parser (3.14) carries the last
+    trailer field into the headers of the next request on the connection; ending the connection
+    keeps every request's headers its own.
+    """
+    headers = request.headers
+    return "Upgrade" in headers or "Transfer-Encoding" in headers
+
+
 def _request_id(request: web.BaseRequest) -> tuple[str, str]:
     """(the id to send and log, the caller's own id when it was refused).
 
@@ -391,7 +404,8 @@ def _request_id(request: web.BaseRequest) -> tuple[str, str]:
     given = headers.get("client-request-id") or headers.get("x-request-id")
     if given is None:
         return fresh_request_id(), ""
-    if _REQUEST_ID.match(given):
+    # A token the scrubber would change (JWT-shaped, say) would be logged other than it was sent.
+    if _REQUEST_ID.match(given) and scrub(given) == given:
         return given, ""
     return fresh_request_id(), scrub(given[:_MAX_LOGGED_ID])
 

@@ -108,7 +108,7 @@ class Metrics:
         )
         self.upstream_failures = Counter(
             "defender_proxy_upstream_failures",
-            "Upstream requests that got no response, by kind (connect, reset, timeout, tls, other).",
+            "Upstream requests that got no response, by kind (see the README for the set).",
             ["route", "kind"],
             registry=r,
         )

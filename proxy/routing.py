@@ -1,77 +1,295 @@
 """METHOD + path → a named route: the closed set of names every metric and quota is keyed by.
 
-All patterns compile into one regular expression of ordered alternatives, so a lookup is a single
-``re.match`` whatever the size of the catalogue, and the first matching entry wins. The path is
-percent-decoded before matching (``/api/machines/%69solate`` is the isolate route, as the upstream
-would read it); the query string never takes part.
+The first catalogue entry whose pattern matches a request wins. The path is percent-decoded before
+matching (``/api/machines/%69solate`` is the isolate route, as the upstream would read it); the
+query string never takes part. Method and path compare case-insensitively, with the character
+equivalence of Python's ``re.IGNORECASE`` (so ``ſ`` is an ``s`` and ``K``, the Kelvin sign, a ``k``,
+as they were when routing was one regular expression); a ``HEAD`` is routed as the ``GET`` it
+stands for.
+
+How a lookup works, and why it takes time linear in the length of the path whatever the path:
+
+1. The path is percent-decoded once, case-folded once (``str.lower()``, then one ``replace`` for
+   each of a fixed set of letters that ``re`` also holds equal; folding never changes a length),
+   and split on ``/`` once, into no more segments than the deepest pattern compares.
+2. Every pattern of the router sits in a tree of segment matchers (one tree per method), each
+   tree node at depth *d* comparing against segment *d* of the path. The walk is a depth-first
+   search that skips any subtree whose smallest pattern index is not below the best match found,
+   and visits each node at most once, because the tree has no shared children.
+3. A node compares its one segment with:
+
+   - literal segments (``machines``, ``findbyip``): one dictionary look-up of the segment itself
+     (its hash is computed once) and, only when the segment ends with ``)``, one of its first *n*
+     characters for each distinct literal length *n* at that node whose next character is ``(``:
+     an OData call (``findbyip(ip='10.1.1.1')``). The cost is bounded by the longest literal;
+   - a ``{param}``: any non-empty segment, one comparison;
+   - a glob (``*Export``): ``startswith``, one ``str.find`` per inner piece from the end of the
+     previous one (leftmost placement is optimal for a glob), and for the last piece either
+     ``endswith`` or, when the segment ends with ``)``, one ``find`` of the piece followed by
+     ``(`` (where an OData call would start). Each is one pass of a C string primitive over the
+     segment: O(segment × piece length);
+   - the end of a pattern: all segments used, or one more that is empty (a trailing slash); for a
+     final ``**``, no newline in what is left (the index of the last segment holding one is found
+     once, so the check is a comparison).
+
+So a lookup costs O(L) for decoding, folding and splitting a path of L characters, plus
+O(N·P + G·L) for the walk, where N is the number of tree nodes, P the longest literal and G the
+number of glob segments in the router (one, ``*Export``, in the catalogue): nothing is ever tried
+twice, and no step backtracks. The regular expression this replaced tried every split of a segment
+between ``[^/]+``, globs and the optional OData call: 42 ms for ``/api/machines/`` followed by
+``Export(`` 2,330 times, where the tree takes microseconds (``bench/routing.py``, in ``make
+bench``). The guard also refuses a path longer than ``guard.MAX_PATH`` with 414, so the routing
+work per request has a constant ceiling as well.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final, Literal
 from urllib.parse import unquote
 
 from proxy.catalogue import CATALOGUE, OTHER_ROUTE, RouteSpec
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
-# An OData function call such as findbyip(ip='…') or GetLiveResponseResultDownloadLink(index=0).
-_ODATA_CALL = r"(?:\([^/]*\))?"
+_NEVER: Final = sys.maxsize
+#: Lowercase letters that re.IGNORECASE holds equal to another lowercase letter, because both have
+#: the same uppercase (ſ and s are both S) or, for the last three, the same multi-letter one. A test
+#: checks this table against ``re`` for every cased character of the running Python.
+_SAME_LETTER: Final = (
+    ("\u00b5", "\u03bc"),  # µ micro sign: μ
+    ("\u0131", "i"),  # ı dotless i
+    ("\u017f", "s"),  # ſ long s
+    ("\u0345", "\u03b9"),  # combining ypogegrammeni: ι
+    ("\u03c2", "\u03c3"),  # ς final sigma: σ
+    ("\u03d0", "\u03b2"),  # ϐ: β
+    ("\u03d1", "\u03b8"),  # ϑ: θ
+    ("\u03d5", "\u03c6"),  # ϕ: φ
+    ("\u03d6", "\u03c0"),  # ϖ: π
+    ("\u03f0", "\u03ba"),  # ϰ: κ
+    ("\u03f1", "\u03c1"),  # ϱ: ρ
+    ("\u03f5", "\u03b5"),  # ϵ: ε
+    ("\u1c80", "\u0432"),  # Cyrillic rounded ve: в
+    ("\u1c81", "\u0434"),  # long-legged de: д
+    ("\u1c82", "\u043e"),  # narrow o: о
+    ("\u1c83", "\u0441"),  # wide es: с
+    ("\u1c84", "\u0442"),  # tall te: т
+    ("\u1c85", "\u0442"),  # three-legged te: т
+    ("\u1c86", "\u044a"),  # tall hard sign: ъ
+    ("\u1c87", "\u0463"),  # tall yat: ѣ
+    ("\u1c88", "\ua64b"),  # unblended uk: ꙋ
+    ("\u1e9b", "\u1e61"),  # ẛ: ṡ
+    ("\u1fbe", "\u03b9"),  # prosgegrammeni: ι
+    ("\u1fd3", "\u0390"),  # ΐ (1FD3): ΐ (0390)
+    ("\u1fe3", "\u03b0"),  # ΰ (1FE3): ΰ (03B0)
+    ("\ufb05", "\ufb06"),  # ﬅ: ﬆ
+)
 
 
 class PatternError(ValueError):
     """A route pattern that cannot be compiled."""
 
 
-def _segment(segment: str) -> str:
-    if segment == "**":
+def fold(text: str) -> str:
+    """``text`` case-folded as re.IGNORECASE compares it: same length, equal folds for equal text."""
+    if text.isascii():
+        return text.lower()
+    # str.lower() maps every character to one, but for İ (to "i" and a combining dot; its simple
+    # lowercase, which re uses, is "i") and Σ (σ or ς by context, which fold alike below).
+    text = text.replace("\u0130", "i").lower()
+    for char, same in _SAME_LETTER:
+        if char in text:
+            text = text.replace(char, same)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment of a pattern.
+
+    ``literal``: ``parts[0]``, folded, alone or followed by an OData call; ``exact``: the same
+    without the call (the ``api`` before ``v1.0``); ``glob``: the folded pieces between the
+    ``*``, then an optional call; ``param``: any non-empty segment.
+    """
+
+    kind: Literal["literal", "exact", "glob", "param"]
+    parts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One compiled ``METHOD /path`` pattern."""
+
+    method: str  # upper case, or "*"
+    segments: tuple[Segment, ...]
+    tail: bool  # the pattern ends in "**"
+    api: bool  # the first segment is "api", which also matches "api/v1.0"
+
+    def variants(self) -> Iterator[tuple[Segment, ...]]:
+        """The segment sequences this pattern stands for: a leading ``api`` also as ``api/v1.0``."""
+        yield self.segments
+        if self.api:
+            yield (Segment("exact", ("api",)), Segment("literal", ("v1.0",)), *self.segments[1:])
+
+
+def _segment(text: str) -> Segment:
+    if text == "**":
         raise PatternError("'**' may only be the last segment")
-    if _PARAM.match(segment):
-        return "[^/]+"
-    if "{" in segment or "}" in segment:
-        raise PatternError(f"a {{param}} must be a whole segment: {segment!r}")
-    if not segment:
+    if _PARAM.match(text):
+        return Segment("param")
+    if "{" in text or "}" in text:
+        raise PatternError(f"a {{param}} must be a whole segment: {text!r}")
+    if not text:
         raise PatternError("empty path segment")
-    parts = [re.escape(piece) for piece in segment.split("*")]
-    return "[^/]*".join(parts) + _ODATA_CALL
+    parts = tuple(fold(piece) for piece in text.split("*"))
+    return Segment("literal" if len(parts) == 1 else "glob", parts)
 
 
-def compile_pattern(pattern: str) -> str:
-    """The regular expression (without anchors or groups) for one ``METHOD /path`` pattern."""
+def compile_pattern(pattern: str) -> Pattern:
+    """The compiled form of one ``METHOD /path`` pattern, or a PatternError saying what is wrong."""
     method, sep, path = pattern.strip().partition(" ")
     method = method.upper()
     if not sep or not path.startswith("/"):
         raise PatternError(f"expected 'METHOD /path', got {pattern!r}")
     if method != "*" and method not in _METHODS:
         raise PatternError(f"unknown method {method!r} in {pattern!r}")
-    segments = path.strip().strip("/").split("/") if path.strip() != "/" else []
-    tail = ""
-    if segments and segments[-1] == "**":
-        segments.pop()
-        tail = "(?:/.*)?"
-    body = "".join("/" + _segment(s) for s in segments)
-    if segments and segments[0].lower() == "api":
-        body = "/api(?:/v1\\.0)?" + body[len("/api") :]
-    method_re = "[A-Z]+" if method == "*" else re.escape(method)
-    return f"{method_re} {body}{tail}/?"
+    texts = path.strip().strip("/").split("/") if path.strip() != "/" else []
+    tail = bool(texts) and texts[-1] == "**"
+    if tail:
+        texts.pop()
+    segments = tuple(_segment(text) for text in texts)
+    return Pattern(method, segments, tail, bool(texts) and texts[0].lower() == "api")
+
+
+class _Node:
+    """A tree node: the patterns that have matched the path's first *depth* segments so far."""
+
+    __slots__ = ("best", "end", "exact", "globs", "lengths", "literals", "param", "tail")
+
+    def __init__(self) -> None:
+        self.best = _NEVER  # the smallest pattern index in this subtree
+        self.end = _NEVER  # the smallest index of a pattern ending here
+        self.tail = _NEVER  # the same for a pattern ending here in "**"
+        self.literals: dict[str, _Node] = {}
+        self.lengths: tuple[int, ...] = ()
+        self.exact: dict[str, _Node] = {}
+        self.globs: list[tuple[tuple[str, ...], _Node]] = []
+        self.param: _Node | None = None
+
+    def child(self, segment: Segment) -> _Node:
+        """The child for ``segment``, made if new."""
+        if segment.kind == "param":
+            if self.param is None:
+                self.param = _Node()
+            return self.param
+        if segment.kind == "glob":
+            for parts, node in self.globs:
+                if parts == segment.parts:
+                    return node
+            self.globs.append((segment.parts, _Node()))
+            return self.globs[-1][1]
+        table = self.literals if segment.kind == "literal" else self.exact
+        text = segment.parts[0]
+        if text not in table:
+            table[text] = _Node()
+            if segment.kind == "literal":
+                self.lengths = tuple(sorted({*self.lengths, len(text)}))
+        return table[text]
+
+
+def _insert(root: _Node, segments: tuple[Segment, ...], tail: bool, index: int) -> None:
+    node = root
+    node.best = min(node.best, index)
+    for segment in segments:
+        node = node.child(segment)
+        node.best = min(node.best, index)
+    if tail:
+        node.tail = min(node.tail, index)
+    else:
+        node.end = min(node.end, index)
+
+
+def _glob(parts: tuple[str, ...], segment: str) -> bool:
+    """Does ``segment`` match the glob ``parts[0]*…*parts[-1]``, then an optional OData call?"""
+    first, *inner, last = parts
+    if not segment.startswith(first):
+        return False
+    at = len(first)
+    for piece in inner:
+        found = segment.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    if not last:  # a final '*' takes the rest, a call included
+        return True
+    if len(segment) - len(last) >= at and segment.endswith(last):
+        return True
+    # A call: the glob ends right before a '(' and the segment ends with ')'. That '(' cannot be
+    # the last character, so the call is at least "()".
+    return segment.endswith(")") and segment.find(last + "(", at) >= 0
+
+
+def _walk(node: _Node, segments: list[str], depth: int, best: int, newline: int) -> int:
+    """The smallest pattern index below ``node`` matching ``segments[depth:]``, if under ``best``."""
+    count = len(segments)
+    if node.end < best and (depth == count or (depth + 1 == count and not segments[depth])):
+        best = node.end
+    if node.tail < best and newline < depth:  # "**" is ".*" in the old regex: no newline
+        best = node.tail
+    if depth == count:
+        return best
+    segment = segments[depth]
+    down = depth + 1
+    child = node.literals.get(segment)
+    if child is not None and child.best < best:
+        best = _walk(child, segments, down, best, newline)
+    if segment[-1:] == ")":  # the segment may be a literal and an OData call
+        size = len(segment)
+        for length in node.lengths:
+            if size > length + 1 and segment[length] == "(":
+                child = node.literals.get(segment[:length])
+                if child is not None and child.best < best:
+                    best = _walk(child, segments, down, best, newline)
+    if node.exact:
+        child = node.exact.get(segment)
+        if child is not None and child.best < best:
+            best = _walk(child, segments, down, best, newline)
+    for parts, child in node.globs:
+        if child.best < best and _glob(parts, segment):
+            best = _walk(child, segments, down, best, newline)
+    child = node.param
+    if child is not None and child.best < best and segment:
+        best = _walk(child, segments, down, best, newline)
+    return best
 
 
 class Router:
     """Finds the route of a request; unmatched requests fall into ``other``."""
 
-    __slots__ = ("_regex", "_routes", "routes")
+    __slots__ = ("_any", "_depth", "_specs", "_trees", "routes")
 
     def __init__(self, specs: Iterable[RouteSpec] = CATALOGUE) -> None:
         self.routes: tuple[RouteSpec, ...] = (*specs, OTHER_ROUTE)
-        alternatives: list[str] = []
-        self._routes: list[RouteSpec] = [OTHER_ROUTE]  # group 0 is never a route
+        self._specs: list[RouteSpec] = []  # pattern index → its route
+        self._trees = {fold(method): _Node() for method in _METHODS}
+        self._any = _Node()  # a method outside _METHODS: only patterns with method "*"
+        self._depth = 0  # the most segments any pattern compares: the split never goes further
         for spec in self.routes[:-1]:
-            for pattern in spec.match:
-                alternatives.append(f"({compile_pattern(pattern)})")
-                self._routes.append(spec)
-        joined = "|".join(alternatives) or "(?!)"
-        self._regex = re.compile(f"(?:{joined})\\Z", re.IGNORECASE)
+            for text in spec.match:
+                pattern = compile_pattern(text)
+                index = len(self._specs)
+                self._specs.append(spec)
+                if pattern.method == "*":
+                    roots = [*self._trees.values(), self._any]
+                else:
+                    roots = [self._trees[fold(pattern.method)]]
+                for root in roots:
+                    for segments in pattern.variants():
+                        _insert(root, segments, pattern.tail, index)
+                        self._depth = max(self._depth, len(segments))
 
     def match(self, method: str, path: str) -> RouteSpec:
         """The route for a request line's method and path (no query string)."""
@@ -80,10 +298,27 @@ class Router:
         method = method.upper()
         if method == "HEAD":  # a HEAD costs the same quota as the GET it stands for
             method = "GET"
-        found = self._regex.match(f"{method} {path}")
-        if found is None or found.lastindex is None:
+        key = fold(method)
+        root = self._trees.get(key)
+        if root is None:
+            # Method "*" stands for any token of letters; aiohttp passes no other kind of method.
+            if not (key.isascii() and key.isalpha()):
+                return OTHER_ROUTE
+            root = self._any
+        if not path:
+            segments: list[str] = []  # only a pattern for "/" matches an empty path
+            newline = -1
+        elif path[0] != "/":
             return OTHER_ROUTE
-        return self._routes[found.lastindex]
+        else:
+            folded = fold(path)
+            # Segments past the deepest pattern are never compared: the last item keeps the rest
+            # of the path, slashes and all, which only ever ends a match as "more than a slash".
+            segments = folded[1:].split("/", self._depth)
+            last = folded.rfind("\n")
+            newline = folded.count("/", 0, last) - 1 if last >= 0 else -1
+        best = _walk(root, segments, 0, _NEVER, newline)
+        return OTHER_ROUTE if best == _NEVER else self._specs[best]
 
     @property
     def names(self) -> frozenset[str]:

@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 
 from proxy.catalogue import CATALOGUE, OTHER, RouteSpec
 from proxy.routing import PatternError, compile_pattern
-from proxy.units import Limit, format_duration, parse_limit
+from proxy.units import Limit, format_duration, parse_limit, shown, shown_key
 
 INTERACTIVE: Final = "interactive"
 BULK: Final = "bulk"
@@ -27,7 +27,14 @@ MODES: Final = (ENFORCE, SHADOW)
 
 # Namespaces and route names end up in Redis keys (inside a {hash tag}) and in metric labels, so
 # the alphabet excludes braces, colons and anything a label or a key would need escaped.
-_NAME: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
+#: Bounds on ``throttle.routes``: entries, patterns and limits per entry, characters per pattern.
+#: Generous for a catalogue of about a hundred routes; they keep the router's one regular
+#: expression and the per-route metric children to a size worth compiling at start-up.
+MAX_ROUTES: Final = 1_000
+MAX_PATTERNS: Final = 100
+MAX_PATTERN_LENGTH: Final = 1_000
+MAX_LIMITS: Final = 16
 _ROUTE_KEYS: Final = ("name", "match", "limits", "priority", "mode")
 _CATALOGUE_NAMES: Final = frozenset(spec.name for spec in CATALOGUE)
 _Problems = list[tuple[str, str]]
@@ -85,14 +92,14 @@ def parse_name(value: object) -> str:
     """A namespace or route name: 1–64 characters of ``A-Z a-z 0-9 _ . -``."""
     if isinstance(value, str) and _NAME.match(value):
         return value
-    raise ValueError(f"expected 1-64 characters of A-Z a-z 0-9 _ . -, got {value!r}")
+    raise ValueError(f"expected 1-64 characters of A-Z a-z 0-9 _ . -, got {shown(value)}")
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if isinstance(value, str) and value.strip().lower() in allowed:
             return value.strip().lower()
-        raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        raise ValueError(f"expected one of {', '.join(allowed)}, got {shown(value)}")
 
     return parse
 
@@ -107,6 +114,8 @@ def parse_routes(value: object) -> tuple[RouteOverride, ...]:
         return ()
     if not isinstance(value, list):
         raise ValueError(f"expected a list of routes, got a {type(value).__name__}")
+    if len(value) > MAX_ROUTES:
+        raise ValueError(f"at most {MAX_ROUTES} routes, got {len(value)}")
     problems: _Problems = []
     routes: list[RouteOverride] = []
     first: dict[str, int] = {}
@@ -131,7 +140,8 @@ def _route(entry: object, where: str, problems: _Problems) -> RouteOverride | No
         return None
     for key in entry:
         if key not in _ROUTE_KEYS:
-            problems.append((f"{where}.{key}", f"unknown key (known: {', '.join(_ROUTE_KEYS)})"))
+            known = ", ".join(_ROUTE_KEYS)
+            problems.append((f"{where}.{shown_key(key)}", f"unknown key (known: {known})"))
 
     def field(key: str, parse: Callable[[object, str, _Problems], _T]) -> _T | None:
         raw = entry.get(key)  # null is the same as leaving the key out
@@ -174,21 +184,31 @@ def _checked(
     return checked
 
 
-def _items(raw: object, where: str, what: str, problems: _Problems) -> list[object]:
-    """``raw`` as a non-empty list, or [] after noting why it is not one."""
+def _items(raw: object, where: str, what: str, most: int, problems: _Problems) -> list[object]:
+    """``raw`` as a list of 1 to ``most`` items, or [] after noting why it is not one."""
     if not isinstance(raw, list):
         problems.append((where, f"expected a list of {what}, got a {type(raw).__name__}"))
         return []
     if not raw:
         problems.append((where, f"expected at least one of {what}, got an empty list"))
+    if len(raw) > most:
+        problems.append((where, f"at most {most} {what}, got {len(raw)}"))
+        return []
     return raw
 
 
 def _patterns(raw: object, where: str, problems: _Problems) -> tuple[str, ...]:
     patterns: list[str] = []
-    for index, item in enumerate(_items(raw, where, "patterns", problems)):
+    for index, item in enumerate(_items(raw, where, "patterns", MAX_PATTERNS, problems)):
         if not isinstance(item, str):
-            message = f"expected a pattern like 'GET /api/machines/{{id}}', got {item!r}"
+            message = f"expected a pattern like 'GET /api/machines/{{id}}', got {shown(item)}"
+            problems.append((f"{where}[{index}]", message))
+            continue
+        if len(item) > MAX_PATTERN_LENGTH or not item.isprintable():
+            message = (
+                f"expected at most {MAX_PATTERN_LENGTH} printable characters "
+                f"(no newline or other control character), got {shown(item)}"
+            )
             problems.append((f"{where}[{index}]", message))
             continue
         try:
@@ -202,19 +222,20 @@ def _patterns(raw: object, where: str, problems: _Problems) -> tuple[str, ...]:
 
 def _limits(raw: object, where: str, problems: _Problems) -> tuple[Limit, ...]:
     limits: list[Limit] = []
-    windows: dict[float, int] = {}
-    for index, item in enumerate(_items(raw, where, "limits", problems)):
+    windows: dict[str, int] = {}
+    for index, item in enumerate(_items(raw, where, "limits", MAX_LIMITS, problems)):
         try:
             limit = parse_limit(item)
         except ValueError as error:
             problems.append((f"{where}[{index}]", str(error)))
             continue
-        if limit.window in windows:
+        # Keyed by the window's name: that names its metric series and RateLimit field.
+        window = format_duration(limit.window)
+        if window in windows:
             # Two counts for one window: only the smaller would ever bind, so one is a mistake.
-            window = format_duration(limit.window)
-            first = f"limits[{windows[limit.window]}]"
+            first = f"limits[{windows[window]}]"
             problems.append((f"{where}[{index}]", f"{first} already limits the {window} window"))
-        windows.setdefault(limit.window, index)
+        windows.setdefault(window, index)
         limits.append(limit)
     return tuple(limits)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
+from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient, TestServer
 
+from proxy import app as wiring
 from proxy import logs
 from proxy.config import Settings, Timeouts, effective_routes, route_policies
 from proxy.handler import Proxy
@@ -66,6 +68,13 @@ class Stack:
     @property
     def metrics(self) -> Metrics:
         return self.proxy.metrics
+
+    @property
+    def port(self) -> int:
+        """The proxy's port on 127.0.0.1."""
+        port = self.client.port
+        assert port is not None  # the client's server is started before a test sees the stack
+        return port
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
@@ -122,6 +131,35 @@ async def make_stack(
     yield build
     for proxy in proxies:
         await proxy.close()
+
+
+Serve = Callable[..., Awaitable[tuple[Stack, int]]]
+
+
+@pytest.fixture
+async def serve(make_stack: Callable[..., Any]) -> AsyncIterator[Serve]:
+    """Start a proxy stack on the production server class (not aiohttp's test server), on a free
+    port, with settings changed from the test defaults: (stack, port)."""
+    runners: list[web.ServerRunner] = []
+
+    async def start(**changes: Any) -> tuple[Stack, int]:
+        stack: Stack = await make_stack(**changes)
+        runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return stack, int(runner.addresses[0][1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def served(serve: Serve) -> tuple[Stack, int]:
+    """The proxy with the test defaults on the production server class, on a free port."""
+    return await serve()
 
 
 @pytest.fixture

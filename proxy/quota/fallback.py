@@ -92,6 +92,8 @@ class FallbackStore:
             self._log.warning(
                 "quota store unreachable: admitting against the local share",
                 error=type(exc).__name__,
+                # Says why, e.g. that Redis refused SELECT: a database beyond its `databases`.
+                reason=str(exc)[:200],
                 expected_replicas=self._replicas,
                 retry_in_s=self._cooldown,
             )

@@ -39,6 +39,7 @@ class RedisStore:
         self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, resp.ReplyError)
         #: whether every call, connecting included, ends within ``timeout`` by the client's doing
         self.bounded = False
+        self._cluster = scheme.lower().endswith("+cluster")
         if scheme.lower() in ("redis", "rediss") and "?" not in rest:
             # One server, no options: the lean pipelined client (proxy.quota.resp).
             self.client = resp.Client(url, timeout)
@@ -47,7 +48,14 @@ class RedisStore:
             self.client = self._redis_py(url, scheme, sep, rest, timeout)
             import redis.exceptions
 
-            self.errors = (OSError, TimeoutError, redis.exceptions.RedisError)
+            # RedisClusterException is not a RedisError: it is what an unreachable cluster
+            # raises at the first call, which must mean fallback, not a crash at start-up.
+            self.errors = (
+                OSError,
+                TimeoutError,
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+            )
         self._admit = self.client.register_script(_lua("admit.lua"))
         self._release = self.client.register_script(_lua("release.lua"))
         self._pause = self.client.register_script(_lua("pause.lua"))
@@ -124,5 +132,12 @@ class RedisStore:
         return True
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close every connection the client opened."""
         await self.client.aclose()
+        if self._cluster:
+            # After a connection error (a master gone) redis-py 8 flags a cluster client for
+            # re-initialisation, and its aclose() does nothing while that flag is up (6.4 closed
+            # every node on the error itself): the nodes' connections would stay open. Closing
+            # the nodes again costs nothing when aclose() did close them.
+            await self.client.nodes_manager.aclose()
+            await self.client.nodes_manager.aclose("startup_nodes")

@@ -37,6 +37,11 @@ class ReplyError(Exception):
     """Redis answered a call with an error reply (``-ERR …``)."""
 
 
+class SetupError(ReplyError):
+    """Redis refused a new connection's ``AUTH`` or ``SELECT``: no call can succeed until the
+    URL or the server changes, so the message says which step and why (never the password)."""
+
+
 class _IncompleteError(Exception):
     """The buffer ends inside a reply: wait for more bytes."""
 
@@ -255,8 +260,13 @@ class Client:
             try:
                 # AUTH and SELECT go out together; both must succeed before the first call.
                 replies = [connection.call(command) for command in self._hello]
-                for reply in replies:
-                    await reply
+                results = await asyncio.gather(*replies, return_exceptions=True)
+                for command, result in zip(self._hello, results, strict=True):
+                    if isinstance(result, ReplyError):
+                        step = f"SELECT {command[1]!s}" if command[0] == "SELECT" else "AUTH"
+                        raise SetupError(f"Redis refused {step}: {result}")
+                    if isinstance(result, BaseException):
+                        raise result
             except BaseException:
                 connection.fail(ConnectionError("Redis refused the connection's set-up"))
                 raise

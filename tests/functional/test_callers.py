@@ -4,18 +4,15 @@ timeouts.caller_keepalive; the connection cap makes room by closing what does no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from proxy import app as wiring
 from proxy.config import Limits, Pool, Settings, Timeouts
 from proxy.errors import PROXY_HEADER
-from tests.conftest import Stack
+from tests.conftest import Serve, Stack
 from tests.faultkit import until
 from tests.httpraw import exchange, read_response
 
@@ -23,26 +20,15 @@ CALLER = 0.3
 TIMEOUTS = Timeouts(connect=1.0, read=5.0, caller=CALLER, caller_keepalive=0.5)
 REQUEST = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n\r\n"
 
-Serve = Callable[..., Awaitable[tuple[Stack, int]]]
-
 
 @pytest.fixture
-async def serve(make_stack: Callable[..., Any]) -> AsyncIterator[Serve]:
-    """Start the proxy on its production server class with settings changed from the defaults."""
-    runners: list[web.ServerRunner] = []
+def callers(serve: Serve) -> Serve:
+    """Start the proxy on its production server class with the short caller timeouts."""
 
     async def start(**changes: Any) -> tuple[Stack, int]:
-        stack: Stack = await make_stack(**{"timeouts": TIMEOUTS, **changes})
-        runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return stack, int(runner.addresses[0][1])
+        return await serve(**{"timeouts": TIMEOUTS, **changes})
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 async def _eof(reader: asyncio.StreamReader, seconds: float = 5.0) -> bytes:
@@ -50,9 +36,9 @@ async def _eof(reader: asyncio.StreamReader, seconds: float = 5.0) -> bytes:
     return await asyncio.wait_for(reader.read(), seconds)
 
 
-async def test_a_half_sent_head_gets_408_in_the_envelope(serve: Serve) -> None:
+async def test_a_half_sent_head_gets_408_in_the_envelope(callers: Serve) -> None:
     """A request head left unfinished past timeouts.caller is answered 408 and closed."""
-    stack, port = await serve()
+    stack, port = await callers()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n")
     answer = await asyncio.wait_for(read_response(reader), 5.0)
@@ -66,9 +52,9 @@ async def test_a_half_sent_head_gets_408_in_the_envelope(serve: Serve) -> None:
     assert line["target"] == orjson.loads(answer.body)["error"]["target"]
 
 
-async def test_a_dribbled_head_is_cut_before_it_ends(serve: Serve) -> None:
+async def test_a_dribbled_head_is_cut_before_it_ends(callers: Serve) -> None:
     """A head sent a byte at a time is cut off at the deadline, however long it keeps dribbling."""
-    stack, port = await serve()
+    stack, port = await callers()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
     sent = 0
@@ -87,18 +73,18 @@ async def test_a_dribbled_head_is_cut_before_it_ends(serve: Serve) -> None:
     writer.close()
 
 
-async def test_a_silent_connection_is_closed_without_an_answer(serve: Serve) -> None:
+async def test_a_silent_connection_is_closed_without_an_answer(callers: Serve) -> None:
     """A connection that sends nothing is closed at timeouts.caller, with no bytes sent to it."""
-    stack, port = await serve()
+    stack, port = await callers()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert await _eof(reader) == b""
     writer.close()
     assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 1
 
 
-async def test_an_idle_kept_alive_connection_closes_after_caller_keepalive(serve: Serve) -> None:
+async def test_an_idle_kept_alive_connection_closes_after_caller_keepalive(callers: Serve) -> None:
     """After an answer, a connection that stays idle is closed after timeouts.caller_keepalive."""
-    stack, port = await serve()
+    stack, port = await callers()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(REQUEST)
     assert (await asyncio.wait_for(read_response(reader), 5.0)).status == 200
@@ -108,9 +94,9 @@ async def test_an_idle_kept_alive_connection_closes_after_caller_keepalive(serve
     assert stack.sample("defender_proxy_caller_timeouts_total", phase="head") == 0
 
 
-async def test_a_stalled_upload_gets_408_and_frees_the_upstream_connection(serve: Serve) -> None:
+async def test_a_stalled_upload_gets_408_and_frees_the_upstream_connection(callers: Serve) -> None:
     """A body that stops arriving: 408, the upstream connection is freed for the next caller."""
-    stack, port = await serve(pool=Pool(max_connections=1))
+    stack, port = await callers(pool=Pool(max_connections=1))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         b"POST /api/indicators HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n0123456789"
@@ -130,9 +116,9 @@ async def test_a_stalled_upload_gets_408_and_frees_the_upstream_connection(serve
     assert lines[0]["bytes_in"] == 10
 
 
-async def test_a_stalled_small_upload_holds_no_upstream_connection(serve: Serve) -> None:
+async def test_a_stalled_small_upload_holds_no_upstream_connection(callers: Serve) -> None:
     """A body under limits.request_buffer is read before a pool connection is taken."""
-    _, port = await serve(
+    _, port = await callers(
         pool=Pool(max_connections=1), timeouts=replace(TIMEOUTS, caller=3.0, pool=0.5)
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -146,9 +132,9 @@ async def test_a_stalled_small_upload_holds_no_upstream_connection(serve: Serve)
     writer.close()
 
 
-async def test_a_caller_not_taking_the_answer_is_cut_and_the_upstream_freed(serve: Serve) -> None:
+async def test_a_caller_not_taking_the_answer_is_cut_and_the_upstream_freed(callers: Serve) -> None:
     """A caller that stops reading a download is cut off at the deadline; the upstream is freed."""
-    stack, port = await serve(pool=Pool(max_connections=1))
+    stack, port = await callers(pool=Pool(max_connections=1))
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nX-Simulate: download=64MiB\r\n\r\n")
     cut = await until(
@@ -163,9 +149,9 @@ async def test_a_caller_not_taking_the_answer_is_cut_and_the_upstream_freed(serv
     assert after["status"] == 200
 
 
-async def test_the_cap_closes_the_longest_idle_connection_for_a_newcomer(serve: Serve) -> None:
+async def test_the_cap_closes_the_longest_idle_connection_for_a_newcomer(callers: Serve) -> None:
     """At the cap, a new caller takes the place of the connection idle the longest."""
-    stack, port = await serve(
+    stack, port = await callers(
         limits=Limits(caller_connections=2),
         timeouts=replace(TIMEOUTS, caller=30.0, caller_keepalive=30.0),
     )
@@ -180,9 +166,9 @@ async def test_the_cap_closes_the_longest_idle_connection_for_a_newcomer(serve: 
     newer.close()
 
 
-async def test_the_cap_refuses_a_newcomer_when_every_connection_works(serve: Serve) -> None:
+async def test_the_cap_refuses_a_newcomer_when_every_connection_works(callers: Serve) -> None:
     """At the cap with every connection's request in progress, the new one is closed at once."""
-    stack, port = await serve(
+    stack, port = await callers(
         limits=Limits(caller_connections=1),
         timeouts=replace(TIMEOUTS, caller=30.0, caller_keepalive=30.0),
     )

@@ -34,7 +34,7 @@ async def test_unreachable_upstream_is_502(make_stack: Any) -> None:
     assert line["target"] == error["target"]
     assert (
         stack.sample(
-            "defender_proxy_upstream_failures_total", route="machines.list", kind="connect"
+            "defender_proxy_upstream_failures_total", route="machines.list", kind="refused"
         )
         == 1
     )

@@ -41,7 +41,7 @@ async def test_path_and_query_arrive_byte_exact(stack: Stack) -> None:
     raw = (
         f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Simulate: echo\r\nConnection: close\r\n\r\n"
     ).encode()
-    response = await exchange(stack.client.port, raw)
+    response = await exchange(stack.port, raw)
     assert response.status == 200
     assert orjson.loads(response.body)["raw_path"] == target
 
@@ -50,7 +50,7 @@ async def test_odata_call_segments_pass_untouched(stack: Stack) -> None:
     """An OData function-call segment with quotes and colons passes byte-exact."""
     target = "/api/machines/findbyip(ip='10.1.1.1',timestamp=2024-09-22T08:44:05Z)"
     raw = f"GET {target} HTTP/1.1\r\nHost: x\r\nX-Simulate: echo\r\n\r\n".encode()
-    response = await exchange(stack.client.port, raw)
+    response = await exchange(stack.port, raw)
     assert orjson.loads(response.body)["raw_path"] == target
 
 
@@ -62,7 +62,7 @@ async def test_hop_by_hop_request_headers_are_removed(stack: Stack) -> None:
         b"TE: trailers\r\nProxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n"
         b"Upgrade: h2c\r\nAuthorization: Bearer abc\r\nX-Tool: soar\r\n\r\n"
     )
-    echo = orjson.loads((await exchange(stack.client.port, raw)).body)
+    echo = orjson.loads((await exchange(stack.port, raw)).body)
     seen = _echo_headers(echo)
     for name in ("connection", "x-hop-secret", "keep-alive", "te", "proxy-authorization",
                  "proxy-connection", "upgrade"):  # fmt: skip
@@ -75,7 +75,7 @@ async def test_hop_by_hop_request_headers_are_removed(stack: Stack) -> None:
 async def test_no_headers_are_invented_upstream(stack: Stack) -> None:
     """The proxy adds only client-request-id: no User-Agent, Accept or Accept-Encoding of its own."""
     raw = b"GET /api/alerts HTTP/1.1\r\nHost: x\r\nX-Simulate: echo\r\n\r\n"
-    echo = orjson.loads((await exchange(stack.client.port, raw)).body)
+    echo = orjson.loads((await exchange(stack.port, raw)).body)
     names = [name.lower() for name, _ in echo["headers"]]
     assert sorted(names) == ["client-request-id", "host", "x-simulate"]
 
@@ -208,7 +208,7 @@ async def test_streamed_body_over_limit_is_refused(make_stack: Any) -> None:
 async def test_refused_targets_never_reach_the_upstream(stack: Stack, request_line: str) -> None:
     """Targets for other hosts, CONNECT and path tricks get 400 in the envelope, sent nowhere."""
     raw = f"{request_line}\r\nHost: evil.example\r\n\r\n".encode()
-    response = await exchange(stack.client.port, raw)
+    response = await exchange(stack.port, raw)
     assert response.status == 400
     error = orjson.loads(response.body)["error"]
     assert error["code"] == "BadRequest"
@@ -224,7 +224,7 @@ async def test_absolute_form_for_the_upstream_itself_is_forwarded(stack: Stack) 
     """An absolute-form target naming the configured upstream is forwarded as its path."""
     origin = f"http://127.0.0.1:{stack.upstream.port}"
     raw = f"GET {origin}/api/alerts?x=1 HTTP/1.1\r\nHost: x\r\nX-Simulate: echo\r\n\r\n".encode()
-    response = await exchange(stack.client.port, raw)
+    response = await exchange(stack.port, raw)
     assert response.status == 200
     assert orjson.loads(response.body)["raw_path"] == "/api/alerts?x=1"
 

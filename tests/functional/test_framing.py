@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from proxy import app as wiring
 from proxy.config import Limits
 from proxy.errors import SERVER_NAME
 from tests.conftest import Stack
@@ -21,18 +19,6 @@ from tests.httpraw import RawResponse, exchange, read_response
 
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 ECHO = b"X-Simulate: echo\r\n"
-
-
-@pytest.fixture
-async def served(make_stack: Callable[..., Any]) -> AsyncIterator[tuple[Stack, int]]:
-    """The proxy on its production server class, on a free port."""
-    stack: Stack = await make_stack()
-    runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield stack, int(runner.addresses[0][1])
-    await runner.cleanup()
 
 
 async def _converse(port: int, raw: bytes, answers: int) -> list[RawResponse]:
@@ -276,3 +262,36 @@ async def test_proxy_answers_name_no_versions(served: tuple[Stack, int]) -> None
     answer = await exchange(port, b"GET /api/%2e%2e/x HTTP/1.1\r\nHost: p\r\n\r\n")
     assert answer.status == 400
     assert answer.header("server") == SERVER_NAME
+
+
+async def test_a_secret_shaped_request_id_is_replaced_not_sent(served: tuple[Stack, int]) -> None:
+    """A sane-looking id the scrubber would redact (a JWT) is replaced, so the log still names the
+    id that was sent."""
+    stack, port = served
+    jwt = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4eHh4eHh4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    raw = b"GET /api/alerts HTTP/1.1\r\nHost: p\r\nConnection: close\r\n%s" % ECHO
+    raw += b"client-request-id: " + jwt + b"\r\n\r\n"
+    echo = _echoed(await exchange(port, raw))
+    [sent] = _named(echo, "client-request-id")
+    assert GUID.match(sent)
+    assert stack.logs.lines("request")[-1]["request_id"] == sent
+    assert jwt.decode() not in stack.logs.text
+
+
+async def test_a_trailer_field_never_reaches_the_next_request(served: tuple[Stack, int]) -> None:
+    """After a chunked request with a trailer, the connection ends: the trailer field cannot
+    become a header of the request pipelined behind it."""
+    stack, port = served
+    raw = (
+        b"POST /api/alerts HTTP/1.1\r\nHost: p\r\n%sTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: planted\r\n\r\n"
+        b"GET /api/alerts HTTP/1.1\r\nHost: p\r\n%s\r\n" % (ECHO, ECHO)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    first = await asyncio.wait_for(read_response(reader), 5.0)
+    assert first.header("connection") == "close"
+    assert _echoed(first)["body_length"] == 3
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    writer.close()
+    assert [line["method"] for line in stack.logs.lines("request")] == ["POST"]

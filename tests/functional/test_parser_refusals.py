@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import orjson
-import pytest
-from aiohttp import web
 
-from proxy import app as wiring
 from tests.conftest import Stack
 from tests.httpraw import exchange
 
 JWT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FwaSJ9.c2lnbmF0dXJlLXNlY3JldA"
-
-
-@pytest.fixture
-async def served(make_stack: Any) -> AsyncIterator[tuple[Stack, int]]:
-    """The proxy on the production server class (not aiohttp's test server), on a free port."""
-    stack: Stack = await make_stack()
-    runner = web.ServerRunner(wiring.proxy_server(stack.proxy))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield stack, int(runner.addresses[0][1])
-    await runner.cleanup()
 
 
 async def _upstream_requests(stack: Stack) -> int:

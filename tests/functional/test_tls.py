@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import trustme
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from proxy.config import Tls
+from proxy.config import Timeouts, Tls
 from proxy.errors import PROXY_HEADER
 from proxy.simulator import SimConfig, make_app
 from tests.conftest import Stack
@@ -51,14 +52,18 @@ async def tls_simulator(aiohttp_server: AiohttpServer, ca: trustme.CA) -> TestSe
     return await serve_tls(aiohttp_server, ca, "127.0.0.1", "localhost")
 
 
-async def assert_tls_failure(stack: Stack) -> None:
-    """One request gets the proxy's 502 and counts one upstream failure of kind tls."""
+async def assert_tls_failure(stack: Stack, kind: str, cause: str) -> None:
+    """One request gets the proxy's 502, counted once under ``kind``, logged with ``cause``."""
     response = await stack.client.get("/api/machines")
     assert response.status == 502
-    assert (await response.json())["error"]["code"] == "BadGateway"
+    error = (await response.json())["error"]
+    assert error["code"] == "BadGateway"
     assert response.headers[PROXY_HEADER] == "BadGateway"
-    assert stack.sample(FAILURES, route=ROUTE, kind="tls") == 1
+    assert stack.sample(FAILURES, route=ROUTE, kind=kind) == 1
     assert stack.sample(FAILURES, route=ROUTE, kind="connect") == 0
+    [line] = stack.logs.lines("request")
+    assert (line["status"], line["code"], line["target"]) == (502, "BadGateway", error["target"])
+    assert (line["kind"], line["cause"]) == (kind, cause)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
@@ -77,22 +82,74 @@ async def test_upstream_verified_against_the_ca_bundle(
 
 
 async def test_unknown_ca_is_a_tls_failure(make_stack: Any, tls_simulator: TestServer) -> None:
-    """Verified against the system CAs only, a private CA's certificate is a 502 counted as tls."""
+    """Verified against the system CAs only, a private CA's certificate is a tls_verify 502."""
     stack: Stack = await make_stack(
         upstream=f"https://127.0.0.1:{tls_simulator.port}", tls=Tls(verify=True)
     )
-    await assert_tls_failure(stack)
+    await assert_tls_failure(
+        stack, "tls_verify", "certificate verify failed: unable to get local issuer certificate"
+    )
 
 
 async def test_certificate_for_another_host_is_a_tls_failure(
     make_stack: Any, aiohttp_server: AiohttpServer, ca: trustme.CA, ca_bundle: str
 ) -> None:
-    """A trusted certificate that does not name the upstream's host is a 502 counted as tls."""
+    """A trusted certificate that does not name the upstream's host is a tls_verify 502."""
     server = await serve_tls(aiohttp_server, ca, "api.example.test")
     stack: Stack = await make_stack(
         upstream=f"https://127.0.0.1:{server.port}", tls=Tls(verify=True, ca_bundle=ca_bundle)
     )
-    await assert_tls_failure(stack)
+    await assert_tls_failure(
+        stack,
+        "tls_verify",
+        "certificate verify failed: IP address mismatch, certificate is not valid for '127.0.0.1'.",
+    )
+
+
+async def test_plain_http_behind_https_is_a_wrong_protocol(
+    make_stack: Any, simulator: TestServer, ca_bundle: str
+) -> None:
+    """A plain-HTTP server behind an https:// upstream is a tls_protocol 502, not a verify one."""
+    stack: Stack = await make_stack(
+        upstream=f"https://127.0.0.1:{simulator.port}", tls=Tls(verify=True, ca_bundle=ca_bundle)
+    )
+    await assert_tls_failure(
+        stack,
+        "tls_protocol",
+        "the upstream did not answer in TLS (wrong version number): "
+        "plain HTTP behind an https:// upstream?",
+    )
+
+
+async def test_silent_server_behind_https_times_out_in_the_handshake(
+    make_stack: Any, ca_bundle: str
+) -> None:
+    """A server that accepts TCP but never answers the ClientHello is a 504 naming the handshake."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        stack: Stack = await make_stack(
+            upstream=f"https://127.0.0.1:{port}",
+            tls=Tls(verify=True, ca_bundle=ca_bundle),
+            timeouts=Timeouts(connect=0.3, read=2.0),
+        )
+        response = await stack.client.get("/api/machines")
+        assert response.status == 504
+        assert (await response.json())["error"]["code"] == "GatewayTimeout"
+        assert stack.sample(FAILURES, route=ROUTE, kind="connect_timeout") == 1
+        [line] = stack.logs.lines("request")
+        assert line["cause"] == "timed out in the TLS handshake (0.3s)"
+        assert len(accepted) == 1
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_verify_false_accepts_any_certificate(

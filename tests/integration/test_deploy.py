@@ -104,7 +104,7 @@ def _settings(overlay: str, workload: Doc, container: Doc) -> Settings:
 
 
 def _port(container: Doc, name: str) -> int:
-    return next(p["containerPort"] for p in container.get("ports", ()) if p["name"] == name)
+    return int(next(p["containerPort"] for p in container.get("ports", ()) if p["name"] == name))
 
 
 def _selects(selector: Doc, labels: dict[str, str]) -> bool:
@@ -258,7 +258,8 @@ def test_overlay_config_differs_from_the_base_only_where_intended(overlay: str) 
     """An overlay's config.yaml repeats the base's, changing only the keys its deployment needs."""
 
     def load(directory: str) -> Doc:
-        return yaml.safe_load((DEPLOY / directory / "config.yaml").read_text(encoding="utf-8"))
+        doc: Doc = yaml.safe_load((DEPLOY / directory / "config.yaml").read_text(encoding="utf-8"))
+        return doc
 
     base, config = load(BASE), load(overlay)
     if overlay == GATEWAY:

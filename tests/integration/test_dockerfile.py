@@ -124,3 +124,23 @@ def test_runtime_copies_only_the_venv(instructions: list[tuple[str, str]]) -> No
 def test_no_healthcheck(instructions: list[tuple[str, str]]) -> None:
     """The image has no HEALTHCHECK: Kubernetes probes /healthz and /readyz instead."""
     assert "HEALTHCHECK" not in {keyword for keyword, _ in instructions}
+
+
+def test_the_image_installs_only_from_the_lock(instructions: list[tuple[str, str]]) -> None:
+    """Every pip install in the build reads a lock with hashes required, or adds the project's
+    own wheel without dependencies; the runtime set is among them."""
+    build = [args for keyword, args in _stages(instructions)[0] if keyword == "RUN"]
+    installs = [
+        command.split()
+        for run in build
+        for command in run.split("&&")
+        if re.search(r"\bpip install\b", command)
+    ]
+    locks: set[str] = set()
+    for words in installs:
+        if "--require-hashes" in words:
+            locks.update(words[i + 1] for i, word in enumerate(words) if word == "-r")
+        else:
+            assert "--no-deps" in words, f"{' '.join(words)}: neither the lock nor --no-deps"
+            assert words[-1].endswith(".whl"), f"{' '.join(words)}: not the project's wheel"
+    assert "requirements/runtime.txt" in locks

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +28,15 @@ def _free_ports(count: int) -> list[int]:
         if port < 55000 and port not in ports:
             ports.append(port)
     return ports
+
+
+def _open_sockets() -> int:
+    """Sockets this process holds open (other descriptors come and go with pytest's own doings)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 class Cluster:
@@ -128,11 +139,13 @@ async def test_admissions_on_a_cluster(cluster: Cluster) -> None:
     quotas = [
         Quota(f"dp:{{test:route{i}}}", as_windows([(2, 60.0), (5, 3600.0)], 0.0)) for i in range(6)
     ]
-    for quota in quotas:  # six routes spread over the three masters' slots
-        decisions = [await store.admit(quota, f"m{i}", 0.0, 0.0, False) for i in range(3)]
-        assert [d.admitted for d in decisions] == [True, True, False]
-        assert decisions[1].remaining == (0, 3)
-    await store.close()
+    try:
+        for quota in quotas:  # six routes spread over the three masters' slots
+            decisions = [await store.admit(quota, f"m{i}", 0.0, 0.0, False) for i in range(3)]
+            assert [d.admitted for d in decisions] == [True, True, False]
+            assert decisions[1].remaining == (0, 3)
+    finally:
+        await store.close()
 
 
 async def test_a_master_going_away_falls_back_to_the_local_share(cluster: Cluster) -> None:
@@ -145,14 +158,41 @@ async def test_a_master_going_away_falls_back_to_the_local_share(cluster: Cluste
         expected_replicas=2,
         on_change=changes.append,
     )
-    assert await store.warm()
-    quota = Quota("dp:{test:lost}", as_windows([(4, 60.0)], 0.0))
-    assert (await store.admit(quota, "before", 0.0, 0.0, False)).admitted
-    owner = store.shared.client.get_node_from_key("dp:{test:lost}:w60000000")
-    cluster.stop_node(owner.port)
-    decisions = [await store.admit(quota, f"m{i}", 0.0, 0.0, False) for i in range(4)]
-    # Local share 4 // 2 = 2; this replica already sent 1, and half of the 3 left is 2: one more.
-    assert [d.admitted for d in decisions] == [True, False, False, False]
-    assert changes == [True]
-    assert store.in_fallback
-    await store.close()
+    try:
+        assert await store.warm()
+        quota = Quota("dp:{test:lost}", as_windows([(4, 60.0)], 0.0))
+        assert (await store.admit(quota, "before", 0.0, 0.0, False)).admitted
+        owner = store.shared.client.get_node_from_key("dp:{test:lost}:w60000000")
+        cluster.stop_node(owner.port)
+        decisions = [await store.admit(quota, f"m{i}", 0.0, 0.0, False) for i in range(4)]
+        # Local share 4 // 2 = 2; this replica already sent 1, and half of the 3 left is 2: one more.
+        assert [d.admitted for d in decisions] == [True, False, False, False]
+        assert changes == [True]
+        assert store.in_fallback
+    finally:
+        await store.close()
+
+
+async def test_closing_after_a_master_went_away_closes_every_connection(cluster: Cluster) -> None:
+    """After redis-py gave up on a lost master, closing the store closes every node's connections."""
+    before = _open_sockets()
+    # A call budget longer than the client's own retries, so the admission ends in redis-py's
+    # ConnectionError: the path after which the cluster client's aclose() alone closes nothing.
+    store = FallbackStore(
+        RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", timeout=0.5),
+        timeout=10.0,
+        cooldown=30.0,
+        expected_replicas=2,
+    )
+    try:
+        assert await store.warm()
+        quota = Quota("dp:{test:closing}", as_windows([(4, 60.0)], 0.0))
+        assert (await store.admit(quota, "before", 0.0, 0.0, False)).admitted
+        assert _open_sockets() > before
+        owner = store.shared.client.get_node_from_key("dp:{test:closing}:w60000000")
+        cluster.stop_node(owner.port)
+        assert (await store.admit(quota, "after", 0.0, 0.0, False)).admitted
+        assert store.in_fallback
+    finally:
+        await store.close()
+    assert _open_sockets() == before

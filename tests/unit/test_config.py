@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
 from proxy.catalogue import CATALOGUE, OTHER
 from proxy.config import (
@@ -50,6 +52,13 @@ def problems_of(data: object, environ: dict[str, str] | None = None) -> list[str
     return caught.value.problems
 
 
+def ca_file(tmp_path: Path) -> Path:
+    """A PEM file holding one CA certificate, under ``tmp_path``."""
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return path
+
+
 def write(tmp_path: Path, text: str, name: str = "contoso.yaml") -> str:
     """Write ``text`` to a config file under ``tmp_path`` and return its path."""
     path = tmp_path / name
@@ -91,8 +100,7 @@ def test_empty_section_gives_that_sections_defaults() -> None:
 
 def test_full_example_parses_to_the_expected_values(tmp_path: Path) -> None:
     """Every key of the documented example is read, with units converted."""
-    bundle = tmp_path / "custom.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    bundle = ca_file(tmp_path)
     path = write(tmp_path, FULL_EXAMPLE.replace("CA_BUNDLE", str(bundle)))
     settings = load_settings(path, environ={})
     assert settings == Settings(
@@ -252,8 +260,8 @@ def test_bad_size() -> None:
 
 def test_zero_size_is_a_problem() -> None:
     """Sizes must be greater than zero."""
-    assert problems_of({"limits": {"max_header_size": 0}}) == [
-        "contoso.yaml: limits.max_header_size: must be greater than 0, got 0"
+    assert problems_of({"limits": {"max_body": 0}}) == [
+        "contoso.yaml: limits.max_body: must be at least 1, got 0"
     ]
 
 
@@ -431,8 +439,7 @@ def test_ca_bundle_that_is_a_directory(tmp_path: Path) -> None:
 
 def test_verify_false_with_ca_bundle_is_a_contradiction(tmp_path: Path) -> None:
     """Turning verification off while giving a CA bundle is a problem."""
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("x", encoding="utf-8")
+    bundle = ca_file(tmp_path)
     (problem,) = problems_of({"tls": {"verify": False, "ca_bundle": str(bundle)}})
     assert problem.startswith("contoso.yaml: tls: verify is false")
 
@@ -710,7 +717,7 @@ def test_throttle_example_parses_to_the_expected_values(tmp_path: Path) -> None:
     ids=repr,
 )
 def test_throttle_edge_values_are_accepted(
-    section: dict[str, object], expected: dict[str, object]
+    section: dict[str, object], expected: dict[str, Any]
 ) -> None:
     """Values at the edge of each allowed range are accepted and converted."""
     assert throttle_of(section) == dataclasses.replace(Throttle(), **expected)
@@ -728,7 +735,7 @@ def test_throttle_edge_values_are_accepted(
         ({"bulk_reserve": -0.1}, "bulk_reserve: expected a number from 0 up to (not including) 1, got -0.1"),
         ({"bulk_reserve": True}, "bulk_reserve: expected a number from 0 up to (not including) 1, got True"),
         ({"bulk_reserve": "20%"}, "bulk_reserve: expected a number from 0 up to (not including) 1, got '20%'"),
-        ({"fallback": {"expected_replicas": 0}}, "fallback.expected_replicas: expected a whole number of at least 1, got 0"),
+        ({"fallback": {"expected_replicas": 0}}, "fallback.expected_replicas: expected a whole number from 1 to 1000, got 0"),
         ({"fallback": {"cooldown": 0}}, "fallback.cooldown: must be greater than 0, got 0"),
         ({"mode": "observe"}, "mode: expected one of enforce, shadow, got 'observe'"),
     ],

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ProxyError, RefusalError
-from proxy.guard import check_body_size, upstream_target
+from proxy.guard import MAX_PATH, check_body_size, upstream_target
 
 UPSTREAM = "https://api.security.microsoft.com"
 
@@ -218,6 +218,39 @@ def test_encoded_separator_in_path_refused(target: str) -> None:
     assert "separators" in exc.message
 
 
+# --- path length ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/machines/" + "Export(" * 600,
+        "/api/machines/" + "x" * MAX_PATH,
+        "/api/machines/1e5a2b/isolate" + "/" * MAX_PATH,
+        UPSTREAM + "/" + "a" * MAX_PATH + "?q=1",
+    ],
+)
+def test_path_over_the_bound_refused(target: str) -> None:
+    """A path longer than MAX_PATH is refused with 414 UriTooLong before it is routed."""
+    exc = refusal("GET", target)
+    assert (exc.status, exc.code) == (414, "UriTooLong")
+    assert str(MAX_PATH) in exc.message
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/" + "a" * (MAX_PATH - 1),
+        "/api/machines/" + "%41" * ((MAX_PATH - 14) // 3),
+        "/api/machines?$filter=" + "x" * (2 * MAX_PATH),
+    ],
+)
+def test_path_at_the_bound_passes(target: str) -> None:
+    """A path of up to MAX_PATH characters as sent passes, whatever the length of the query."""
+    assert len(target.partition("?")[0]) <= MAX_PATH
+    assert upstream_target("GET", target, UPSTREAM) == target
+
+
 # --- body size ------------------------------------------------------------------------------------
 
 
@@ -232,7 +265,7 @@ def test_body_over_limit_refused() -> None:
 @pytest.mark.parametrize("length", [None, 0, 1023, 1024])
 def test_body_at_or_under_limit_allowed(length: int | None) -> None:
     """A declared body at or under the limit, or no declared length, is allowed."""
-    assert check_body_size(length, 1024) is None
+    check_body_size(length, 1024)  # raises RefusalError when refused
 
 
 # --- properties -----------------------------------------------------------------------------------

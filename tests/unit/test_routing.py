@@ -1,14 +1,26 @@
-"""Tests for proxy.routing and proxy.catalogue: every documented route, pattern errors, bounded names."""
+"""Tests for proxy.routing and proxy.catalogue: every documented route, pattern errors, bounded names,
+the same answers as the regular expression the router replaced, and work that does not grow with
+an adversarial path."""
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+from urllib.parse import quote
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy import routing
 from proxy.catalogue import CATALOGUE, OTHER, RouteSpec
-from proxy.routing import PatternError, Router, compile_pattern
+from proxy.guard import MAX_PATH
+from proxy.routing import PatternError, Router, compile_pattern, fold
 from proxy.units import Limit
+from tests.regex_router import RegexRouter
 
 ROUTER = Router()
 
@@ -245,3 +257,176 @@ def test_match_never_raises_and_names_are_bounded(method: str, path: str) -> Non
 def test_match_names_bounded_for_near_misses(prefix: str, rest: str) -> None:
     """Paths that start like a real route still map into the closed name set."""
     assert ROUTER.match("GET", prefix + rest).name in ROUTER.names
+
+
+# --- the same answers as the regular expression the router replaced ---------------------------
+
+ORACLE = RegexRouter()
+DIFFERENTIAL = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+# Characters that stress folding (ſ is an s, K the Kelvin sign a k, ı and İ are i to re.IGNORECASE),
+# the OData call's parentheses, the newline that '**' never spans, and plain letters.
+_CHARS = st.sampled_from([*"abkisXYZ09-_.,'=:$ ", *"ſKıİΣσςßẞé", "(", ")", "\n", "%", "%25"])
+_TEXT = st.lists(_CHARS, max_size=10).map("".join)
+_NONEMPTY = st.lists(_CHARS, min_size=1, max_size=10).map("".join)
+_CASES: list[Callable[[str], str]] = [
+    str,
+    str.upper,
+    str.lower,
+    str.swapcase,
+    lambda text: text.replace("s", "ſ").replace("k", "\u212a").replace("i", "ı"),
+    lambda text: text.replace("I", "İ").replace("S", "ſ"),
+]
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "Post"]
+
+
+@st.composite
+def _catalogue_request(
+    draw: st.DrawFn, specs: tuple[RouteSpec, ...] = CATALOGUE
+) -> tuple[str, str]:
+    """A method and a path built from one of the patterns: params filled in, then varied."""
+    pattern = draw(st.sampled_from([p for spec in specs for p in spec.match]))
+    method, _, path = pattern.partition(" ")
+    segments = path.strip("/").split("/") if path.strip("/") else []
+    filled: list[str] = []
+    for segment in segments:
+        if segment == "**":
+            filled.extend(draw(st.lists(_TEXT, max_size=3)))
+        elif segment.startswith("{"):
+            filled.append(draw(_NONEMPTY))
+        else:
+            first, *rest = segment.split("*")
+            filled.append(first + "".join(draw(_TEXT) + piece for piece in rest))
+    if draw(st.booleans()) and filled:  # an OData call, or something like one
+        at = draw(st.integers(0, len(filled) - 1))
+        filled[at] += draw(st.sampled_from(["({})", "({}", "{})", "(({}))", "({})x"])).format(
+            draw(_TEXT)
+        )
+    text = "/" + "/".join(filled)
+    if text.lower().startswith("/api") and draw(st.booleans()):
+        text = "/api/" + draw(st.sampled_from(["v1.0", "V1.0", "v1.0()", "v2.0"])) + text[4:]
+    text = draw(st.sampled_from(_CASES))(text)
+    text += draw(st.sampled_from(["", "", "/", "//", "/x", "\n"]))
+    if draw(st.booleans()):
+        text = quote(text, safe=draw(st.sampled_from(["/", "/()", "/abcdefghijklmnopqrstuvwxyz"])))
+    if method == "*":
+        method = draw(st.sampled_from([*_METHODS, "PROPFIND", "X", ""]))
+    elif draw(st.integers(0, 3)) == 0:
+        method = draw(st.sampled_from([*_METHODS, "PROPFIND", "poſt"]))
+    return draw(st.sampled_from([method, method.lower()])), text
+
+
+@DIFFERENTIAL
+@given(request=_catalogue_request())
+def test_router_answers_as_the_regular_expression_did(request: tuple[str, str]) -> None:
+    """For paths built from the catalogue's own patterns, the route is the old expression's."""
+    method, path = request
+    assert ROUTER.match(method, path) is ORACLE.match(method, path)
+
+
+_PATTERN_SEGMENTS = st.sampled_from(
+    ["api", "API", "v1.0", "{id}", "*", "**", "a*", "*b", "a*b*c", "ab", "aſ", "(x)", "k", "K"]
+)
+_PATTERNS = st.builds(
+    lambda method, segments, end: f"{method} /" + "/".join(segments) + end,
+    st.sampled_from(["GET", "get", "POST", "*", "HEAD"]),
+    st.lists(_PATTERN_SEGMENTS, max_size=4),
+    st.sampled_from(["", "/", "/**"]),
+)
+
+
+@DIFFERENTIAL
+@given(patterns=st.lists(_PATTERNS, min_size=1, max_size=5), data=st.data())
+def test_custom_routes_answer_as_the_regular_expression_did(
+    patterns: list[str], data: st.DataObject
+) -> None:
+    """Globs, '**', a bare '/', 'api' and first-entry-wins route as the old expression did."""
+    specs = tuple(RouteSpec(f"r{i}", (p,), (Limit(1, 1.0),)) for i, p in enumerate(patterns))
+    try:
+        router = Router(specs)
+    except PatternError:  # checked by the same code as before: see test_bad_pattern_is_refused
+        return
+    oracle = RegexRouter(specs)
+    for _ in range(5):
+        method, path = data.draw(_catalogue_request(specs) | st.tuples(st.just("GET"), _TEXT))
+        assert router.match(method, path) is oracle.match(method, path), (method, path)
+
+
+def test_fold_is_the_case_equivalence_of_regular_expressions() -> None:
+    """Two characters fold alike exactly when re.IGNORECASE holds them equal, for every cased one."""
+    chars = (chr(code) for code in range(0x110000) if not 0xD800 <= code < 0xE000)
+    cased = [c for c in chars if c.lower() != c or c.upper() != c or fold(c) != c]
+    everything = "".join(cased)
+    assert len(fold(everything)) == len(everything)
+    classes: dict[str, set[str]] = {}
+    for char in cased:
+        classes.setdefault(fold(char), set()).add(char)
+    for char in cased:
+        equal = set(re.findall(re.escape(char), everything, re.IGNORECASE))
+        assert equal == classes[fold(char)], char
+
+
+# --- work that does not grow with the path ---------------------------------------------------------
+
+
+def _routing_steps(method: str, path: str) -> tuple[int, list[str]]:
+    """Python lines run inside proxy.routing by one ``ROUTER.match``, and its regex calls."""
+    lines = 0
+    regex_calls: list[str] = []
+
+    def trace_lines(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal lines
+        if event == "line":
+            lines += 1
+        return trace_lines
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        # Only the router's own frames: percent-decoding is the standard library's (linear) work.
+        return trace_lines if frame.f_code.co_filename == routing.__file__ else None
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        mine = frame.f_code.co_filename == routing.__file__
+        if mine and event == "c_call" and isinstance(getattr(arg, "__self__", None), re.Pattern):
+            regex_calls.append(arg.__qualname__)
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    sys.setprofile(profile)
+    try:
+        ROUTER.match(method, path)
+    finally:
+        sys.setprofile(None)
+        sys.settrace(previous)
+    return lines, regex_calls
+
+
+@pytest.mark.parametrize(
+    ("method", "prefix", "piece", "suffix"),
+    [
+        pytest.param("GET", "/api/machines/", "Export(", "", id="export-calls"),
+        pytest.param("GET", "/api/machines/", "(", "", id="open-parentheses"),
+        pytest.param("GET", "/api/machines/", "()", "", id="empty-calls"),
+        pytest.param("GET", "/api/machines/", "x", "Export()", id="long-glob"),
+        pytest.param("GET", "/api/machines/", "findbyip(", ")", id="call-of-calls"),
+        pytest.param("GET", "/api", "/a", "", id="many-segments"),
+        pytest.param("POST", "/v1.0/security", "/a", "", id="many-segments-under-**"),
+        pytest.param("GET", "/api/machines/", "ſ", "", id="non-ascii"),
+        pytest.param("GET", "/api/machines/", "%41", "/isolate", id="percent-escapes"),
+    ],
+)
+def test_adversarial_path_costs_what_a_short_one_does(
+    method: str, prefix: str, piece: str, suffix: str
+) -> None:
+    """Routing a 4 KiB adversarial path runs the router's code as often as a short one, no regex."""
+    path = prefix + piece * ((MAX_PATH - len(prefix) - len(suffix)) // len(piece)) + suffix
+    # Short, but past the longest literal of the catalogue, so that every comparison is the same.
+    short = prefix + piece * (64 // len(piece)) + suffix
+    assert MAX_PATH - len(piece) < len(path) <= MAX_PATH
+    assert ROUTER.match(method, path) is ORACLE.match(method, path)
+    assert ROUTER.match(method, short) is ORACLE.match(method, short)
+    long_steps, long_regex = _routing_steps(method, path)
+    short_steps, short_regex = _routing_steps(method, short)
+    assert long_regex == short_regex == []
+    assert long_steps == short_steps

@@ -15,6 +15,7 @@ from pytest_aiohttp import AiohttpServer
 from proxy.errors import UpstreamError
 from proxy.simulator import SimConfig, make_app
 from proxy.upstream import Pool, Response
+from proxy.upstream.connection import SENDING_BODY
 
 MACHINES = (
     b'{"@odata.context":"https://api.security.microsoft.com/api/$metadata#Machines","value":[]}'
@@ -171,7 +172,9 @@ async def test_interim_103_is_skipped(make_pool: MakePool) -> None:
     assert header(response, b"Link") is None
     assert header(response, b"Content-Length") == str(len(body)).encode()
     assert orjson.loads(body)["error"]["code"] == "NotFound"
-    assert orjson.loads(body)["error"]["target"] == header(response, b"X-Sim-Target").decode()
+    target = header(response, b"X-Sim-Target")
+    assert target is not None
+    assert orjson.loads(body)["error"]["target"] == target.decode()
     # The interim answer left the connection in step: it is reused for the next one.
     assert pool.idle_connections == 1
     response, body = await fetch(pool)
@@ -239,7 +242,7 @@ async def test_content_length_request_body_arrives_whole(make_pool: MakePool) ->
 
 
 async def test_oversized_response_headers_are_502(make_pool: MakePool) -> None:
-    """Response headers past max_header_size are a 502 of kind other, and the connection goes."""
+    """Response headers past max_header_size are a 502 of kind protocol; the connection goes."""
     pool = make_pool(max_header_size=1024)
     simulate = ";".join(f"set-header=X-Pad-{i}:{'v' * 60}" for i in range(20))
     with pytest.raises(UpstreamError) as caught:
@@ -247,22 +250,22 @@ async def test_oversized_response_headers_are_502(make_pool: MakePool) -> None:
     assert (caught.value.status, caught.value.code, caught.value.kind) == (
         502,
         "BadGateway",
-        "other",
+        "protocol",
     )
     assert pool.open_connections == 0
     response, _ = await fetch(pool, "set-header=X-Pad:" + "v" * 100)
     assert response.status == 200
 
 
-async def test_refused_connection_is_502_connect(make_pool: MakePool) -> None:
-    """Nothing listening on the upstream port is a 502 of kind connect, and nothing stays open."""
+async def test_refused_connection_is_502_refused(make_pool: MakePool) -> None:
+    """Nothing listening on the upstream port is a 502 of kind refused, and nothing stays open."""
     pool = make_pool("http://127.0.0.1:9")
     with pytest.raises(UpstreamError) as caught:
         await fetch(pool)
     assert (caught.value.status, caught.value.code, caught.value.kind) == (
         502,
         "BadGateway",
-        "connect",
+        "refused",
     )
     assert pool.open_connections == 0
 
@@ -270,21 +273,21 @@ async def test_refused_connection_is_502_connect(make_pool: MakePool) -> None:
 async def test_headers_slower_than_read_timeout_are_504(
     make_pool: MakePool, simulator: TestServer
 ) -> None:
-    """Response headers later than read_timeout are a 504 of kind timeout; the connection goes."""
+    """Response headers later than read_timeout are a 504 of kind read_timeout; the connection goes."""
     pool = make_pool(read_timeout=0.3)
     with pytest.raises(UpstreamError) as caught:
         await fetch(pool, "slow=2s")
     assert (caught.value.status, caught.value.code, caught.value.kind) == (
         504,
         "GatewayTimeout",
-        "timeout",
+        "read_timeout",
     )
     assert pool.open_connections == 0
     await wait_for_upstream_connections(simulator, 0)
 
 
 async def test_body_stalling_past_read_timeout_is_a_timeout(make_pool: MakePool) -> None:
-    """A body that stops flowing for longer than read_timeout makes read raise kind timeout."""
+    """A body that stops flowing for longer than read_timeout makes read raise kind read_timeout."""
     pool = make_pool(read_timeout=0.3)
     response = await pool.request(
         "GET", "/", [(b"X-Simulate", b"download=1MiB;stall-body=2s")], None, False
@@ -300,7 +303,7 @@ async def test_body_stalling_past_read_timeout_is_a_timeout(make_pool: MakePool)
         response.release()
     assert response.status == 200
     assert failure is not None
-    assert (failure.status, failure.kind) == (502, "timeout")
+    assert (failure.kind, failure.cause) == ("read_timeout", "timed out reading the response body")
     assert 0 < received < 1024 * 1024
     assert pool.open_connections == 0
 
@@ -350,3 +353,36 @@ async def test_closing_the_pool_closes_idle_connections(
     assert pool.open_connections == 0
     assert pool.idle_connections == 0
     await wait_for_upstream_connections(simulator, 0)
+
+
+async def test_an_upstream_that_stops_reading_the_body_is_a_504_write_timeout(
+    make_pool: MakePool,
+) -> None:
+    """A request body the upstream stops taking fails after read_timeout as write_timeout."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def deaf(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(
+            writer
+        )  # its reader's buffer fills, then the kernel's: nothing more is read
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b"x" * 2**20
+        for _ in range(256):
+            yield chunk
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    try:
+        pool = make_pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", read_timeout=0.3)
+        length = [(b"Content-Length", str(256 * 2**20).encode())]
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("POST", "/api/indicators", length, endless(), False)
+        error = caught.value
+        assert (error.status, error.code, error.kind) == (504, "GatewayTimeout", "write_timeout")
+        assert error.cause == SENDING_BODY
+        assert pool.open_connections == 0
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,82 @@
+"""What a fresh process imports to build and start the app: the Redis client only when it is used.
+
+redis-py adds about 7 MiB to every process, and the lean RESP client and the Redis store are of no
+use with the in-process store; ``proxy.quota.make_store`` imports them only when a ``redis://``
+store is configured, and redis-py only for what the lean client does not serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import orjson
+
+from tests.redisproc import RedisServer
+
+# Build the app with the settings the environment gives, start it (the admin app's cleanup context
+# opens the upstream pool, opens the quota store and warms it), stop it, and print what it imported.
+_START = """
+import asyncio, json, sys
+from aiohttp import web
+from proxy.app import build
+from proxy.config import load_settings
+
+async def main():
+    _, admin = build(load_settings())
+    runner = web.AppRunner(admin)
+    await runner.setup()
+    await runner.cleanup()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+REDIS_CLIENT = ("proxy.quota.fallback", "proxy.quota.redis_store", "proxy.quota.resp")
+
+
+async def _modules_after_start(store: str) -> set[str]:
+    """The names in ``sys.modules`` of a fresh interpreter that built and started the app."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFENDER_PROXY_")}
+    env |= {
+        "DEFENDER_PROXY_STORE": store,
+        "DEFENDER_PROXY_UPSTREAM": "http://127.0.0.1:9",  # never called: nothing is forwarded
+        "DEFENDER_PROXY_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _START, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert b"quota store unreachable" not in out  # the store was reached: the app really started
+    names: list[str] = orjson.loads(out.splitlines()[-1])
+    return set(names)
+
+
+def _redis_py(modules: set[str]) -> set[str]:
+    return {name for name in modules if name == "redis" or name.startswith("redis.")}
+
+
+async def test_the_memory_store_imports_no_redis_client() -> None:
+    """With the in-process store, neither redis-py nor the lean client nor the Redis store load."""
+    modules = await _modules_after_start("memory")
+    assert "proxy.app" in modules
+    assert "proxy.quota.memory" in modules
+    assert _redis_py(modules) == set()
+    assert modules.isdisjoint(REDIS_CLIENT)
+
+
+async def test_a_redis_url_imports_the_lean_client_only(redis_server: RedisServer) -> None:
+    """A plain redis:// store loads the Redis store and the lean RESP client, not redis-py."""
+    modules = await _modules_after_start(redis_server.url)
+    assert modules.issuperset(REDIS_CLIENT)
+    assert _redis_py(modules) == set()
+
+
+async def test_a_redis_url_with_options_imports_redis_py(redis_server: RedisServer) -> None:
+    """A redis:// store with query options is served by redis-py, so redis-py is imported."""
+    modules = await _modules_after_start(f"{redis_server.url}?client_name=defender-proxy")
+    assert modules.issuperset(REDIS_CLIENT)
+    assert {"redis", "redis.asyncio"} <= _redis_py(modules)
