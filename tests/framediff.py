@@ -341,6 +341,14 @@ def _check_reading(
     """The proxy read the caller's requests as RFC 9112 does: same boundaries, same bodies."""
     out: list[Mismatch] = []
     bodies = {id(x): bytes(u.body) for x, u in zip(forwarded, complete or [], strict=False)}
+    # A server may end a connection after any answer that says so (RFC 9112 §9.6); the requests
+    # after it were never read, and a client sends them again on a new connection.
+    answered = [x for x in handled if x.get("status") != 499]
+    closing = {
+        id(x)
+        for x, answer in zip(answered, seen.answers, strict=False)
+        if "close" in (answer.header("connection") or "").lower()
+    }
     sent = conversation.requests
     index = 0
     stopped = False
@@ -377,7 +385,7 @@ def _check_reading(
         elif not (seen.stalled and line["status"] == 499):
             out.append(Mismatch("proxy-failed", f"{request.rid}: {line['status']} "
                                 f"{line.get('code')} {line.get('message')}"))  # fmt: skip
-        stopped = request.closes
+        stopped = request.closes or id(line) in closing
     if not stopped and not seen.stalled:
         out.append(Mismatch("unanswered", f"the proxy closed after reading {index} of "
                             f"{len(sent)} requests"))  # fmt: skip
