@@ -157,3 +157,10 @@ def test_a_refusal_reaches_a_caller_still_sending(harness: tuple[asyncio.Runner,
     )
     raw = first + b"b\r\n\r\n"
     _check(harness, _one(raw, b"", Reading.LENIENT, writes=(len(first),)))
+
+
+def test_an_answer_reaches_a_caller_still_sending(harness: tuple[asyncio.Runner, Harness]) -> None:
+    """An upstream answer survives the proxy closing while the caller's next request arrives."""
+    raw = b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    # The next request arrives in three pieces: while the proxy answers, and after it closes.
+    _check(harness, _one(raw, b"", Reading.PLAIN, writes=(len(raw) + 15, len(raw) + 50)))
