@@ -134,7 +134,7 @@ _CONNECTION_TOKENS = (
     "x-absent", "upgrade",
 )  # fmt: skip
 
-# Plain framing six times in twelve (or fourteen): most requests must get through to the oddities.
+# Plain framing in 6 of 21 (6 of 14) draws: enough requests get through to reach what follows.
 _CL_FORMS = ("plain",) * 6 + (
     "ows", "zeros", "list", "twice", "fold", "plus", "minus", "underscore", "space-inside", "hex",
     "decimal", "empty", "list-differs", "twice-differs", "space-before-colon",
