@@ -1,8 +1,10 @@
-"""The long fuzz run: the properties of tests/unit/test_fuzz.py with many more examples.
+"""The long fuzz run: the properties of tests/unit/test_fuzz.py and the differential framing
+property of tests/functional/test_framing_diff.py, with many more examples.
 
 ``make fuzz`` (``python -m fuzz.run``) runs each property in its own pytest process, two at a time
 by default, with ``FUZZ_EXAMPLES`` set to its share below: the classifier and the guard get
-100,000 cases each, the router and the label budget fewer (they are cheap and narrow). It prints
+100,000 cases each, the framing property 50,000 (in two processes of 25,000, one per core), the
+router and the label budget fewer (they are cheap and narrow). It prints
 how many examples hypothesis ran for each property (its own statistics), how long each took, and
 the totals; it exits non-zero if any property failed. ``--scale 0.01`` makes a quick trial run.
 """
@@ -20,16 +22,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "tests/unit/test_fuzz.py"
+FRAMING = "tests/functional/test_framing_diff.py::test_upstream_parses_exactly_what_the_proxy_read"
 
-#: (area, property, examples): what ``make fuzz`` runs.
+#: (area, pytest node, examples): what ``make fuzz`` runs. The framing property runs in two
+#: processes (each draws its own random cases), so both cores send conversations through a proxy.
 SHARES: tuple[tuple[str, str, int], ...] = (
-    ("classifier", "test_classify_never_raises_and_bounds_every_field", 80_000),
-    ("classifier", "test_classify_reads_an_encoded_envelope_as_its_plain_bytes", 20_000),
-    ("guard", "test_guard_returns_a_safe_path_or_refuses", 80_000),
-    ("guard", "test_guard_refuses_every_other_origin", 20_000),
-    ("router", "test_router_never_raises_and_names_a_known_route", 20_000),
-    ("router", "test_router_reads_percent_encoded_letters_as_the_letters", 10_000),
-    ("labels", "test_code_labels_stay_within_the_budget", 10_000),
+    ("framing", FRAMING, 25_000),
+    ("framing", FRAMING, 25_000),
+    ("classifier", f"{FILE}::test_classify_never_raises_and_bounds_every_field", 80_000),
+    ("classifier", f"{FILE}::test_classify_reads_an_encoded_envelope_as_its_plain_bytes", 20_000),
+    ("guard", f"{FILE}::test_guard_returns_a_safe_path_or_refuses", 80_000),
+    ("guard", f"{FILE}::test_guard_refuses_every_other_origin", 20_000),
+    ("router", f"{FILE}::test_router_never_raises_and_names_a_known_route", 20_000),
+    ("router", f"{FILE}::test_router_reads_percent_encoded_letters_as_the_letters", 10_000),
+    ("labels", f"{FILE}::test_code_labels_stay_within_the_budget", 10_000),
 )
 _PASSING = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid")
 
@@ -47,12 +53,13 @@ class Result:
     output: str
 
 
-async def _run(area: str, name: str, examples: int, gate: asyncio.Semaphore) -> Result:
+async def _run(area: str, node: str, examples: int, gate: asyncio.Semaphore) -> Result:
+    name = node.rpartition("::")[2]
     async with gate:
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=0",
-            "--hypothesis-show-statistics", f"{FILE}::{name}",
+            "--hypothesis-show-statistics", node,
             cwd=ROOT, env={**os.environ, "FUZZ_EXAMPLES": str(examples)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
@@ -63,7 +70,11 @@ async def _run(area: str, name: str, examples: int, gate: asyncio.Semaphore) -> 
     passing = sum(int(found[0]) for found in _PASSING.findall(text))
     result = Result(area, name, examples, passing, seconds, proc.returncode == 0, text)
     mark = "ok" if result.ok else "FAILED"
-    print(f"{mark:6} {passing:>9,} of {examples:,} cases {seconds:>7.1f} s  {name}", flush=True)
+    rate = passing / seconds if seconds else 0.0
+    print(
+        f"{mark:6} {passing:>9,} of {examples:,} cases {seconds:>7.1f} s {rate:>7.0f}/s  {name}",
+        flush=True,
+    )
     return result
 
 
