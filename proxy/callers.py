@@ -164,7 +164,11 @@ class CallerConnection(web.RequestHandler):
         if self._current_request is not None:
             # The handler is still reading it: the body ends with the parser's error, never
             # as if it were whole; nothing more of it can be read, so nothing to linger over.
-            payload.set_exception(BadHttpMessage("the request body's framing is invalid"))
+            error = BadHttpMessage("the request body's framing is invalid")
+            payload.set_exception(error)
+            # The parser may have woken the reader already in this same step: aiohttp's reader
+            # looks at the error only before it waits, so wake its next wait with it too.
+            self._loop.call_soon(payload.set_exception, error)
             self._lingering_time = 0.0
         else:
             # Only aiohttp's lingering read of a body the answer left unread waits on it.

@@ -352,3 +352,21 @@ async def test_a_refused_request_whose_body_then_breaks_is_answered_and_closed(
     assert await asyncio.wait_for(reader.read(), 5.0) == b""  # aiohttp lingers up to 10 s
     writer.close()
     assert [line["status"] for line in stack.logs.lines("request")] == [400]
+
+
+async def test_a_chunk_size_broken_at_the_start_of_a_read_is_refused(
+    served: tuple[Stack, int],
+) -> None:
+    """A chunked body whose next bytes start with a malformed chunk size, while the proxy waits
+    for them, gets its 400 at once (the parser wakes the reader before it reports the error)."""
+    _, port = served
+    head = b"POST /api/alerts HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the proxy is waiting for more of the body
+    writer.write(b"1 ;a=b\r\ny\r\n0\r\n\r\n")
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    writer.close()
+    assert answer.status == 400
+    assert orjson.loads(answer.body)["error"]["code"] == "BadRequest"
