@@ -7,8 +7,8 @@ the real proxy to an h11 upstream that records what it parses (``tests.framediff
 
 ``make test`` runs ``FUZZ_EXAMPLES`` cases (200 by default); ``make fuzz`` runs the property with
 50,000 through ``fuzz/run.py``; ``python -m fuzz.framing`` surveys the classes of mismatch. The
-pinned conversations below are classes the property found, each as its smallest raw reproducer:
-Connection naming the framing or Host (found on 8db9520), and those still open after it.
+pinned conversations below are the classes the property found (on 8db9520 and while the framing
+was being fixed), each as its smallest raw reproducer.
 """
 
 from __future__ import annotations
