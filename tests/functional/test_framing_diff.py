@@ -164,3 +164,13 @@ def test_an_answer_reaches_a_caller_still_sending(harness: tuple[asyncio.Runner,
     raw = b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     # The next request arrives in three pieces: while the proxy answers, and after it closes.
     _check(harness, _one(raw, b"", Reading.PLAIN, writes=(len(raw) + 15, len(raw) + 50)))
+
+
+def test_a_chunk_broken_after_its_data_is_answered(harness: tuple[asyncio.Runner, Harness]) -> None:
+    """A last chunk that breaks after the previous chunk's data was read whole is refused at once."""
+    first = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc"
+    )
+    raw = first + b"\r\n0 ;a=b\r\n\r\n"
+    _check(harness, _one(raw, b"abc", Reading.LENIENT, writes=(len(first),)))
