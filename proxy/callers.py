@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any, Final, cast
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import RawRequestMessage
 
@@ -121,6 +121,8 @@ class CallerConnection(web.RequestHandler):
         self._callers = manager
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False
+        #: the body of the last request parsed
+        self._payload: StreamReader | None = None
         #: when the connection began to wait for its current request head (monotonic)
         self.waiting_since = 0.0
 
@@ -141,21 +143,32 @@ class CallerConnection(web.RequestHandler):
         super().data_received(data)
         if self._messages:  # a whole head (or a parse error) is queued: the deadline is met
             self._disarm_head()
-            current = self._current_request
-            if current is not None and not isinstance(self._messages[-1][0], RawRequestMessage):
-                # The parser failed inside the body of the request being handled (a broken
-                # chunk, say): aiohttp queues a 400 for after it, and leaves the body waiting
-                # for bytes that will never be read. End the body with the parser's error.
-                payload = current.content
-                if not payload.is_eof():
-                    payload.set_exception(BadHttpMessage("the request body's framing is invalid"))
-                    # Nothing more of this body can be read: no lingering to drain it.
-                    self._lingering_time = 0.0
+            for message, payload in reversed(self._messages):
+                if isinstance(message, RawRequestMessage):
+                    self._payload = payload
+                    break
+            if not isinstance(self._messages[-1][0], RawRequestMessage):
+                self._body_broken()
         elif data:
             waiter = self._waiter
             if self._head_timer is None and waiter is not None and not waiter.done():
                 self._arm_head()  # the first bytes of a head on an idle kept-alive connection
             self._head_bytes = True
+
+    def _body_broken(self) -> None:
+        """The parser failed inside a request body (a broken chunk, say): aiohttp queues a 400 for
+        after the request and leaves its body waiting for bytes that will never be parsed."""
+        payload = self._payload
+        if payload is None or payload.is_eof():
+            return
+        if self._current_request is not None:
+            # The handler is still reading it: the body ends with the parser's error, never
+            # as if it were whole; nothing more of it can be read, so nothing to linger over.
+            payload.set_exception(BadHttpMessage("the request body's framing is invalid"))
+            self._lingering_time = 0.0
+        else:
+            # Only aiohttp's lingering read of a body the answer left unread waits on it.
+            payload.feed_eof()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_head()

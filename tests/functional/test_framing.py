@@ -331,3 +331,24 @@ async def test_a_coding_not_ending_in_chunked_is_refused_with_upgrade_too(
     answer = await exchange(port, raw)
     assert answer.status == 400
     assert await _upstream_requests(stack) == before
+
+
+async def test_a_refused_request_whose_body_then_breaks_is_answered_and_closed(
+    served: tuple[Stack, int],
+) -> None:
+    """A request refused before its body was read, whose body then fails to parse, still gets
+    its answer and its connection ends at once (aiohttp's lingering read does not wait on it)."""
+    stack, port = served
+    head = (
+        b"PATCH /api/machines/r0 HTTP/1.0\r\nHost: p\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: transfer-encoding\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    answer = await asyncio.wait_for(read_response(reader), 5.0)
+    writer.write(b"1000000000000000031\r\nPOST /x HTTP/1.1\r\nHost: p\r\n\r\n")
+    assert answer.status == 400
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # aiohttp lingers up to 10 s
+    writer.close()
+    assert [line["status"] for line in stack.logs.lines("request")] == [400]
