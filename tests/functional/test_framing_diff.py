@@ -7,8 +7,8 @@ the real proxy to an h11 upstream that records what it parses (``tests.framediff
 
 ``make test`` runs ``FUZZ_EXAMPLES`` cases (200 by default); ``make fuzz`` runs the property with
 50,000 through ``fuzz/run.py``; ``python -m fuzz.framing`` surveys the classes of mismatch. The
-pinned conversations below are classes the property found, each as its smallest raw reproducer:
-Connection naming the framing or Host (found on 8db9520), and those still open after it.
+pinned conversations below are the classes the property found (on 8db9520 and while the framing
+was being fixed), each as its smallest raw reproducer.
 """
 
 from __future__ import annotations
@@ -164,3 +164,13 @@ def test_an_answer_reaches_a_caller_still_sending(harness: tuple[asyncio.Runner,
     raw = b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     # The next request arrives in three pieces: while the proxy answers, and after it closes.
     _check(harness, _one(raw, b"", Reading.PLAIN, writes=(len(raw) + 15, len(raw) + 50)))
+
+
+def test_a_chunk_broken_after_its_data_is_answered(harness: tuple[asyncio.Runner, Harness]) -> None:
+    """A last chunk that breaks after the previous chunk's data was read whole is refused at once."""
+    first = (
+        b"POST /api/machines/r0 HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc"
+    )
+    raw = first + b"\r\n0 ;a=b\r\n\r\n"
+    _check(harness, _one(raw, b"abc", Reading.LENIENT, writes=(len(first),)))
