@@ -240,7 +240,7 @@ def start_simulator(cpu: int | None = None, *limits: str) -> Service:
 
 # The benchmark route's quota: large enough never to hold the load, so every admission is the
 # full decision (the log of admissions, the gauges) without turning the load into 429s.
-BENCH_THROTTLE = 'throttle:\n  routes:\n    - {name: machines.list, limits: ["100000000/1h"]}\n'
+BENCH_THROTTLE = 'throttle:\n  routes:\n    - {name: machines.list, limits: ["100000/1s"]}\n'
 
 
 @contextlib.contextmanager

@@ -20,8 +20,8 @@ CONFIG = (
     "timeouts: {caller: 2s, pool: 1s}\n"
     "pool: {max_connections: 4}\n"
     "throttle:\n  routes:\n"
-    '    - {name: machines.list, limits: ["100000000/1h"]}\n'
-    '    - {name: indicators.submit, limits: ["100000000/1h"]}\n'
+    '    - {name: machines.list, limits: ["100000/1s"]}\n'
+    '    - {name: indicators.submit, limits: ["100000/1s"]}\n'
 )
 STALLED = 12
 GET = b"GET /api/machines HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"

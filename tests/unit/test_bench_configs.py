@@ -1,0 +1,16 @@
+"""The configs the benchmarks start the proxy with are valid under the config's bounds."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bench.common import BENCH_THROTTLE
+from bench.stalled import CONFIG as STALLED
+from proxy.config import parse_settings
+
+
+@pytest.mark.parametrize("text", [BENCH_THROTTLE, STALLED], ids=["common", "stalled"])
+def test_bench_config_is_valid(text: str) -> None:
+    """A benchmark's proxy config passes the same checks as check-config."""
+    parse_settings(yaml.safe_load(text), "bench", environ={})
