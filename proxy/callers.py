@@ -121,6 +121,9 @@ class CallerConnection(web.RequestHandler):
         self._callers = manager
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False
+        self._write_timer: asyncio.TimerHandle | None = None
+        #: whether the caller was cut off for not taking its answer
+        self.stalled = False
         #: the body of the last request parsed
         self._payload: StreamReader | None = None
         #: when the connection began to wait for its current request head (monotonic)
@@ -174,7 +177,33 @@ class CallerConnection(web.RequestHandler):
             # Only aiohttp's lingering read of a body the answer left unread waits on it.
             payload.feed_eof()
 
+    # The deadline for taking an answer: armed only while the transport's buffer is full, so an
+    # answer that flows costs nothing.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(
+                self._callers.caller_timeout, self._write_late
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_late(self) -> None:
+        self._write_timer = None
+        self.stalled = True
+        self._callers.metrics.caller_timeouts.labels("answer").inc()
+        # The handler's write fails and it drops the upstream connection; the caller is reset.
+        self._lingering.abort()
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self._disarm_head()
         self._lingering.closed()
         super().connection_lost(exc)

@@ -217,46 +217,31 @@ class Proxy:
         response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
         if _ends_connection(request):
             response.force_close()
-        loop = asyncio.get_running_loop()
         try:
-            # Every wait for the caller to take more of the answer is bounded by timeouts.caller;
-            # the waits for the upstream are bounded by timeouts.read.
-            async with asyncio.timeout(None) as deadline:
-                await response.prepare(request)
-                # The head goes out with the body's first bytes in one write when they are here
-                # already, else on its own at once: a slow body must not hold back the status.
-                first = prefix or upstream.read_ready()
-                deadline.reschedule(loop.time() + self._caller_timeout)
-                await response.write(first)
-                outcome.bytes_out += len(first)
-                if not failed:
-                    try:
-                        while True:
-                            deadline.reschedule(None)
-                            chunk = await upstream.read()
-                            if not chunk:
-                                break
-                            deadline.reschedule(loop.time() + self._caller_timeout)
-                            await response.write(chunk)
-                            outcome.bytes_out += len(chunk)
-                    except UpstreamError as exc:
-                        failed = True
-                        outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
-        except TimeoutError:
-            # The caller stopped taking the answer: free the upstream connection, end the caller's.
-            upstream.close()
-            if request.transport is not None:
-                request.transport.abort()
-            self.metrics.caller_timeouts.labels("answer").inc()
-            outcome.note = "caller stopped taking the answer within timeouts.caller; closed"
-            return response
+            # A caller that stops taking the answer is cut off by its connection's write
+            # watchdog (timeouts.caller, proxy.callers); the waits for the upstream are bounded
+            # by timeouts.read.
+            await response.prepare(request)
+            # The head goes out with the body's first bytes in one write when they are here
+            # already, else on its own at once: a slow body must not hold back the status.
+            first = prefix or upstream.read_ready()
+            await response.write(first)
+            outcome.bytes_out += len(first)
+            if not failed:
+                try:
+                    while chunk := await upstream.read():
+                        await response.write(chunk)
+                        outcome.bytes_out += len(chunk)
+                except UpstreamError as exc:
+                    failed = True
+                    outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
         except ConnectionError:
             # The caller went away: drop the upstream connection instead of draining it.
-            self._caller_left(upstream, outcome)
+            self._caller_left(request, upstream, outcome)
             return response
         except asyncio.CancelledError:
             # aiohttp cancels the handler when the caller's connection is lost.
-            self._caller_left(upstream, outcome)
+            self._caller_left(request, upstream, outcome)
             raise
         if failed:
             # Mirror the upstream's broken body: the caller must not take a partial body for whole.
@@ -272,10 +257,13 @@ class Proxy:
         outcome.note = note
 
     @staticmethod
-    def _caller_left(upstream: Response, outcome: Outcome) -> None:
+    def _caller_left(request: web.BaseRequest, upstream: Response, outcome: Outcome) -> None:
         upstream.close()
         outcome.status = CLIENT_CLOSED
-        outcome.note = "caller disconnected mid-response"
+        if getattr(request.protocol, "stalled", False):
+            outcome.note = "caller stopped taking the answer within timeouts.caller; closed"
+        else:
+            outcome.note = "caller disconnected mid-response"
 
     def _classify(
         self,
