@@ -59,6 +59,8 @@ def caller_connection_cap(settings: Settings) -> int:
 
 
 def _timeout_answer(target: str) -> bytes:
+    # Written straight to the transport: there is no request to prepare a web.Response against,
+    # only part of a head. Same envelope and headers as errors.error_response.
     body = envelope(
         "RequestTimeout", "the request head was not sent within timeouts.caller", target
     )
