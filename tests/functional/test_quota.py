@@ -163,7 +163,9 @@ async def test_shadow_mode_counts_but_never_holds(make_stack: Any) -> None:
     )
     statuses = [(await stack.client.get("/api/machines")).status for _ in range(3)]
     assert statuses == [200, 200, 200]
-    assert stack.sample(ADMISSIONS, route="machines.list", outcome="shadow_refused", **NO_TOKEN) == 2
+    assert (
+        stack.sample(ADMISSIONS, route="machines.list", outcome="shadow_refused", **NO_TOKEN) == 2
+    )
     assert (await _stats(stack))["requests"] == 3
 
 
