@@ -56,7 +56,7 @@ CALLERS = tuple((tid, app) for tid in TENANTS for app in APPS)
 CYCLE = len(CALLERS) + len(TENANTS)
 
 
-def _config(store: int, namespace: str) -> str:
+def config(store: int, namespace: str) -> str:
     limits = f'["{LIMIT}/{WINDOW:g}s"]'
     return f"""\
 shutdown_grace: 2s
@@ -127,7 +127,7 @@ async def _main(store_port: int, sim_port: int, workdir: Path) -> list[dict[str,
                     await store.flushall()
                     namespace = f"identities-{os.getpid()}-{number}-{load:g}"
                     logs = [workdir / f"{namespace}-{i}.log" for i in range(REPLICAS)]
-                    replicas = start_proxies(sim_port, _config(store_port, namespace), logs)
+                    replicas = start_proxies(sim_port, config(store_port, namespace), logs)
                     with services(*replicas):
                         urls = [replica.url for replica in replicas]
                         for url in urls:  # connections to Redis and upstream, scripts loaded

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bench.common import BENCH_THROTTLE
-from bench.quota_identities import _config as identities_config
+from bench.quota_identities import config as identities_config
 from bench.stalled import CONFIG as STALLED
 from proxy.config import parse_settings
 
