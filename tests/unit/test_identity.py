@@ -10,6 +10,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.config import ConfigError, parse_settings
 from proxy.identity import (
     ANONYMOUS,
     MAX_TOKEN,
@@ -183,3 +184,28 @@ def test_the_quota_key_keeps_one_hash_tag_over_route_and_identity() -> None:
         f"dp:{{prod:machines.list:{TID}.{APP}}}"
     )
     assert quota_key("prod", "machines.list", "") == "dp:{prod:machines.list}"
+
+
+def test_identity_config_problems_are_reported_together_with_their_keys() -> None:
+    """identities.max, names (shape, reserved names, GUIDs, repeats) and per each name their key."""
+    data = {
+        "throttle": {
+            "identities": {
+                "max": 0,
+                "names": {"other": TID, "a{": TID, "x": "contoso", "y": APP, "z": APP.upper()},
+            },
+            "routes": [{"name": "machines.list", "per": "everyone"}],
+        }
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(data, "c.yaml", environ={})
+    problems = str(raised.value)
+    for where in (
+        "throttle.identities.max",
+        "throttle.identities.names.other: 'other' is the label",
+        "throttle.identities.names.a{",
+        "throttle.identities.names.x: expected a tenant or app id",
+        "throttle.identities.names.z: " + APP + " is already named 'y'",
+        "throttle.routes[0].per: expected one of app, tenant, shared",
+    ):
+        assert where in problems
