@@ -100,6 +100,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.first
 	$(BIN)/python -m bench.waiting
 	$(BIN)/python -m bench.quota
+	$(BIN)/python -m bench.quota_identities
 	$(BIN)/python -m bench.redis_client
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.stalled

@@ -221,12 +221,14 @@ def start_redis(workdir: Path, port: int | None = None, cpu: int | None = None) 
     return service
 
 
-def start_simulator(cpu: int | None = None, *limits: str) -> Service:
-    """The simulator on a free port."""
+def start_simulator(cpu: int | None = None, *limits: str, per_identity: bool = False) -> Service:
+    """The simulator on a free port (``per_identity``: a quota per route and token identity)."""
     port = free_port()
     args = [sys.executable, "-m", "proxy", "simulate", "--port", str(port)]
     for limit in limits:
         args += ["--limit", limit]
+    if per_identity:
+        args.append("--per-identity")
     proc = subprocess.Popen(
         [*_pinned(cpu), *args],
         stdout=subprocess.DEVNULL,

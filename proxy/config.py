@@ -30,15 +30,19 @@ from proxy.endpoints import (
     redact_url,
 )
 from proxy.throttle_config import (
+    MAX_IDENTITIES,
     Fallback,
+    Identities,
     NestedValueError,
     RouteOverride,
     Throttle,
     effective_routes,
+    parse_identity_names,
     parse_mode,
     parse_name,
     parse_routes,
     route_policies,
+    route_scopes,
 )
 from proxy.units import (
     format_duration,
@@ -53,6 +57,7 @@ __all__ = [
     "Address",
     "ConfigError",
     "Fallback",
+    "Identities",
     "Limits",
     "Pool",
     "RouteOverride",
@@ -65,6 +70,7 @@ __all__ = [
     "parse_settings",
     "redact_url",
     "route_policies",
+    "route_scopes",
 ]
 
 
@@ -283,6 +289,10 @@ _SCHEMA: Final[dict[str, _Spec]] = {
             "cooldown": _duration(_HOUR),
         },
         "routes": parse_routes,
+        "identities": {
+            "max": _whole(1, MAX_IDENTITIES),
+            "names": parse_identity_names,
+        },
     },
 }
 

@@ -30,6 +30,7 @@ from proxy.errors import (
     error_response,
     new_target,
 )
+from proxy.identity import NO_CLAIMS, Claims, read_claims
 from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, Limiter
@@ -64,6 +65,8 @@ class Outcome:
     #: the caller's own request id when it was not a sane token (scrubbed, truncated)
     caller_request_id: str = ""
     admission: Admission | None = None
+    #: the caller's token, decoded (never verified): its ids go into the log line
+    claims: Claims = NO_CLAIMS
 
 
 class Proxy:
@@ -110,6 +113,7 @@ class Proxy:
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = _request_id(request)
+        outcome.claims = read_claims(request.headers.get("Authorization"))
         try:
             try:
                 if self._allowed is not None:
@@ -124,7 +128,7 @@ class Proxy:
                 guard.check_body_size(request.content_length, self._max_body)
                 if self.limiter is not None:
                     admission = await self.limiter.admit(
-                        outcome.route.name, fresh_request_id(), request.headers
+                        outcome.route.name, fresh_request_id(), request.headers, outcome.claims
                     )
                     outcome.admission = admission
                 return await self._forward(request, target, outcome)
@@ -202,10 +206,14 @@ class Proxy:
             # A body cut short by the upstream is parsed as far as it got (usually _truncated).
             message = self._classify(headers, upstream.status, prefix, complete or failed, outcome)
         if self.limiter is not None:
-            await self.limiter.observe_answer(
-                outcome.route.name, upstream.status, headers.get("Retry-After"), message
-            )
             admission = outcome.admission
+            await self.limiter.observe_answer(
+                outcome.route.name,
+                upstream.status,
+                headers.get("Retry-After"),
+                message,
+                None if admission is None else admission.quota,
+            )
             # The upstream's own RateLimit fields stand: an intermediary may not loosen them.
             upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
             if admission is not None and not upstream_says:
@@ -335,6 +343,9 @@ class Proxy:
             "bytes_in": outcome.bytes_in,
             "bytes_out": outcome.bytes_out,
             "request_id": outcome.request_id,
+            # Validated GUIDs from the token (proxy.identity), or null: never the token itself.
+            "tid": outcome.claims.tid,
+            "app": outcome.claims.app,
         }
         if outcome.caller_request_id:
             fields["caller_request_id"] = outcome.caller_request_id

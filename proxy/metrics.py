@@ -3,7 +3,9 @@
 Label values come from closed sets only: ``route`` is a catalogue name or ``other``; ``method`` one
 of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` a known Defender
 code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
-wire — after that ``other``. No upstream, however hostile, can grow the series without bound.
+wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
+``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``).
+No upstream or caller, however hostile, can grow the series without bound.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ class Metrics:
         self.admissions = series.Counter(
             "defender_proxy_admissions",
             "Quota decisions by route and outcome: admitted (at once), waited (after a wait), "
-            "refused (429 from the proxy), shadow_waited and shadow_refused (shadow mode).",
-            ["route", "outcome"],
+            "refused (429 from the proxy), shadow_waited and shadow_refused (shadow mode); tenant "
+            "and app name the caller through throttle.identities.names, else other or anonymous.",
+            ["route", "outcome", "tenant", "app"],
             registry=r,
         )
         self.admission_wait = series.Histogram(
@@ -138,8 +141,9 @@ class Metrics:
         )
         self.quota_remaining = series.Gauge(
             "defender_proxy_quota_remaining",
-            "Requests left in the route's quota window ending now, as of the last admission.",
-            ["route", "window"],
+            "Requests left in the route's quota window ending now, as of the last admission (of "
+            "any caller the tenant and app labels cover).",
+            ["route", "window", "tenant", "app"],
             registry=r,
         )
         self.store_duration = series.Histogram(

@@ -3,8 +3,10 @@
 ``config`` owns the generic machinery (the schema walk, the environment, ``ConfigError``) and wires
 the parsers here into its schema; this module owns what the section means: its frozen dataclasses,
 the validation of ``throttle.routes`` (a list, so its problems carry paths such as
-``[2].match[0]``), and the two views the quota code needs, ``effective_routes`` (the route table,
-catalogue plus overrides) and ``route_policies`` (each route's priority and mode).
+``[2].match[0]``), ``throttle.identities`` (how many callers get quotas of their own, and the
+names metrics show them by), and the views the quota code needs: ``effective_routes`` (the route
+table, catalogue plus overrides), ``route_policies`` (each route's priority and mode) and
+``route_scopes`` (whom each route's quota belongs to).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
 from proxy.catalogue import CATALOGUE, OTHER, RouteSpec
+from proxy.identity import ANONYMOUS, APP, SCOPES, TENANT, is_guid
+from proxy.identity import OTHER as OTHER_IDENTITY
 from proxy.routing import PatternError, compile_pattern
 from proxy.units import Limit, format_duration, parse_limit, shown, shown_key
 
@@ -35,7 +39,16 @@ MAX_ROUTES: Final = 1_000
 MAX_PATTERNS: Final = 100
 MAX_PATTERN_LENGTH: Final = 1_000
 MAX_LIMITS: Final = 16
-_ROUTE_KEYS: Final = ("name", "match", "limits", "priority", "mode")
+_ROUTE_KEYS: Final = ("name", "match", "limits", "priority", "mode", "per")
+#: Routes whose quota Microsoft documents per tenant (advanced hunting); the rest default to
+#: per application + tenant.
+TENANT_ROUTES: Final = frozenset(
+    {"advancedqueries.run", "advancedhunting.run", "graph.runHuntingQuery"}
+)
+#: Bounds on ``throttle.identities``: distinct identities per replica, and names in the label map
+#: (each name is a label value on the quota metrics, so the map bounds their series).
+MAX_IDENTITIES: Final = 1_000_000
+MAX_IDENTITY_NAMES: Final = 100
 _CATALOGUE_NAMES: Final = frozenset(spec.name for spec in CATALOGUE)
 _Problems = list[tuple[str, str]]
 _T = TypeVar("_T")
@@ -70,6 +83,16 @@ class RouteOverride:
     limits: tuple[Limit, ...] | None = None
     priority: str | None = None
     mode: str | None = None
+    per: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Identities:
+    """How many callers get quotas of their own, and the names metrics show them by."""
+
+    max: int = 1000
+    #: label name → tenant or app id (a lower-case GUID)
+    names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +109,7 @@ class Throttle:
     bulk_reserve: float = 0.2
     fallback: Fallback = Fallback()
     routes: tuple[RouteOverride, ...] = ()
+    identities: Identities = Identities()
 
 
 def parse_name(value: object) -> str:
@@ -106,6 +130,43 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[object], str]:
 
 parse_mode: Final = _choice(MODES)
 parse_priority: Final = _choice(PRIORITIES)
+parse_scope: Final = _choice(SCOPES)
+
+
+def parse_identity_names(value: object) -> tuple[tuple[str, str], ...]:
+    """``throttle.identities.names``: label name → tenant or app id; all problems at once."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"expected a mapping of name: tenant or app id, got a {type(value).__name__}"
+        )
+    if len(value) > MAX_IDENTITY_NAMES:
+        raise ValueError(f"at most {MAX_IDENTITY_NAMES} names, got {len(value)}")
+    problems: _Problems = []
+    names: list[tuple[str, str]] = []
+    named: dict[str, str] = {}
+    for key, guid in value.items():
+        where = f".{shown_key(key)}"
+        try:
+            name = parse_name(key)
+        except ValueError as error:
+            problems.append((where, str(error)))
+            continue
+        if name in (OTHER_IDENTITY, ANONYMOUS):
+            problems.append((where, f"{name!r} is the label of identities no name covers"))
+        if not is_guid(guid):
+            problems.append((where, f"expected a tenant or app id (a GUID), got {shown(guid)}"))
+            continue
+        assert isinstance(guid, str)
+        guid = guid.lower()
+        if guid in named:
+            problems.append((where, f"{guid} is already named {named[guid]!r}"))
+        named.setdefault(guid, name)
+        names.append((name, guid))
+    if problems:
+        raise NestedValueError(problems)
+    return tuple(names)
 
 
 def parse_routes(value: object) -> tuple[RouteOverride, ...]:
@@ -152,13 +213,17 @@ def _route(entry: object, where: str, problems: _Problems) -> RouteOverride | No
     limits = field("limits", _limits)
     priority = field("priority", _checked(parse_priority))
     mode = field("mode", _checked(parse_mode))
+    per = field("per", _checked(parse_scope))
     given = {key for key in ("match", "limits") if entry.get(key) is not None}
     if entry.get("name") is None:
         problems.append((f"{where}.name", "required: every route needs a name"))
     elif name == OTHER:
         # The router adds `other` itself, after every route, with the default limits.
         problems.extend(
-            (f"{where}.{key}", "'other' is whatever no route matches: set only priority or mode")
+            (
+                f"{where}.{key}",
+                "'other' is whatever no route matches: set only priority, mode or per",
+            )
             for key in sorted(given)
         )
     elif name is not None and name not in _CATALOGUE_NAMES:
@@ -168,7 +233,7 @@ def _route(entry: object, where: str, problems: _Problems) -> RouteOverride | No
             if key not in given
         )
     # With problems the override is only used for its name: the list as a whole is refused.
-    return None if name is None else RouteOverride(name, match, limits, priority, mode)
+    return None if name is None else RouteOverride(name, match, limits, priority, mode, per)
 
 
 def _checked(
@@ -276,3 +341,15 @@ def route_policies(throttle: Throttle) -> dict[str, tuple[str, str]]:
         mode = route.mode if route is not None and route.mode else throttle.mode
         policies[name] = (priority, mode)
     return policies
+
+
+def route_scopes(throttle: Throttle) -> dict[str, str]:
+    """Whom each route's quota belongs to (``app``, ``tenant`` or ``shared``), ``other`` included.
+
+    ``per`` wins; else hunting routes are per tenant and every other route per app + tenant.
+    """
+    overrides = {route.name: route.per for route in throttle.routes if route.per}
+    names = (*(spec.name for spec in effective_routes(throttle)), OTHER)
+    return {
+        name: overrides.get(name) or (TENANT if name in TENANT_ROUTES else APP) for name in names
+    }

@@ -9,6 +9,12 @@ requests (by route or by ``X-Defender-Proxy-Priority: bulk``) may not use the la
 When the API itself answers 429, the route's quota is paused for every replica until the time the
 API asked for (``Retry-After`` or the hints in the body), capped at ``max_pause`` and jittered;
 with no hint at all the pause backs off exponentially from one second.
+
+Each route's quota belongs to an identity read from the caller's token (``proxy.identity``): per
+app + tenant, per tenant, or shared by the whole deployment, as ``route_scopes`` says. The quota of
+a (route, identity) is made on its first request; identities are bounded by
+``throttle.identities.max``, so the table is too. Pauses are per (route, identity) as well: the
+API throttles each identity on its own.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from multidict import CIMultiDictProxy
 
 from proxy import hints
 from proxy.catalogue import RouteSpec
-from proxy.config import Throttle
+from proxy.config import Throttle, route_scopes
 from proxy.errors import QuotaRefusal, RefusalError
+from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
@@ -64,6 +71,7 @@ class _RoutePolicy:
     state_format: str
     bulk: bool
     shadow: bool
+    scope: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class Limiter:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._routes: dict[str, _RoutePolicy] = {}
+        scopes = route_scopes(throttle)
         for spec in routes:
             priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
             quota = Quota(
@@ -110,13 +119,17 @@ class Limiter:
                 ", ".join(f'"{name}";r=%d;t=%d' for name in names),
                 priority == "bulk",
                 mode == "shadow",
+                scopes.get(spec.name, "shared"),
             )
-        self._children: dict[str, _Children] = {}
+        self._children: dict[tuple[str, str, str], _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._log = get_logger("quota")
         self._store_timer = metrics.store_duration.labels(store.name)
+        self._identities = Identities(throttle.identities.max)
+        self._labels = Labels(dict(throttle.identities.names))
+        self._quotas: dict[tuple[str, str], Quota] = {}
         metrics.pauses_active.set_function(self._count_pauses)
 
     def _count_pauses(self) -> float:
@@ -146,16 +159,38 @@ class Limiter:
             )
         return value == "bulk"
 
-    async def admit(self, route: str, member: str, headers: CIMultiDictProxy[str]) -> Admission:
-        """Wait for the request's slot, or raise the proxy's 429."""
+    def _quota_of(self, route: str, policy: _RoutePolicy, claims: Claims) -> Quota:
+        """The route's quota for the identity ``claims`` have under the route's scope."""
+        identity = self._identities.key(claims, policy.scope)
+        if not identity:
+            return policy.quota
+        quota = self._quotas.get((route, identity))
+        if quota is None:
+            # Bounded: routes × (throttle.identities.max + anonymous + overflow).
+            quota = Quota(
+                quota_key(self._throttle.namespace, route, identity), policy.quota.windows
+            )
+            self._quotas[(route, identity)] = quota
+        return quota
+
+    async def admit(
+        self,
+        route: str,
+        member: str,
+        headers: CIMultiDictProxy[str],
+        claims: Claims = NO_CLAIMS,
+    ) -> Admission:
+        """Wait for the request's slot in the quota of the caller ``claims`` name, or raise 429."""
         policy = self._routes[route]
+        quota = self._quota_of(route, policy, claims)
         deadline = self._deadline(headers)
         reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
         started = time.perf_counter()
-        decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
+        decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
         decided = time.perf_counter() - started
         self._store_timer.observe(decided)
-        children = self._children.get(route) or self._children_of(route, policy)
+        labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
+        children = self._children.get(labels) or self._children_of(labels, policy)
         for gauge, left in zip(children.remaining, decision.remaining, strict=True):
             gauge.set(left)
         if policy.shadow:
@@ -164,7 +199,7 @@ class Limiter:
             else:
                 outcome = "shadow_waited" if decision.admitted else "shadow_refused"
             children.outcomes[outcome].inc()
-            return Admission(policy.quota, decision, outcome, 0.0, decided)
+            return Admission(quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
             children.outcomes["refused"].inc()
             retry = max(1, math.ceil(decision.wait))
@@ -179,28 +214,30 @@ class Limiter:
                 await asyncio.sleep(decision.wait)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give its slot back to the others.
-                self._release_later(policy.quota, member)
+                self._release_later(quota, member)
                 raise
-            if self._paused_until.get(route, 0.0) > time.monotonic():
+            if self._paused_until.get(quota.key, 0.0) > time.monotonic():
                 # The API answered 429 while this caller waited: its slot predates the pause.
-                self._release_later(policy.quota, member)
-                return await self.admit(route, fresh_member(member), headers)
+                self._release_later(quota, member)
+                return await self.admit(route, fresh_member(member), headers, claims)
             outcome = "waited"
         else:
             outcome = "admitted"
         children.wait.observe(decision.wait)
         children.outcomes[outcome].inc()
-        return Admission(policy.quota, decision, outcome, decision.wait, decided)
+        return Admission(quota, decision, outcome, decision.wait, decided)
 
-    def _children_of(self, route: str, policy: _RoutePolicy) -> _Children:
-        # Made on a route's first admission, so that routes nobody calls add no series.
+    def _children_of(self, labels: tuple[str, str, str], policy: _RoutePolicy) -> _Children:
+        # Made on the first admission of a route (and identity labels), so that routes nobody
+        # calls add no series; the identity labels are bounded by throttle.identities.names.
         m = self._metrics
+        route, tenant, app = labels
         children = _Children(
-            tuple(m.quota_remaining.labels(route, name) for name in policy.names),
-            {o: m.admissions.labels(route, o) for o in OUTCOMES},
+            tuple(m.quota_remaining.labels(route, name, tenant, app) for name in policy.names),
+            {o: m.admissions.labels(route, o, tenant, app) for o in OUTCOMES},
             m.admission_wait.labels(route),
         )
-        self._children[route] = children
+        self._children[labels] = children
         return children
 
     def _release_later(self, quota: Quota, member: str) -> None:
@@ -220,25 +257,31 @@ class Limiter:
         }
 
     async def observe_answer(
-        self, route: str, status: int, retry_after: str | None, message: str
+        self,
+        route: str,
+        status: int,
+        retry_after: str | None,
+        message: str,
+        quota: Quota | None = None,
     ) -> None:
-        """React to the API's answer: a 429 pauses the route's quota for every replica."""
+        """React to the API's answer: a 429 pauses the quota the request was admitted on (by
+        default the route's shared one) for every replica."""
+        quota = quota or self._routes[route].quota
         if status != 429:
-            if self._streak.get(route):
-                self._streak[route] = 0
+            if self._streak.get(quota.key):
+                self._streak[quota.key] = 0
             return
         hint = hints.upstream_hint(retry_after, message, time.time())
         self._metrics.upstream_throttled.labels(route, hint.reason).inc()
         if hint.seconds is None:
-            streak = self._streak.get(route, 0) + 1
-            self._streak[route] = streak
+            streak = self._streak.get(quota.key, 0) + 1
+            self._streak[quota.key] = streak
             seconds = hints.backoff(streak)
         else:
             seconds = hint.seconds
         pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
-        policy = self._routes[route]
-        left = await self.store.pause(policy.quota, pause)
-        self._paused_until[route] = time.monotonic() + left
+        left = await self.store.pause(quota, pause)
+        self._paused_until[quota.key] = time.monotonic() + left
         self._log.warning(
             "upstream throttled: quota paused for every replica",
             route=route,

@@ -40,9 +40,15 @@ class Quota:
     windows: tuple[Window, ...]
 
 
-def quota_key(namespace: str, route: str) -> str:
-    """The key prefix of a route's quota; the braces make it one Redis Cluster hash slot."""
-    return f"dp:{{{namespace}:{route}}}"
+def quota_key(namespace: str, route: str, identity: str = "") -> str:
+    """The key prefix of a route's quota for one identity ("": shared by every caller).
+
+    The braces make the whole key one Redis Cluster hash slot. ``identity`` comes from
+    ``proxy.identity`` (GUIDs, ``anonymous``, ``overflow``): no brace or colon can reach it.
+    """
+    if not identity:
+        return f"dp:{{{namespace}:{route}}}"
+    return f"dp:{{{namespace}:{route}:{identity}}}"
 
 
 class QuotaStore(Protocol):

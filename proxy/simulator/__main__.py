@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="count requests answered 429 against the window too, as Graph does",
     )
+    parser.add_argument(
+        "--per-identity",
+        action="store_true",
+        help="a quota per route and per app + tenant of the bearer token (hunting: per tenant)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The simulator configuration the parsed options describe."""
-    return SimConfig(limits=tuple(args.limit), count_rejected=args.count_rejected)
+    return SimConfig(
+        limits=tuple(args.limit),
+        count_rejected=args.count_rejected,
+        per_identity=args.per_identity,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

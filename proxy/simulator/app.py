@@ -1,7 +1,7 @@
 """The simulator's application: its configuration, its routes and the blocking ``serve``.
 
 Every request outside ``/_sim/`` goes through the quota first (a throttled request gets the 429,
-whatever it asked for), then through its ``X-Simulate`` directives. ``/_sim/stats`` and
+whatever it asked for; with ``per_identity``, the quota of its route and token, see ``keyed``), then through its ``X-Simulate`` directives. ``/_sim/stats`` and
 ``/_sim/reset`` are the control endpoints; they are exempt from the quota and not counted.
 """
 
@@ -16,9 +16,11 @@ from typing import Final
 
 from aiohttp import web
 
+from proxy.identity import read_claims
 from proxy.simulator import behaviour
 from proxy.simulator.directives import HEADER, DirectiveError, parse
-from proxy.simulator.quota import SlidingQuota, refusal_message
+from proxy.simulator.keyed import KeyedQuota
+from proxy.simulator.quota import refusal_message
 from proxy.units import Limit
 
 CONTROL_PREFIX: Final = "/_sim/"
@@ -34,18 +36,20 @@ class SimConfig:
     limits: tuple[Limit, ...] = ()
     #: Graph-like: requests answered 429 also count against the window.
     count_rejected: bool = False
+    #: Count like Microsoft: a quota per route and app + tenant (hunting: per tenant).
+    per_identity: bool = False
     #: Injectable so tests move time instead of sleeping.
     clock: Callable[[], float] = time.monotonic
 
 
-QUOTA: Final = web.AppKey("quota", SlidingQuota)
+QUOTA: Final = web.AppKey("quota", KeyedQuota)
 DEFAULT_CONFIG: Final = SimConfig()
 
 
 def make_app(config: SimConfig = DEFAULT_CONFIG) -> web.Application:
     """The simulator as an aiohttp application, with fresh quota state."""
     app = web.Application()
-    app[QUOTA] = SlidingQuota(config.limits, config.count_rejected, config.clock)
+    app[QUOTA] = KeyedQuota(config.limits, config.count_rejected, config.clock, config.per_identity)
     app.router.add_get("/_sim/stats", _stats)
     app.router.add_post("/_sim/reset", _reset)
     app.router.add_route("*", "/{tail:.*}", _answer)
@@ -60,7 +64,9 @@ async def _answer(request: web.Request) -> web.StreamResponse:
                 404, "NotFound", f"no simulator endpoint {request.method} {request.path}"
             )
         )
-    refusal = request.app[QUOTA].admit()
+    quota = request.app[QUOTA]
+    claims = read_claims(request.headers.get("Authorization"))
+    refusal = quota.admit(quota.key(request.method, request.path, claims))
     if refusal is not None:
         return _plain(
             behaviour.error_answer(

@@ -15,6 +15,8 @@ from proxy.units import parse_limit
 from tests.conftest import Stack
 
 ADMISSIONS = "defender_proxy_admissions_total"
+#: The identity labels of a request without a token.
+NO_TOKEN = {"tenant": "anonymous", "app": "anonymous"}
 
 
 def throttle(*limits: str, max_wait: float = 0.0, **changes: Any) -> Throttle:
@@ -50,8 +52,8 @@ async def test_over_the_limit_is_refused_in_the_envelope(make_stack: Any) -> Non
     assert 55 <= int(response.headers["Retry-After"]) <= 60
     assert response.headers["RateLimit-Policy"] == '"1m";q=2;w=60'
     assert (await _stats(stack))["requests"] == 2
-    assert stack.sample(ADMISSIONS, route="machines.list", outcome="admitted") == 2
-    assert stack.sample(ADMISSIONS, route="machines.list", outcome="refused") == 1
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="admitted", **NO_TOKEN) == 2
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="refused", **NO_TOKEN) == 1
     assert stack.logs.lines("request")[-1]["target"] == body["error"]["target"]
 
 
@@ -63,7 +65,7 @@ async def test_a_caller_over_the_limit_waits_for_its_slot(make_stack: Any) -> No
     elapsed = time.monotonic() - started
     assert statuses == [200, 200, 200]
     assert elapsed >= 0.29
-    assert stack.sample(ADMISSIONS, route="machines.list", outcome="waited") == 1
+    assert stack.sample(ADMISSIONS, route="machines.list", outcome="waited", **NO_TOKEN) == 1
     assert stack.logs.lines("request")[-1]["quota"] == "waited"
     assert stack.logs.lines("request")[-1]["wait_ms"] >= 250
 
@@ -161,7 +163,9 @@ async def test_shadow_mode_counts_but_never_holds(make_stack: Any) -> None:
     )
     statuses = [(await stack.client.get("/api/machines")).status for _ in range(3)]
     assert statuses == [200, 200, 200]
-    assert stack.sample(ADMISSIONS, route="machines.list", outcome="shadow_refused") == 2
+    assert (
+        stack.sample(ADMISSIONS, route="machines.list", outcome="shadow_refused", **NO_TOKEN) == 2
+    )
     assert (await _stats(stack))["requests"] == 3
 
 

@@ -6,11 +6,16 @@ import pytest
 import yaml
 
 from bench.common import BENCH_THROTTLE
+from bench.quota_identities import config as identities_config
 from bench.stalled import CONFIG as STALLED
 from proxy.config import parse_settings
 
 
-@pytest.mark.parametrize("text", [BENCH_THROTTLE, STALLED], ids=["common", "stalled"])
+@pytest.mark.parametrize(
+    "text",
+    [BENCH_THROTTLE, STALLED, identities_config(6379, "bench")],
+    ids=["common", "stalled", "identities"],
+)
 def test_bench_config_is_valid(text: str) -> None:
     """A benchmark's proxy config passes the same checks as check-config."""
     parse_settings(yaml.safe_load(text), "bench", environ={})

@@ -805,7 +805,7 @@ def test_unknown_route_key() -> None:
     """An unknown key in a route is reported with the index and the known keys."""
     assert route_problems({"name": "machines.get", "limit": ["1/1m"]}) == [
         "contoso.yaml: throttle.routes[0].limit: unknown key "
-        "(known: name, match, limits, priority, mode)"
+        "(known: name, match, limits, priority, mode, per)"
     ]
 
 
@@ -948,7 +948,7 @@ def test_other_route_takes_only_priority_and_mode(key: str) -> None:
     value = ["GET /api/x"] if key == "match" else ["1/1m"]
     assert route_problems({"name": OTHER, key: value}) == [
         f"contoso.yaml: throttle.routes[0].{key}: "
-        "'other' is whatever no route matches: set only priority or mode"
+        "'other' is whatever no route matches: set only priority, mode or per"
     ]
 
 

@@ -1,0 +1,205 @@
+"""Who a request is: the bearer token's claims, decoded and never verified (the API verifies).
+
+Microsoft counts Defender and Graph quotas per application + tenant and advanced hunting per
+tenant (docs/defender-api.md, "Who a quota belongs to"), so the proxy keys each quota by the
+``tid`` and ``appid`` (v1 tokens) or ``azp`` (v2) claims of the caller's token. This module owns
+reading them and everything derived from them:
+
+- ``read_claims``: the ``Authorization`` header → ``Claims`` (``NO_CLAIMS`` for anything that is
+  not a readable bearer JWT). Bounded work: a token longer than ``MAX_TOKEN`` is not read, and the
+  JSON decoder refuses deep nesting; nothing a caller sends makes it raise.
+- ``Identities``: a route's scope (``app``, ``tenant``, ``shared``) + claims → the identity part
+  of the quota key, with at most ``max`` distinct identities per replica (then ``overflow``).
+- ``Labels``: claims → bounded metric label values through ``throttle.identities.names``.
+
+Ids are validated (GUID form, lower-cased) before they go anywhere — a Redis key, a log field, a
+label. Nothing else of the token leaves this module: not the token, not a segment, not a claim
+that failed validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from proxy.logs import get_logger
+
+#: The identity of a request with no readable token, or none that names what its scope needs.
+ANONYMOUS: Final = "anonymous"
+#: The one key every identity past ``throttle.identities.max`` shares.
+OVERFLOW: Final = "overflow"
+#: The label value of an identity that ``throttle.identities.names`` does not name.
+OTHER: Final = "other"
+APP: Final = "app"
+TENANT: Final = "tenant"
+SHARED: Final = "shared"
+SCOPES: Final = (APP, TENANT, SHARED)
+
+#: Longest token read, characters. Entra ID access tokens are 1–3 KiB; one carrying many group
+#: or role claims stays under 8 KiB. Longer ones are keyed ``anonymous`` without being decoded.
+MAX_TOKEN: Final = 16 * 1024
+#: Claims kept from a list or a space-separated string (``roles``, ``scp``), and their length.
+MAX_ITEMS: Final = 100
+MAX_ITEM_LENGTH: Final = 256
+#: Tokens whose claims are remembered: the same token repeats for its hour of life.
+CACHE_SIZE: Final = 512
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+# Three base64url segments; the signature may be empty (an unsigned token is still readable).
+_JWT = re.compile(r"[A-Za-z0-9_\-]+\.([A-Za-z0-9_\-]+)\.[A-Za-z0-9_\-]*\Z")
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +")
+_VERSIONS: Final = frozenset({"1.0", "2.0"})
+# Seconds since 1970 that a 64-bit time keeps; beyond, the claim is dropped rather than trusted.
+_MAX_TIME: Final = 1 << 40
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The claims of a token that the proxy reads, each validated; None (or empty) if absent."""
+
+    #: tenant id (``tid``), a lower-case GUID
+    tid: str | None = None
+    #: client application id (``appid`` in v1 tokens, ``azp`` in v2), a lower-case GUID
+    app: str | None = None
+    #: audience (``aud``), printable and at most ``MAX_ITEM_LENGTH`` characters
+    aud: str | None = None
+    #: expiry and not-before (``exp``, ``nbf``), Unix seconds
+    exp: int | None = None
+    nbf: int | None = None
+    #: application permissions (``roles``) and delegated ones (``scp``, split on spaces)
+    roles: tuple[str, ...] = ()
+    scp: tuple[str, ...] = ()
+    #: token version (``ver``): ``1.0`` or ``2.0``
+    ver: str | None = None
+
+
+NO_CLAIMS: Final = Claims()
+
+
+def read_claims(authorization: str | None) -> Claims:
+    """The claims of the bearer token in an ``Authorization`` header; ``NO_CLAIMS`` if none."""
+    if not authorization or len(authorization) > MAX_TOKEN + 16:
+        return NO_CLAIMS
+    match = _BEARER.match(authorization)
+    if match is None:
+        return NO_CLAIMS
+    return _decoded(authorization[match.end() :].strip())
+
+
+# functools' C cache: lock-free, bounded, and each entry is the token string and one small object.
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _decoded(token: str) -> Claims:
+    if len(token) > MAX_TOKEN:
+        return NO_CLAIMS
+    match = _JWT.match(token)
+    if match is None:
+        return NO_CLAIMS
+    segment = match.group(1)
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError, depth too
+        return NO_CLAIMS
+    if not isinstance(payload, dict):
+        return NO_CLAIMS
+    return Claims(
+        tid=_guid(payload.get("tid")),
+        app=_guid(payload.get("appid")) or _guid(payload.get("azp")),
+        aud=_text(payload.get("aud")),
+        exp=_time(payload.get("exp")),
+        nbf=_time(payload.get("nbf")),
+        roles=_texts(payload.get("roles")),
+        scp=_texts(scp.split(" ") if isinstance(scp := payload.get("scp"), str) else None),
+        ver=ver if isinstance(ver := payload.get("ver"), str) and ver in _VERSIONS else None,
+    )
+
+
+def _guid(value: object) -> str | None:
+    return value.lower() if isinstance(value, str) and _GUID.match(value) else None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ITEM_LENGTH and value.isprintable():
+        return value
+    return None
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(text for item in value[:MAX_ITEMS] if (text := _text(item)) is not None)
+
+
+def _time(value: object) -> int | None:
+    if type(value) is int and 0 <= value < _MAX_TIME:
+        return value
+    return None
+
+
+def is_guid(value: object) -> bool:
+    """Whether ``value`` is a GUID in its usual 8-4-4-4-12 hexadecimal form."""
+    return isinstance(value, str) and _GUID.match(value) is not None
+
+
+class Identities:
+    """The identity part of quota keys, at most ``most`` distinct ones per replica.
+
+    ``app`` scope: ``<tid>.<app>``; ``tenant``: ``<tid>``; ``shared``: "" (one quota for the whole
+    deployment). A token that lacks what the scope needs is ``anonymous``. Identities past
+    ``most`` share ``overflow``: a caller inventing tenants cannot grow the replica's tables.
+    """
+
+    __slots__ = ("_log", "_most", "_overflowed", "_seen")
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._seen: set[str] = set()
+        self._overflowed = False
+        self._log = get_logger("identity")
+
+    def key(self, claims: Claims, scope: str) -> str:
+        """The identity ``claims`` have under ``scope``: "" for ``shared``."""
+        if scope == SHARED:
+            return ""
+        if claims.tid is None or (scope == APP and claims.app is None):
+            return ANONYMOUS
+        identity = claims.tid if scope == TENANT else f"{claims.tid}.{claims.app}"
+        if identity in self._seen:
+            return identity
+        if len(self._seen) >= self._most:
+            if not self._overflowed:
+                self._overflowed = True
+                # The ids of the identity that overflowed are validated GUIDs: safe to log.
+                self._log.warning(
+                    "more distinct identities than throttle.identities.max: "
+                    "new ones share one overflow quota",
+                    max=self._most,
+                    tid=claims.tid,
+                    app=claims.app,
+                )
+            return OVERFLOW
+        self._seen.add(identity)
+        return identity
+
+
+class Labels:
+    """Metric label values for identities: a name from ``throttle.identities.names``, else
+    ``other``, or ``anonymous`` with no id; so series stay bounded by the names configured."""
+
+    __slots__ = ("_names",)
+
+    def __init__(self, names: Mapping[str, str]) -> None:
+        # Configured as name → id; looked up by id (ids are GUIDs, so lower-case them once).
+        self._names = {guid.lower(): name for name, guid in names.items()}
+
+    def of(self, guid: str | None) -> str:
+        """The label value of a tenant or app id."""
+        if guid is None:
+            return ANONYMOUS
+        return self._names.get(guid, OTHER)
