@@ -10,7 +10,7 @@ from proxy.config import Settings
 
 async def test_admin_endpoints_and_lifecycle(aiohttp_client: Any, base_settings: Settings) -> None:
     """The admin app opens the upstream pool, serves its endpoints, and reports draining as 503."""
-    proxy, admin = wiring.build(base_settings)
+    (proxy,), admin = wiring.build(base_settings)
     client = await aiohttp_client(admin)
     assert proxy.pool is not None
     assert (await client.get("/healthz")).status == 200

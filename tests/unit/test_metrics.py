@@ -13,7 +13,13 @@ from proxy.codes import ERROR_TABLE, PROXY_CODES, SEEN_IN_THE_WILD
 from proxy.metrics import MAX_DYNAMIC_CODES, OTHER, CodeLabels, Metrics, method_label, status_label
 
 KNOWN = frozenset(ERROR_TABLE) | SEEN_IN_THE_WILD | PROXY_CODES | MARKERS
-REQUEST_LABELS = {"route": "machines.list", "method": "GET", "status": "200", "source": "upstream"}
+REQUEST_LABELS = {
+    "upstream": "default",
+    "route": "machines.list",
+    "method": "GET",
+    "status": "200",
+    "source": "upstream",
+}
 
 
 def fill(labels: CodeLabels, count: int, prefix: str = "Dynamic") -> list[str]:
