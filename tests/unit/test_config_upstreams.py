@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from proxy import cli
 from proxy.config import Address, ConfigError, Settings, Upstream, parse_settings
 from proxy.upstreams import MAX_UPSTREAMS
 
@@ -159,3 +163,25 @@ def test_no_secret_in_an_origin_reaches_a_problem() -> None:
         "contoso.yaml: upstreams[0].origin: must not carry credentials; the proxy never sends its own"
     ]
     assert "s3cret" not in "".join(problems)
+
+
+def test_check_config_shows_every_upstream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config prints one row per upstream: name, listen, catalogue, origin."""
+    for variable in (
+        "DEFENDER_PROXY_UPSTREAM",
+        "DEFENDER_PROXY_LISTEN",
+        "DEFENDER_PROXY_ADMIN_LISTEN",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    path = tmp_path / "contoso.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": TWO}), encoding="utf-8")
+    assert cli.main(["check-config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path}: ok (2 upstreams, admin 0.0.0.0:9464)"
+    assert [line.split() for line in lines[1:]] == [
+        ["name", "listen", "catalogue", "origin"],
+        ["defender", "127.0.0.1:8080", "defender", "https://api.security.microsoft.com"],
+        ["graph", "127.0.0.1:8081", "graph", "https://graph.microsoft.com"],
+    ]
