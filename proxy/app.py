@@ -1,8 +1,10 @@
-"""Wiring: the proxy handler, the admin application and the state they share.
+"""Wiring: the proxy handlers (one per upstream), the admin application and the state they share.
 
-The proxy port is served by aiohttp's low-level server (no router, no middleware: one handler for
-every method and target, absolute-form and ``*`` included, which the guard then refuses). The admin
-port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``) whose
+Each proxy port is served by aiohttp's low-level server (no router, no middleware: one handler for
+every method and target, absolute-form and ``*`` included, which the guard then refuses). Each
+upstream gets its own handler, connection pool and router; all of them share one limiter (one
+quota store) and one set of metrics, so a route has one quota whichever listener it came in on.
+The admin port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``) whose
 ``cleanup_ctx`` owns the process's resources, so they live exactly as long as the admin app.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.callers import CallerServer, caller_connection_cap
+from proxy.catalogue import CATALOGUES, RouteSpec
 from proxy.config import Settings, effective_routes, route_policies
 from proxy.errors import SERVER_NAME
 from proxy.handler import Proxy
@@ -31,35 +34,59 @@ class Lifecycle:
         self.draining = False
 
 
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+PROXIES: web.AppKey[tuple[Proxy, ...]] = web.AppKey("proxies", tuple)
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
 
 
-def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Proxy, web.Application]:
-    """The proxy handler and the admin app that owns its resources."""
+def build(
+    settings: Settings, metrics: Metrics | None = None
+) -> tuple[tuple[Proxy, ...], web.Application]:
+    """The proxy handlers, one per upstream in ``settings.listeners`` order, and the admin app
+    that owns their resources."""
     metrics = metrics or Metrics()
-    router = Router(effective_routes(settings.throttle))
+    throttle = settings.throttle
+    listeners = settings.listeners
+    # Routers hold no state: upstreams with one catalogue share its router.
+    routers = {
+        name: Router(effective_routes(throttle, CATALOGUES[name]))
+        for name in dict.fromkeys(upstream.catalogue for upstream in listeners)
+    }
+    # One limiter knows every route served. A name means one route in every catalogue (`other`
+    # included), so the quota of a route is one whichever listener a request came in on.
+    routes: dict[str, RouteSpec] = {}
+    policies: dict[str, tuple[str, str]] = {}
+    for name, router in routers.items():
+        for spec in router.routes:
+            routes.setdefault(spec.name, spec)
+        policies.update(route_policies(throttle, CATALOGUES[name]))
     limiter = Limiter(
-        settings.throttle,
-        router.routes,
-        route_policies(settings.throttle),
-        make_store(settings.throttle, metrics),
+        throttle,
+        tuple(routes.values()),
+        policies,
+        make_store(throttle, metrics),
         metrics,
     )
-    proxy = Proxy(settings, metrics, router, limiter)
+    proxies = tuple(
+        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream)
+        for upstream in listeners
+    )
     admin = web.Application()
-    admin[PROXY] = proxy
+    admin[PROXIES] = proxies
+    admin[LIMITER] = limiter
+    admin[METRICS] = metrics
     admin[STATE] = Lifecycle()
     admin.router.add_get("/metrics", _metrics)
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
     admin.cleanup_ctx.append(_resources)
     admin.on_response_prepare.append(_server_header)
-    return proxy, admin
+    return proxies, admin
 
 
 def proxy_server(proxy: Proxy) -> CallerServer:
-    """The low-level server for the proxy port."""
+    """The low-level server for one proxy port."""
     settings = proxy.settings
     limits = settings.limits
     return CallerServer(
@@ -82,18 +109,20 @@ async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    proxy = app[PROXY]
-    await proxy.start()
-    if proxy.limiter is not None:
-        await proxy.limiter.warm()
-    proxy.metrics.ready.set(1)
+    proxies, limiter, metrics = app[PROXIES], app[LIMITER], app[METRICS]
+    for proxy in proxies:
+        await proxy.start()
+    await limiter.warm()
+    metrics.ready.set(1)
     yield
-    proxy.metrics.ready.set(0)
-    await proxy.close()
+    metrics.ready.set(0)
+    for proxy in proxies:
+        await proxy.close_pool()
+    await limiter.close()
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[PROXY].metrics.exposition()
+    body = request.app[METRICS].exposition()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
@@ -104,6 +133,8 @@ async def _healthz(_: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[STATE].draining or request.app[PROXY].pool is None:
+    # Ready only while every listener has its pool: a half-started process takes no traffic.
+    proxies = request.app[PROXIES]
+    if request.app[STATE].draining or any(proxy.pool is None for proxy in proxies):
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready"})

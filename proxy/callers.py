@@ -43,7 +43,7 @@ LINGER: Final = 2.0
 
 def caller_connection_cap(settings: Settings) -> int:
     """``limits.caller_connections``, or a cap derived from the process's file-descriptor limit
-    less the upstream pool and a reserve."""
+    less the upstream pools and a reserve, shared evenly by the listeners (the cap is each one's)."""
     if settings.limits.caller_connections:
         return settings.limits.caller_connections
     try:
@@ -54,7 +54,8 @@ def caller_connection_cap(settings: Settings) -> int:
         return _MAX_DERIVED_CAP
     if soft == resource.RLIM_INFINITY:
         return _MAX_DERIVED_CAP
-    derived = soft - settings.pool.max_connections - _FD_RESERVE
+    listeners = len(settings.listeners)
+    derived = (soft - listeners * settings.pool.max_connections - _FD_RESERVE) // listeners
     return max(_MIN_DERIVED_CAP, min(_MAX_DERIVED_CAP, derived))
 
 
@@ -282,7 +283,7 @@ class CallerServer(web.Server):
         self.caller_timeout = caller_timeout
         self.cap = cap
         self.metrics = metrics
-        metrics.caller_connections.set_function(lambda: len(self._connections))
+        metrics.caller_connection_sources.add(lambda: len(self._connections))
 
     def __call__(self) -> CallerConnection:
         return CallerConnection(self, loop=self._loop, **self._kwargs)

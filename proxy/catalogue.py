@@ -15,6 +15,7 @@ path. Literal segments match case-insensitively and also match an OData call suf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from proxy.units import Limit, parse_limit
 
@@ -154,4 +155,42 @@ def _build() -> tuple[RouteSpec, ...]:
 
 
 CATALOGUE: tuple[RouteSpec, ...] = _build()
+
+#: The Defender routes (paths under ``/api``), the Graph security routes (``/v1.0``, ``/beta``),
+#: and both: the route table one upstream serves is one of these, by name.
+CATALOGUES: dict[str, tuple[RouteSpec, ...]] = {
+    "defender": tuple(
+        s for s in CATALOGUE if all(m.split()[1].startswith("/api/") for m in s.match)
+    ),
+    "graph": tuple(
+        s for s in CATALOGUE if not any(m.split()[1].startswith("/api/") for m in s.match)
+    ),
+    "all": CATALOGUE,
+}
+
+# Graph is one host; every other Microsoft host the docs list serves the Defender API.
+_GRAPH_HOSTS = frozenset({"graph.microsoft.com", "graph.microsoft.us", "dod-graph.microsoft.us"})
+_DEFENDER_DOMAINS = (
+    ".security.microsoft.com",
+    ".securitycenter.microsoft.com",
+    ".securitycenter.windows.com",
+    ".securitycenter.microsoft.us",
+    ".security.microsoft.us",
+)
+
+
+def catalogue_for_origin(origin: str) -> str:
+    """The catalogue an upstream serves when the config names none: by the origin's host.
+
+    A host that is neither Graph nor a Defender host (a test double, an internal gateway) gets
+    ``all``, the table every upstream had before there were several.
+    """
+    host = urlsplit(origin).hostname or ""
+    if host in _GRAPH_HOSTS:
+        return "graph"
+    if f".{host}".endswith(_DEFENDER_DOMAINS):
+        return "defender"
+    return "all"
+
+
 OTHER_ROUTE = RouteSpec(OTHER, (), tuple(parse_limit(text) for text in DEFAULT_LIMITS))

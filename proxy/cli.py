@@ -92,10 +92,20 @@ def _check(path: str) -> int:
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
-    print(
-        f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}, "
-        f"admin {settings.admin_listen})"
-    )
+    listeners = settings.listeners
+    if not settings.upstreams:
+        print(
+            f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}, "
+            f"catalogue {listeners[0].catalogue}, admin {settings.admin_listen})"
+        )
+        return 0
+    print(f"{path}: ok ({len(listeners)} upstreams, admin {settings.admin_listen})")
+    rows = [("name", "listen", "catalogue", "origin")]
+    rows += [(u.name, str(u.listen), u.catalogue, u.origin) for u in listeners]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row[:3], widths, strict=True)]
+        print("  " + "  ".join([*cells, row[3]]))
     return 0
 
 

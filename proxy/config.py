@@ -52,6 +52,7 @@ from proxy.units import (
     shown,
     shown_key,
 )
+from proxy.upstreams import Upstream, parse_upstreams, shorthand
 
 __all__ = [
     "Address",
@@ -65,6 +66,7 @@ __all__ = [
     "Throttle",
     "Timeouts",
     "Tls",
+    "Upstream",
     "effective_routes",
     "load_settings",
     "parse_settings",
@@ -129,10 +131,15 @@ class Pool:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the proxy is configured with; ``upstream`` is a normalised origin."""
+    """Everything the proxy is configured with; ``upstream`` is a normalised origin.
+
+    ``upstreams`` lists the origins of a process that serves several; empty, the process serves
+    the one that ``upstream`` + ``listen`` describe. ``listeners`` is either, as served.
+    """
 
     upstream: str = "https://api.security.microsoft.com"
     listen: Address = Address("127.0.0.1", 8080)  # noqa: RUF009 - frozen, so shared safely
+    upstreams: tuple[Upstream, ...] = ()
     admin_listen: Address = Address("0.0.0.0", 9464)  # noqa: S104, RUF009 - scraped from outside
     timeouts: Timeouts = Timeouts()
     log_format: str = "auto"
@@ -144,6 +151,11 @@ class Settings:
     throttle: Throttle = Throttle()  # noqa: RUF009 - frozen, so one shared default is safe
     #: source networks allowed to use the proxy port; empty = any caller that can reach it
     allow_from: tuple[str, ...] = ()
+
+    @property
+    def listeners(self) -> tuple[Upstream, ...]:
+        """Every upstream served, each on its own listener: ``upstreams``, or the shorthand's one."""
+        return self.upstreams or (shorthand(self.upstream, self.listen),)
 
 
 def _choice(*allowed: str) -> Callable[[object], str]:
@@ -251,6 +263,7 @@ MAX_NETWORKS: Final = 1_000
 _SCHEMA: Final[dict[str, _Spec]] = {
     "upstream": parse_upstream,
     "listen": parse_address,
+    "upstreams": parse_upstreams,
     "admin_listen": parse_address,
     "timeouts": {
         "connect": _duration(5 * _MINUTE),
@@ -296,6 +309,9 @@ _SCHEMA: Final[dict[str, _Spec]] = {
     },
 }
 
+#: The key of an ``upstreams`` entry that each shorthand key becomes.
+_ENTRY_KEY: Final = {"upstream": "origin", "listen": "listen"}
+
 _ENVIRONMENT: Final[dict[str, tuple[str, ...]]] = {
     "DEFENDER_PROXY_UPSTREAM": ("upstream",),
     "DEFENDER_PROXY_LISTEN": ("listen",),
@@ -319,8 +335,11 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
     values: dict[tuple[str, ...], Any] = {}
     origins: dict[tuple[str, ...], str] = {}
     failed: set[tuple[str, ...]] = set()
+    #: where each key was last given, valid or not
+    given: dict[tuple[str, ...], str] = {}
 
     def put(path: tuple[str, ...], parse: _Parser, raw: object, origin: str) -> None:
+        given[path] = origin
         try:
             values[path] = parse(raw)
         except NestedValueError as error:  # a list of mappings: each problem has its own path
@@ -370,7 +389,11 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
 
     # Checks across keys, skipped where a value involved is itself invalid.
     listen, admin = settings.listen, settings.admin_listen
-    if listen.port and listen.port == admin.port and not failed & {("listen",), ("admin_listen",)}:
+    if ("upstreams",) in given:
+        _check_upstreams(settings, given, failed, problems)
+    elif (
+        listen.port and listen.port == admin.port and not failed & {("listen",), ("admin_listen",)}
+    ):
         where = origins.get(("admin_listen",)) or origins[("listen",)]
         problems.append(f"{where}: listen ({listen}) and admin_listen ({admin}) share a port")
     if not settings.tls.verify and settings.tls.ca_bundle is not None:
@@ -378,6 +401,32 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _check_upstreams(
+    settings: Settings,
+    given: Mapping[tuple[str, ...], str],
+    failed: set[tuple[str, ...]],
+    problems: list[str],
+) -> None:
+    """``upstreams`` against the shorthand's keys and ``admin_listen``."""
+    upstreams = given[("upstreams",)]
+    # From the file or the environment alike: neither may quietly win over the other.
+    problems.extend(
+        f"{given[(key,)]}: {key} and upstreams are given together: {key} is the shorthand for "
+        f"one upstream; with upstreams, give each entry its own {entry_key}"
+        for key, entry_key in _ENTRY_KEY.items()
+        if (key,) in given
+    )
+    admin = settings.admin_listen
+    if failed & {("upstreams",), ("admin_listen",)} or not admin.port:
+        return
+    for index, upstream in enumerate(settings.upstreams):
+        if upstream.listen.port == admin.port:
+            problems.append(
+                f"{upstreams}[{index}].listen: {upstream.listen} and admin_listen ({admin}) "
+                "share a port"
+            )
 
 
 def parse_settings(

@@ -131,11 +131,12 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def make_pool(settings: Settings) -> Pool:
-    """The pool of connections to the upstream origin for the life of the process."""
+def make_pool(settings: Settings, origin: str | None = None) -> Pool:
+    """The pool of connections to ``origin`` (default: ``upstream``) for the life of the process."""
+    origin = origin or settings.upstream
     return Pool(
-        settings.upstream,
-        ssl_context=tls_context(settings) if settings.upstream.startswith("https:") else None,
+        origin,
+        ssl_context=tls_context(settings) if origin.startswith("https:") else None,
         connect_timeout=settings.timeouts.connect,
         read_timeout=settings.timeouts.read,
         pool_timeout=settings.timeouts.pool,

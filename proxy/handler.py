@@ -36,6 +36,7 @@ from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, Limiter
 from proxy.routing import Router
 from proxy.upstream import Pool, Response
+from proxy.upstreams import Upstream
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
 _MAX_LOGGED_PATH: Final = 512
@@ -70,7 +71,8 @@ class Outcome:
 
 
 class Proxy:
-    """The proxy port's request handler and the state it needs."""
+    """One listener's request handler and the state it needs: its upstream's origin, pool and
+    router. The limiter and the metrics may be shared with the process's other listeners."""
 
     def __init__(
         self,
@@ -78,15 +80,19 @@ class Proxy:
         metrics: Metrics,
         router: Router | None = None,
         limiter: Limiter | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.router = router or Router()
         self.limiter = limiter
+        #: the upstream this listener forwards to (default: the settings' first)
+        self.upstream = upstream or settings.listeners[0]
         self.pool: Pool | None = None
         self.in_flight = 0
-        metrics.in_flight.set_function(lambda: self.in_flight)
-        self._upstream = settings.upstream
+        metrics.in_flight_sources.add(lambda: self.in_flight)
+        self._upstream = self.upstream.origin
+        self._name = self.upstream.name
         self._cap = settings.limits.error_body_cap
         self._max_body = settings.limits.max_body
         self._caller_timeout = settings.timeouts.caller
@@ -97,13 +103,17 @@ class Proxy:
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
-        self.pool = forward.make_pool(self.settings)
+        self.pool = forward.make_pool(self.settings, self._upstream)
 
-    async def close(self) -> None:
-        """Close the upstream connection pool and the quota store."""
+    async def close_pool(self) -> None:
+        """Close the upstream connection pool (a shared limiter stays open)."""
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+
+    async def close(self) -> None:
+        """Close the upstream connection pool and the quota store."""
+        await self.close_pool()
         if self.limiter is not None:
             await self.limiter.close()
 
@@ -323,6 +333,7 @@ class Proxy:
     def _observe(self, outcome: Outcome, seconds: float) -> None:
         route = outcome.route.name
         self.metrics.observe_request(
+            self._name,
             route,
             outcome.method,
             outcome.status,
@@ -331,6 +342,7 @@ class Proxy:
             outcome.upstream_seconds,
         )
         fields: dict[str, Any] = {
+            "upstream": self._name,
             "method": outcome.method,
             "route": route,
             "path": outcome.path,

@@ -1,6 +1,7 @@
 """Every metric the proxy exports, declared in one place, with bounded label sets.
 
-Label values come from closed sets only: ``route`` is a catalogue name or ``other``; ``method`` one
+Label values come from closed sets only: ``upstream`` is the name of a configured upstream (at most
+``proxy.upstreams.MAX_UPSTREAMS``); ``route`` is a catalogue name or ``other``; ``method`` one
 of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` a known Defender
 code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
 wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
@@ -75,6 +76,23 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else OTHER
 
 
+class _Total:
+    """A gauge that reads the sum of several sources, one per listener, at each scrape."""
+
+    __slots__ = ("_sources",)
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._sources: list[Callable[[], float]] = []
+        gauge.set_function(self._total)
+
+    def add(self, source: Callable[[], float]) -> None:
+        """Count ``source`` in the gauge from now on."""
+        self._sources.append(source)
+
+    def _total(self) -> float:
+        return float(sum(source() for source in self._sources))
+
+
 class Metrics:
     """The proxy's metrics on one registry (a fresh registry per app, so tests stay isolated)."""
 
@@ -90,21 +108,22 @@ class Metrics:
         )
         self.requests = series.Counter(
             "defender_proxy_requests",
-            "Requests answered, by route, method, status and who answered (upstream or proxy).",
-            ["route", "method", "status", "source"],
+            "Requests answered, by upstream, route, method, status and who answered (upstream "
+            "or proxy).",
+            ["upstream", "route", "method", "status", "source"],
             registry=r,
         )
         self.request_duration = series.Histogram(
             "defender_proxy_request_duration_seconds",
             "Time from receiving a request to the end of its response.",
-            ["route"],
+            ["upstream", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.upstream_duration = series.Histogram(
             "defender_proxy_upstream_duration_seconds",
             "Time from sending a request upstream to receiving the response headers.",
-            ["route"],
+            ["upstream", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -119,6 +138,8 @@ class Metrics:
             "Requests being handled right now.",
             registry=r,
         )
+        #: every listener's requests in flight, summed
+        self.in_flight_sources = _Total(self.in_flight)
         self.ready = Gauge(
             "defender_proxy_ready",
             "1 while the proxy accepts new requests, 0 while it drains.",
@@ -184,9 +205,11 @@ class Metrics:
         )
         self.caller_connections = Gauge(
             "defender_proxy_caller_connections",
-            "Caller connections open on the proxy port.",
+            "Caller connections open on the proxy ports.",
             registry=r,
         )
+        #: every listener's open caller connections, summed
+        self.caller_connection_sources = _Total(self.caller_connections)
         self.caller_connections_shed = Counter(
             "defender_proxy_caller_connections_shed",
             "Caller connections closed at the connection cap (limits.caller_connections): evicted "
@@ -198,11 +221,14 @@ class Metrics:
         self.build.info({"version": __version__, "python": platform.python_version()})
 
         # Label children cached per label tuple: the label sets are closed, so these stay small.
-        self._request_children: dict[tuple[str, str, int, str], series.CounterChild] = {}
-        self._duration_children: dict[str, tuple[series.HistogramChild, series.HistogramChild]] = {}
+        self._request_children: dict[tuple[str, str, str, int, str], series.CounterChild] = {}
+        self._duration_children: dict[
+            tuple[str, str], tuple[series.HistogramChild, series.HistogramChild]
+        ] = {}
 
     def observe_request(
         self,
+        upstream: str,
         route: str,
         method: str,
         status: int,
@@ -212,16 +238,19 @@ class Metrics:
     ) -> None:
         """Count one answered request and record its durations."""
         # Keyed by the method's label, not the method: a caller inventing methods adds nothing.
-        key = (route, method if method in _METHODS else OTHER, status, source)
+        key = (upstream, route, method if method in _METHODS else OTHER, status, source)
         counter = self._request_children.get(key)
         if counter is None:
-            counter = self.requests.labels(route, key[1], status_label(status), source)
+            counter = self.requests.labels(upstream, route, key[2], status_label(status), source)
             self._request_children[key] = counter
         counter.inc()
-        durations = self._duration_children.get(route)
+        durations = self._duration_children.get((upstream, route))
         if durations is None:
-            durations = (self.request_duration.labels(route), self.upstream_duration.labels(route))
-            self._duration_children[route] = durations
+            durations = (
+                self.request_duration.labels(upstream, route),
+                self.upstream_duration.labels(upstream, route),
+            )
+            self._duration_children[(upstream, route)] = durations
         durations[0].observe(seconds)
         if upstream_seconds is not None:
             durations[1].observe(upstream_seconds)

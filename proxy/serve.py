@@ -1,7 +1,9 @@
-"""Running the proxy as a process: two listeners, signals, and a graceful drain.
+"""Running the proxy as a process: a listener per upstream and the admin port, signals, and a
+graceful drain.
 
-On SIGTERM or SIGINT ``/readyz`` turns 503 at once, the proxy port stops accepting connections,
-requests in flight get up to ``shutdown_grace`` to finish, and the process exits 0.
+On SIGTERM or SIGINT ``/readyz`` turns 503 at once, every proxy port stops accepting connections,
+requests in flight on all of them get up to ``shutdown_grace`` (together, not one after another)
+to finish, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -20,45 +22,63 @@ from proxy.config import Settings, redact_url
 
 
 async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None = None) -> int:
-    """Serve until a signal arrives, then drain; returns the exit code."""
+    """Serve until a signal arrives, then drain; returns the exit code.
+
+    ``on_ready`` gets the first proxy port and the admin port once every listener is bound.
+    """
     log = logs.get_logger("lifecycle")
-    proxy, admin = wiring.build(settings)
+    proxies, admin = wiring.build(settings)
     admin_runner = web.AppRunner(admin, access_log=None)
-    proxy_runner = web.ServerRunner(
-        wiring.proxy_server(proxy), shutdown_timeout=settings.shutdown_grace
-    )
+    proxy_runners = [
+        web.ServerRunner(wiring.proxy_server(proxy), shutdown_timeout=settings.shutdown_grace)
+        for proxy in proxies
+    ]
     await admin_runner.setup()
-    await proxy_runner.setup()
+    for runner in proxy_runners:
+        await runner.setup()
     try:
-        # A deep accept queue: a gateway may see thousands of tools connect at once.
-        proxy_site = web.TCPSite(
-            proxy_runner, settings.listen.host, settings.listen.port, backlog=4096
-        )
+        for proxy, runner in zip(proxies, proxy_runners, strict=True):
+            listen = proxy.upstream.listen
+            # A deep accept queue: a gateway may see thousands of tools connect at once.
+            await web.TCPSite(runner, listen.host, listen.port, backlog=4096).start()
         admin_site = web.TCPSite(
             admin_runner, settings.admin_listen.host, settings.admin_listen.port
         )
-        await proxy_site.start()
         await admin_site.start()
     except OSError as exc:
         log.error("cannot listen", error=str(exc))
-        await proxy_runner.cleanup()
+        await _cleanup(proxy_runners)
         await admin_runner.cleanup()
         return 1
-    ports = (_port(proxy_runner), _port(admin_runner))
+    bound = [_port(runner) for runner in proxy_runners]
+    admin_port = _port(admin_runner)
+    listeners = [
+        {
+            "name": proxy.upstream.name,
+            "listen": f"{proxy.upstream.listen.host}:{port}",
+            "origin": proxy.upstream.origin,
+            "catalogue": proxy.upstream.catalogue,
+        }
+        for proxy, port in zip(proxies, bound, strict=True)
+    ]
     log.info(
         "listening",
-        proxy=f"{settings.listen.host}:{ports[0]}",
-        admin=f"{settings.admin_listen.host}:{ports[1]}",
-        upstream=settings.upstream,
+        # The first listener's address and origin, as one-origin deployments always had them.
+        proxy=listeners[0]["listen"],
+        admin=f"{settings.admin_listen.host}:{admin_port}",
+        upstream=listeners[0]["origin"],
+        listeners=listeners,
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
     )
-    if settings.listen.host not in ("127.0.0.1", "::1", "localhost") and not settings.allow_from:
-        log.warning(
-            "the proxy port is open beyond loopback and allow_from is empty: "
-            "any caller that can reach it may use the tenant's quota",
-            listen=str(settings.listen),
-        )
+    for upstream in settings.listeners:
+        if upstream.listen.host not in _LOOPBACK and not settings.allow_from:
+            log.warning(
+                "the proxy port is open beyond loopback and allow_from is empty: "
+                "any caller that can reach it may use the tenant's quota",
+                listen=str(upstream.listen),
+                upstream=upstream.name,
+            )
     if not settings.tls.verify:
         log.warning("TLS verification of the upstream is OFF: tls.verify is false")
     # What start-up made (modules, settings, routes, metrics) lives as long as the process: out of
@@ -66,7 +86,7 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     gc.collect()
     gc.freeze()
     if on_ready is not None:
-        on_ready(*ports)
+        on_ready(bound[0], admin_port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,12 +95,25 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     await stop.wait()
 
     admin[wiring.STATE].draining = True
-    proxy.metrics.ready.set(0)
-    log.info("draining", in_flight=proxy.in_flight, grace_s=settings.shutdown_grace)
-    await proxy_runner.cleanup()  # stops accepting, then waits for handlers up to the grace
+    admin[wiring.METRICS].ready.set(0)
+    in_flight = sum(proxy.in_flight for proxy in proxies)
+    log.info("draining", in_flight=in_flight, grace_s=settings.shutdown_grace)
+    await _cleanup(proxy_runners)
     await admin_runner.cleanup()
     log.info("stopped")
     return 0
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+async def _cleanup(runners: list[web.ServerRunner]) -> None:
+    """Stop every proxy port at once: each stops accepting, then waits for its handlers up to
+    the grace, so the grace is the longest drain, not the sum of them."""
+    results = await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _port(runner: web.BaseRunner) -> int:

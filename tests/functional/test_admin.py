@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from proxy import app as wiring
-from proxy.config import Settings
+from proxy.config import Address, Settings, Upstream
 
 
 async def test_admin_endpoints_and_lifecycle(aiohttp_client: Any, base_settings: Settings) -> None:
     """The admin app opens the upstream pool, serves its endpoints, and reports draining as 503."""
-    proxy, admin = wiring.build(base_settings)
+    (proxy,), admin = wiring.build(base_settings)
     client = await aiohttp_client(admin)
     assert proxy.pool is not None
     assert (await client.get("/healthz")).status == 200
@@ -24,3 +25,21 @@ async def test_admin_endpoints_and_lifecycle(aiohttp_client: Any, base_settings:
     assert (await client.get("/readyz")).status == 503
     await client.close()
     assert proxy.pool is None
+
+
+async def test_readyz_needs_every_listener_pool(
+    aiohttp_client: Any, base_settings: Settings
+) -> None:
+    """With two upstreams, /readyz is 503 while either listener has no upstream pool."""
+    listen = Address("127.0.0.1", 0)
+    upstreams = tuple(
+        Upstream(name, base_settings.upstream, listen, "all") for name in ("one", "two")
+    )
+    proxies, admin = wiring.build(replace(base_settings, upstreams=upstreams))
+    client = await aiohttp_client(admin)
+    assert [proxy.upstream.name for proxy in proxies] == ["one", "two"]
+    assert (await client.get("/readyz")).status == 200
+    await proxies[1].close_pool()
+    assert (await client.get("/readyz")).status == 503
+    await client.close()
+    assert all(proxy.pool is None for proxy in proxies)

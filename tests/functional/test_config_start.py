@@ -100,6 +100,23 @@ STORES = (
     "redis+cluster://127.0.0.1:1",
     "rediss+cluster://127.0.0.1:1?ssl_cert_reqs=required&client_name=dp",
 )
+UPSTREAMS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "origin": st.sampled_from(
+                [
+                    "https://api.security.microsoft.com",
+                    "https://graph.microsoft.com",
+                    "http://[::1]:1",
+                ]
+            ),
+            "listen": st.sampled_from(["127.0.0.1:0", "[::1]:0"]),
+        },
+        optional={"catalogue": st.sampled_from(["defender", "graph", "all", "GRAPH "])},
+    ),
+    min_size=1,
+    max_size=16,
+).map(lambda entries: [{"name": f"u-{i}", **entry} for i, entry in enumerate(entries)])
 HOSTILE = st.one_of(
     st.sampled_from([10**400, float("nan"), float("inf"), -1, True, None, "", "x\n", [1, [2]]]),
     st.text(max_size=10),
@@ -148,6 +165,7 @@ NEAR_BOUNDS: dict[tuple[str, ...], tuple[Strategy, Strategy]] = {
     ("throttle", "fallback", "expected_replicas"): counts(1000),
     ("throttle", "fallback", "cooldown"): durations("1h", 3600),
     ("throttle", "routes"): (ROUTES, st.just([{"name": "machines.get", "limits": [f"1/{HUGE}s"]}])),
+    ("upstreams",): (UPSTREAMS, st.just([])),
 }
 
 
@@ -181,24 +199,35 @@ def ca_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
 async def start_of_run(settings: Settings) -> int:
     """What ``serve`` does before it listens, then the first admission of every route.
 
-    Returns how many routes were admitted.
+    Returns how many distinct routes were admitted.
     """
-    proxy, admin = build(settings, Metrics())
+    proxies, admin = build(settings, Metrics())
     admin_runner = web.AppRunner(admin, access_log=None)
-    proxy_runner = web.ServerRunner(proxy_server(proxy), shutdown_timeout=settings.shutdown_grace)
-    await admin_runner.setup()  # cleanup_ctx: the upstream pool (TLS context), the store warmed
-    await proxy_runner.setup()
+    proxy_runners = [
+        web.ServerRunner(proxy_server(proxy), shutdown_timeout=settings.shutdown_grace)
+        for proxy in proxies
+    ]
+    await admin_runner.setup()  # cleanup_ctx: the upstream pools (TLS context), the store warmed
+    for runner in proxy_runners:
+        await runner.setup()
     try:
-        if settings.upstream.startswith("https:"):
-            tls_context(settings)
-        assert proxy.limiter is not None
+        # The listeners share one limiter: a route served by several is admitted once.
+        admitted: set[str] = set()
         headers = CIMultiDictProxy(CIMultiDict[str]())
-        for spec in proxy.router.routes:
-            admission = await proxy.limiter.admit(spec.name, f"first-{spec.name}", headers)
-            proxy.limiter.ratelimit_headers(spec.name, admission.decision)
-        return len(proxy.router.routes)
+        for proxy in proxies:
+            if proxy.upstream.origin.startswith("https:"):
+                tls_context(settings)
+            assert proxy.limiter is not None
+            for spec in proxy.router.routes:
+                if spec.name in admitted:
+                    continue
+                admission = await proxy.limiter.admit(spec.name, f"first-{spec.name}", headers)
+                proxy.limiter.ratelimit_headers(spec.name, admission.decision)
+                admitted.add(spec.name)
+        return len(admitted)
     finally:
-        await proxy_runner.cleanup()
+        for runner in proxy_runners:
+            await runner.cleanup()
         await admin_runner.cleanup()
 
 

@@ -130,6 +130,7 @@ async def test_successes_are_not_counted_as_errors(stack: Stack) -> None:
     exposition = stack.metrics.exposition().decode()
     assert "defender_api_errors_total{" not in exposition
     labels = {"route": "alerts.list", "method": "GET", "status": "200", "source": "upstream"}
+    labels["upstream"] = "default"  # the shorthand's one upstream
     assert stack.sample("defender_proxy_requests_total", **labels) == 1
 
 
@@ -163,4 +164,5 @@ async def test_proxy_made_errors_are_not_api_errors(make_stack: Any) -> None:
     assert (await response.json())["error"]["code"] == "BadGateway"
     assert "defender_api_errors_total{" not in stack.metrics.exposition().decode()
     labels = {"route": "alerts.list", "method": "GET", "status": "502", "source": "proxy"}
+    labels["upstream"] = "default"  # the shorthand's one upstream
     assert stack.sample("defender_proxy_requests_total", **labels) == 1

@@ -228,6 +228,21 @@ def test_proxy_config_is_accepted_by_the_proxy(overlay: str) -> None:
             assert settings.listen.port == _port(container, "proxy")
 
 
+def test_the_commented_upstreams_example_is_accepted_by_the_proxy() -> None:
+    """The base config's commented upstreams example, put in place of upstream + listen, parses
+    to two loopback listeners, one per origin, clear of the admin port."""
+    lines = (DEPLOY / BASE / "config.yaml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# upstreams:")
+    example = [lines[start][2:]]
+    example += [line[2:] for line in lines[start + 1 :] if line.startswith("#   - ")]
+    kept = [line for line in lines if not line.startswith(("upstream:", "listen:"))]
+    settings = parse_settings(yaml.safe_load("\n".join([*kept, *example])), "config.yaml", {})
+    assert [(u.name, u.catalogue, str(u.listen)) for u in settings.listeners] == [
+        ("defender", "defender", "127.0.0.1:8080"),
+        ("graph", "graph", "127.0.0.1:8081"),
+    ]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_replica_uses_the_quota_store_its_replica_count_needs(overlay: str) -> None:
     """One proxy keeps its quota in memory; several share Redis, with expected_replicas right."""

@@ -219,8 +219,8 @@ def test_bad_store_override_hides_its_password() -> None:
 
 def test_unknown_top_level_key() -> None:
     """An unknown top-level key is a problem naming the key and listing the known ones."""
-    (problem,) = problems_of({"upstreams": "https://example.com"})
-    assert problem.startswith("contoso.yaml: upstreams: unknown key (known: upstream, listen, ")
+    (problem,) = problems_of({"upstream_url": "https://example.com"})
+    assert problem.startswith("contoso.yaml: upstream_url: unknown key (known: upstream, listen, ")
 
 
 def test_unknown_nested_key() -> None:

@@ -500,6 +500,19 @@ routes = st.lists(
     ),
     max_size=3,
 )
+upstreams = st.lists(
+    st.dictionaries(
+        st.sampled_from(["name", "origin", "listen", "catalogue", "bogus"]),
+        st.one_of(
+            values,
+            st.sampled_from(
+                ["graph", "all", "defender", "https://graph.microsoft.com", "127.0.0.1:0", "a:1"]
+            ),
+        ),
+        max_size=5,
+    ),
+    max_size=3,
+)
 
 
 @st.composite
@@ -507,7 +520,7 @@ def documents(draw: st.DrawFn) -> dict[str, object]:
     """A config document: some of the schema's keys, each with an arbitrary or hostile value."""
     document: dict[str, object] = {}
     for path in draw(st.lists(st.sampled_from(LEAVES), max_size=8, unique=True)):
-        value = draw(routes) if path[-1] == "routes" else draw(values)
+        value = draw({"routes": routes, "upstreams": upstreams}.get(path[-1], values))
         target = document
         for key in path[:-1]:
             section = target.setdefault(key, {})

@@ -13,7 +13,13 @@ from proxy.codes import ERROR_TABLE, PROXY_CODES, SEEN_IN_THE_WILD
 from proxy.metrics import MAX_DYNAMIC_CODES, OTHER, CodeLabels, Metrics, method_label, status_label
 
 KNOWN = frozenset(ERROR_TABLE) | SEEN_IN_THE_WILD | PROXY_CODES | MARKERS
-REQUEST_LABELS = {"route": "machines.list", "method": "GET", "status": "200", "source": "upstream"}
+REQUEST_LABELS = {
+    "upstream": "default",
+    "route": "machines.list",
+    "method": "GET",
+    "status": "200",
+    "source": "upstream",
+}
 
 
 def fill(labels: CodeLabels, count: int, prefix: str = "Dynamic") -> list[str]:
@@ -182,3 +188,33 @@ def test_build_info_carries_the_version() -> None:
     assert samples[0].labels["version"] == __version__
     assert samples[0].value == 1.0
     assert "defender_proxy_build_info{" in text
+
+
+def test_requests_and_durations_are_labelled_with_their_upstream() -> None:
+    """The same route through two upstreams is two series of the counter and of each histogram."""
+    metrics = Metrics()
+    metrics.observe_request("eu", "machines.list", "GET", 200, "upstream", 0.01, 0.005)
+    metrics.observe_request("us", "machines.list", "GET", 200, "upstream", 0.01, None)
+    sample = metrics.registry.get_sample_value
+    for upstream in ("eu", "us"):
+        assert (
+            sample("defender_proxy_requests_total", {**REQUEST_LABELS, "upstream": upstream}) == 1
+        )
+        labels = {"upstream": upstream, "route": "machines.list"}
+        assert sample("defender_proxy_request_duration_seconds_count", labels) == 1
+    eu = {"upstream": "eu", "route": "machines.list"}
+    assert sample("defender_proxy_upstream_duration_seconds_count", eu) == 1
+    us = {"upstream": "us", "route": "machines.list"}
+    assert sample("defender_proxy_upstream_duration_seconds_count", us) == 0
+
+
+def test_in_flight_and_caller_connections_sum_every_listener() -> None:
+    """Each listener adds its own count; the gauges read their sum at the scrape."""
+    metrics = Metrics()
+    metrics.in_flight_sources.add(lambda: 2)
+    metrics.in_flight_sources.add(lambda: 3)
+    metrics.caller_connection_sources.add(lambda: 7)
+    metrics.caller_connection_sources.add(lambda: 1)
+    sample = metrics.registry.get_sample_value
+    assert sample("defender_proxy_in_flight_requests", {}) == 5
+    assert sample("defender_proxy_caller_connections", {}) == 8
