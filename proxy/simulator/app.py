@@ -3,6 +3,7 @@
 Every request outside ``/_sim/`` goes through the quota first (a throttled request gets the 429,
 whatever it asked for), then through its ``X-Simulate`` directives. ``/_sim/stats`` and
 ``/_sim/reset`` are the control endpoints; they are exempt from the quota and not counted.
+``$batch`` (``batch``) counts each of its inner requests instead of itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy.simulator import behaviour
+from proxy.simulator import batch, behaviour
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.quota import SlidingQuota, refusal_message
 from proxy.units import Limit
@@ -60,6 +61,9 @@ async def _answer(request: web.Request) -> web.StreamResponse:
                 404, "NotFound", f"no simulator endpoint {request.method} {request.path}"
             )
         )
+    if batch.is_batch(request.method, request.path):
+        # Graph counts the requests inside a batch, each on its own, and not the batch.
+        return await batch.answer(request, request.app[QUOTA])
     refusal = request.app[QUOTA].admit()
     if refusal is not None:
         return _plain(
