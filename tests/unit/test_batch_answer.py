@@ -38,7 +38,8 @@ def scan(raw: bytes, size: int, cap: int = 4096) -> tuple[list[InnerAnswer], Sca
 def test_every_split_gives_the_same_answers() -> None:
     """Ids, statuses, Retry-After and bodies come out the same for pieces of any size."""
     whole, scanner = scan(ANSWER, len(ANSWER))
-    assert scanner.done and not scanner.failed
+    assert scanner.done
+    assert not scanner.failed
     assert [(a.id, a.status, a.retry_after) for a in whole] == [
         ("1", 200, None),
         ("2", 429, "7"),
@@ -56,7 +57,8 @@ def test_a_huge_body_is_kept_only_up_to_the_cap() -> None:
         {"responses": [{"id": "x" * 10_000, "status": 500, "body": {"m": "y" * 3_000_000}}]}
     )
     (answer,), scanner = scan(raw, 65536, cap=100)
-    assert len(answer.body) == 100 and not answer.complete
+    assert len(answer.body) == 100
+    assert not answer.complete
     assert len(answer.id) <= MAX_TEXT
     assert scanner.done
 
@@ -64,7 +66,8 @@ def test_a_huge_body_is_kept_only_up_to_the_cap() -> None:
 def test_an_answer_of_another_shape_stops_the_scan_quietly() -> None:
     """Not an object at the top: the scan fails, without an exception and without answers."""
     found, scanner = scan(b"[1, 2, 3]", 3)
-    assert found == [] and scanner.failed
+    assert found == []
+    assert scanner.failed
 
 
 @settings(max_examples=300, deadline=None)

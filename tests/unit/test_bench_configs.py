@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from bench.batch import CONFIG as BATCH
 from bench.common import BENCH_THROTTLE
 from bench.stalled import CONFIG as STALLED
 from proxy.config import parse_settings
 
 
-@pytest.mark.parametrize("text", [BENCH_THROTTLE, STALLED], ids=["common", "stalled"])
+@pytest.mark.parametrize(
+    "text", [BENCH_THROTTLE, STALLED, BATCH], ids=["common", "stalled", "batch"]
+)
 def test_bench_config_is_valid(text: str) -> None:
     """A benchmark's proxy config passes the same checks as check-config."""
     parse_settings(yaml.safe_load(text), "bench", environ={})
