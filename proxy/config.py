@@ -116,6 +116,9 @@ class Limits:
     max_header_size: int = 16384
     #: request bodies up to this size are read whole before an upstream connection is taken
     request_buffer: int = 64 * 2**10
+    #: a Graph ``$batch`` body is read whole and parsed to admit each inner request; over this
+    #: size it is refused with 413 (see ``proxy.batch``)
+    batch_body: int = 2**20
     #: caller connections open at once on the proxy port; past it, new ones are closed at once.
     #: 0 (the default) derives the cap from the file-descriptor limit (see ``caller_connection_cap``)
     caller_connections: int = 0
@@ -281,6 +284,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "error_body_cap": _size(1, 64 * _MiB),
         "max_header_size": _size(_KiB, _MiB),
         "request_buffer": _size(1, 64 * _MiB),
+        "batch_body": _size(_KiB, 64 * _MiB),
         "caller_connections": _whole(1, MAX_CALLER_CONNECTIONS),
     },
     "pool": {

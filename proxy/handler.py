@@ -17,7 +17,8 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import classify, forward, guard
+from proxy import batch, classify, forward, guard
+from proxy.batch_answer import InnerAnswer, Scanner
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
 from proxy.errors import (
@@ -33,7 +34,7 @@ from proxy.errors import (
 from proxy.identity import NO_CLAIMS, Claims, read_claims
 from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
-from proxy.quota.limiter import Admission, Limiter
+from proxy.quota.limiter import Admission, BatchAdmission, Limiter
 from proxy.routing import Router
 from proxy.upstream import Pool, Response
 from proxy.upstreams import Upstream
@@ -65,9 +66,13 @@ class Outcome:
     note: str = ""
     #: the caller's own request id when it was not a sane token (scrubbed, truncated)
     caller_request_id: str = ""
-    admission: Admission | None = None
+    admission: Admission | BatchAdmission | None = None
     #: the caller's token, decoded (never verified): its ids go into the log line
     claims: Claims = NO_CLAIMS
+    #: a ``$batch``: its checked requests, and the inner answers read so far (id -> status)
+    batch: batch.Batch | None = None
+    answered: dict[str, int] = field(default_factory=dict)
+    unknown_answers: int = 0
 
 
 class Proxy:
@@ -97,6 +102,7 @@ class Proxy:
         self._max_body = settings.limits.max_body
         self._caller_timeout = settings.timeouts.caller
         self._request_buffer = settings.limits.request_buffer
+        self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
         self._request_log = RequestLog()
@@ -136,12 +142,21 @@ class Proxy:
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)
-                if self.limiter is not None:
-                    admission = await self.limiter.admit(
+                raw = None
+                if outcome.route.name == batch.BATCH_ROUTE:
+                    raw = await self._read_batch(request, target, outcome)
+                if self.limiter is None:
+                    pass
+                elif outcome.batch is not None:
+                    routes = [inner.route.name for inner in outcome.batch.requests]
+                    outcome.admission = await self.limiter.admit_batch(
+                        routes, fresh_request_id(), request.headers, outcome.claims
+                    )
+                else:
+                    outcome.admission = await self.limiter.admit(
                         outcome.route.name, fresh_request_id(), request.headers, outcome.claims
                     )
-                    outcome.admission = admission
-                return await self._forward(request, target, outcome)
+                return await self._forward(request, target, outcome, raw)
             except ProxyError as exc:
                 return self._answer(exc, outcome, request)
             except CallerGoneError:
@@ -165,8 +180,27 @@ class Proxy:
             self.in_flight -= 1
             self._observe(outcome, time.perf_counter() - started)
 
+    async def _read_batch(self, request: web.BaseRequest, target: str, outcome: Outcome) -> bytes:
+        """Read a ``$batch`` body whole (up to ``limits.batch_body``) and check it."""
+        limit = self._batch_body
+        if request.content_length is not None and request.content_length > limit:
+            raise batch.too_large(limit)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        counter = forward.BodyCounter()
+        body = forward.limited_body(request.content, self._max_body, counter, self._caller_timeout)
+        try:
+            parts, whole = await forward.read_up_to(body, limit)
+        finally:
+            outcome.bytes_in = counter.count
+        if not whole:
+            raise batch.too_large(limit)
+        raw = b"".join(parts)
+        outcome.batch = batch.parse(raw, target.partition("?")[0], self.router)
+        return raw
+
     async def _forward(
-        self, request: web.BaseRequest, target: str, outcome: Outcome
+        self, request: web.BaseRequest, target: str, outcome: Outcome, raw: bytes | None = None
     ) -> web.StreamResponse:
         assert self.pool is not None, "Proxy.start() was not awaited"
         # The framing sent upstream is the proxy's own: the length its parser read, or chunked.
@@ -174,7 +208,11 @@ class Proxy:
         body = None
         counter = forward.BodyCounter()
         try:
-            if request.body_exists:
+            if raw is not None:
+                # A $batch body, read whole already: sent as the caller sent it.
+                counter.count = length = len(raw)
+                body = forward.replay([raw]) if raw else None
+            elif request.body_exists:
                 if request.headers.get("Expect", "").lower() == "100-continue":
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = forward.limited_body(
@@ -222,16 +260,17 @@ class Proxy:
                 upstream.status,
                 headers.get("Retry-After"),
                 message,
-                None if admission is None else admission.quota,
+                admission.quota if isinstance(admission, Admission) else None,
             )
             # The upstream's own RateLimit fields stand: an intermediary may not loosen them.
             upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
-            if admission is not None and not upstream_says:
+            if isinstance(admission, Admission) and not upstream_says:
                 route = outcome.route.name
                 headers.extend(self.limiter.ratelimit_headers(route, admission.decision))
         length = forward.response_length(upstream.headers)
         if length is not None:
             headers["Content-Length"] = str(length)
+        scanner = self._batch_scanner(upstream.status, headers, outcome)
         response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
         if _ends_connection(request):
             response.force_close()
@@ -245,11 +284,16 @@ class Proxy:
             first = prefix or upstream.read_ready()
             await response.write(first)
             outcome.bytes_out += len(first)
+            if scanner is not None:
+                await self._inner_answers(scanner.feed(first), outcome)
             if not failed:
                 try:
                     while chunk := await upstream.read():
                         await response.write(chunk)
                         outcome.bytes_out += len(chunk)
+                        if scanner is not None:
+                            # After the write: the caller's bytes are never held for the scan.
+                            await self._inner_answers(scanner.feed(chunk), outcome)
                 except UpstreamError as exc:
                     failed = True
                     outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
@@ -268,6 +312,66 @@ class Proxy:
                 request.transport.abort()
             outcome.note = outcome.note or "upstream failed mid-body"
         return response
+
+    def _batch_scanner(
+        self, status: int, headers: CIMultiDict[str], outcome: Outcome
+    ) -> Scanner | None:
+        """A scanner for the inner answers of a ``$batch``'s 200 answer, if it can be read."""
+        if outcome.batch is None or status != 200:
+            return None
+        coding = headers.get("Content-Encoding", "identity").strip().lower()
+        if coding != "identity":
+            # Never decompressed on its way through, so not read either: said in the log line.
+            outcome.note = f"inner answers not read: Content-Encoding {coding[:32]}"
+            return None
+        return Scanner(self._cap)
+
+    async def _inner_answers(self, found: list[InnerAnswer], outcome: Outcome) -> None:
+        """Count and log each inner answer like an outer one; an inner 429 pauses its route."""
+        assert outcome.batch is not None
+        requests = outcome.batch.by_id()
+        for answer in found:
+            inner = requests.get(answer.id)
+            if inner is None or answer.id in outcome.answered:
+                # An id the batch did not send, or a second answer for one: never trusted.
+                outcome.unknown_answers += 1
+                continue
+            outcome.answered[answer.id] = answer.status
+            route = inner.route.name
+            self.metrics.observe_inner(self._name, route, inner.method, answer.status)
+            fields: dict[str, Any] = {
+                "upstream": self._name,
+                "method": inner.method,
+                "route": route,
+                "status": answer.status,
+                "source": "batch",
+                "request_id": outcome.request_id,
+                "inner_id": scrub(answer.id[:_MAX_LOGGED_ID]),
+                "tid": outcome.claims.tid,
+                "app": outcome.claims.app,
+            }
+            message = ""
+            if answer.status >= 400:
+                info = classify.classify(
+                    answer.body,
+                    complete=answer.complete,
+                    content_encoding=None,
+                    content_type="application/json",
+                    cap=self._cap,
+                )
+                message = info.message
+                fields.update(code=info.code, message=info.message, target=info.target)
+                if info.inner_code:
+                    fields["inner_code"] = info.inner_code
+                self.metrics.api_errors.labels(
+                    route, status_label(answer.status), self.metrics.codes.label(info.code)
+                ).inc()
+            self._request_log.write(fields)
+            if self.limiter is not None:
+                quota = self.limiter.quota_for(route, outcome.claims)
+                await self.limiter.observe_answer(
+                    route, answer.status, answer.retry_after, message, quota
+                )
 
     @staticmethod
     def _caller_gone(outcome: Outcome, note: str) -> None:
@@ -365,6 +469,12 @@ class Proxy:
             fields.update(outcome.error)
         if outcome.note:
             fields["note"] = outcome.note
+        if outcome.batch is not None:
+            fields["batch_requests"] = len(outcome.batch.requests)
+            if outcome.source == "upstream" and outcome.status == 200:
+                fields["batch_answers"] = len(outcome.answered)
+                if outcome.unknown_answers:
+                    fields["batch_unknown_answers"] = outcome.unknown_answers
         if outcome.admission is not None:
             fields["quota"] = outcome.admission.outcome
             fields["admit_ms"] = round(outcome.admission.decided * 1000, 3)

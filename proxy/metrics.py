@@ -255,6 +255,15 @@ class Metrics:
         if upstream_seconds is not None:
             durations[1].observe(upstream_seconds)
 
+    def observe_inner(self, upstream: str, route: str, method: str, status: int) -> None:
+        """Count one answer from inside a ``$batch`` answer (``source="batch"``)."""
+        key = (upstream, route, method if method in _METHODS else OTHER, status, "batch")
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self.requests.labels(upstream, route, key[2], status_label(status), "batch")
+            self._request_children[key] = counter
+        counter.inc()
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)

@@ -154,13 +154,13 @@ class FallbackStore:
             used = self.local.used(local, index, at)
             self.local.record_in(local, index, at, max(0, window.limit - share_left - used))
 
-    async def release(self, quota: Quota, member: str) -> None:
+    async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
         """See ``QuotaStore.release``; best effort on both stores."""
-        await self.local.release(self._local_share(quota), member)
+        await self.local.release(self._local_share(quota), member, unused=unused)
         if self._use_shared():
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self.shared.release(quota, member)
+                    await self.shared.release(quota, member, unused=unused)
             except self._errors as exc:
                 self._failed(exc)
 

@@ -23,7 +23,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +60,19 @@ class Admission:
     waited: float
     #: seconds the store took to decide (one round trip for Redis)
     decided: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAdmission:
+    """The quota's answer for every inner request of a ``$batch`` at once."""
+
+    #: ``admitted`` (every slot free at once) or ``waited`` (for the latest slot)
+    outcome: str
+    waited: float
+    #: seconds the store took to decide, over all the inner requests
+    decided: float
+    #: inner requests that hold a slot (shadow routes take none)
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +186,10 @@ class Limiter:
             self._quotas[(route, identity)] = quota
         return quota
 
+    def quota_for(self, route: str, claims: Claims) -> Quota:
+        """The quota a request on ``route`` from the caller ``claims`` name is admitted on."""
+        return self._quota_of(route, self._routes[route], claims)
+
     async def admit(
         self,
         route: str,
@@ -255,6 +272,94 @@ class Limiter:
             "RateLimit-Policy": policy.policy_header,
             "RateLimit": policy.state_format % tuple(values),
         }
+
+    # A $batch: every inner request admitted as if sent alone, all of them or none.
+
+    async def admit_batch(
+        self,
+        routes: Sequence[str],
+        member: str,
+        headers: CIMultiDictProxy[str],
+        claims: Claims = NO_CLAIMS,
+    ) -> BatchAdmission:
+        """Take a slot for each inner request of a batch (``routes``, in order), then wait once
+        for the latest; if any has no slot within the deadline, give back every one and raise the
+        proxy's 429 for the whole batch.
+
+        Reserve first, wait after: each store call is one atomic admission on one quota, so the
+        slots are taken one by one with the caller's deadline, and only when all are held does the
+        batch wait (once, until the latest). The batch itself takes no slot: Graph counts the
+        requests inside it, each on its own, in the quota of the batch's caller (``claims``).
+        """
+        deadline = self._deadline(headers)
+        tenant, app = self._labels.of(claims.tid), self._labels.of(claims.app)
+        held: list[tuple[str, Quota, str]] = []
+        latest = 0.0
+        decided = 0.0
+        for index, route in enumerate(routes):
+            policy = self._routes[route]
+            quota = self._quota_of(route, policy, claims)
+            reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
+            inner = f"{member}.{index}"
+            started = time.perf_counter()
+            decision = await self.store.admit(quota, inner, deadline, reserve, policy.shadow)
+            took = time.perf_counter() - started
+            decided += took
+            self._store_timer.observe(took)
+            labels = (route, tenant, app)
+            children = self._children.get(labels) or self._children_of(labels, policy)
+            for gauge, left in zip(children.remaining, decision.remaining, strict=True):
+                gauge.set(left)
+            if policy.shadow:
+                if decision.wait <= 0:
+                    children.outcomes["admitted"].inc()
+                else:
+                    shadow = "shadow_waited" if decision.admitted else "shadow_refused"
+                    children.outcomes[shadow].inc()
+                continue
+            if not decision.admitted:
+                await self._give_back(held)
+                for other in routes:
+                    policy = self._routes[other]
+                    if not policy.shadow:
+                        labels = (other, tenant, app)
+                        children = self._children.get(labels) or self._children_of(labels, policy)
+                        children.outcomes["refused"].inc()
+                retry = max(1, math.ceil(decision.wait))
+                raise QuotaRefusal(
+                    429,
+                    "TooManyRequests",
+                    f"the batch's request {index} ({route}) has no slot within {deadline:g}s; "
+                    f"no request of the batch was sent; retry in {retry}s",
+                    headers={"Retry-After": str(retry)},
+                )
+            held.append((route, quota, inner))
+            latest = max(latest, decision.wait)
+        if latest > 0:
+            try:
+                await asyncio.sleep(latest)
+            except asyncio.CancelledError:
+                # The caller went away while waiting: give every slot back to the others.
+                for _, quota, inner in held:
+                    self._release_later(quota, inner)
+                raise
+            now = time.monotonic()
+            if any(self._paused_until.get(quota.key, 0.0) > now for _, quota, _ in held):
+                # The API answered 429 while the batch waited: its slots predate the pause.
+                for _, quota, inner in held:
+                    self._release_later(quota, inner)
+                return await self.admit_batch(routes, fresh_member(member), headers, claims)
+        outcome = "waited" if latest > 0 else "admitted"
+        for route, _, _ in held:
+            children = self._children[(route, tenant, app)]
+            children.wait.observe(latest)
+            children.outcomes[outcome].inc()
+        return BatchAdmission(outcome, latest, decided, len(held))
+
+    async def _give_back(self, held: Sequence[tuple[str, Quota, str]]) -> None:
+        # Awaited, not left to a task: the 429 goes out only once no slot of the batch is held.
+        for _, quota, inner in held:
+            await self.store.release(quota, inner, unused=True)
 
     async def observe_answer(
         self,

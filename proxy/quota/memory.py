@@ -12,6 +12,10 @@ from collections.abc import Callable
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
 
+#: Admissions at once (no reservation) whose member is kept for a give-back of an unused slot:
+#: more than the 20 requests of a ``$batch``, whose admissions run without a pause in between.
+_RECENT = 256
+
 
 class MemoryStore:
     """Admission logs in this process's memory."""
@@ -23,6 +27,8 @@ class MemoryStore:
         self._logs: dict[str, list[list[int]]] = {}
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
+        #: member -> (quota key, time) of the latest admissions at once, oldest first
+        self._recent: dict[str, tuple[str, int]] = {}
 
     def _now(self) -> int:
         return round(self._clock() * MICROS)
@@ -58,8 +64,13 @@ class MemoryStore:
         if shadow or admitted:
             for log in logs:
                 insort(log, at)
-            if at > now:  # only reservations can be given back; used slots need no name
+            if at > now:  # reservations can be given back
                 self._members.setdefault(quota.key, {})[member] = at
+            elif not shadow:  # and the latest slots taken at once, if never used
+                recent = self._recent
+                recent[member] = (quota.key, at)
+                if len(recent) > _RECENT:
+                    del recent[next(iter(recent))]
         return self._decision(quota, logs, now, admitted, wait)
 
     def _decision(
@@ -93,10 +104,15 @@ class MemoryStore:
         for log in self._load(quota, self._now()):
             insort(log, stamp)
 
-    async def release(self, quota: Quota, member: str) -> None:
-        """See ``QuotaStore.release``: only a reservation still in the future is given back."""
+    async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
+        """See ``QuotaStore.release``: a reservation still in the future is given back, and with
+        ``unused`` also a slot taken at once among the latest few hundred."""
         at = self._members.get(quota.key, {}).pop(member, None)
-        if at is None or at <= self._now():
+        if at is None and unused:
+            key, at = self._recent.pop(member, ("", None))
+            if key != quota.key:
+                at = None
+        if at is None or (at <= self._now() and not unused):
             return
         for log in self._logs.get(quota.key, []):
             if at in log:

@@ -113,9 +113,9 @@ class RedisStore:
             reset=tuple(v / MICROS for v in values[4::2]),
         )
 
-    async def release(self, quota: Quota, member: str) -> None:
+    async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
         """See ``QuotaStore.release``."""
-        await self._release(keys=self._window_keys(quota), args=[member])
+        await self._release(keys=self._window_keys(quota), args=[member, "1" if unused else "0"])
 
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``."""

@@ -65,8 +65,12 @@ class QuotaStore(Protocol):
         mode the decision is computed but the admission is logged now, whatever it says.
         """
 
-    async def release(self, quota: Quota, member: str) -> None:
-        """Give back a reservation whose caller went away before its slot."""
+    async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
+        """Give back a reservation whose caller went away before its slot.
+
+        With ``unused`` the slot is given back even if its time has come: its request was never
+        sent (a ``$batch`` refused whole gives back the slots it took for its other requests).
+        """
 
     async def pause(self, quota: Quota, seconds: float) -> float:
         """Pause the quota for every replica for ``seconds`` (never shortening a longer pause)."""

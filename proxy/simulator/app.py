@@ -1,8 +1,10 @@
 """The simulator's application: its configuration, its routes and the blocking ``serve``.
 
 Every request outside ``/_sim/`` goes through the quota first (a throttled request gets the 429,
-whatever it asked for; with ``per_identity``, the quota of its route and token, see ``keyed``), then through its ``X-Simulate`` directives. ``/_sim/stats`` and
-``/_sim/reset`` are the control endpoints; they are exempt from the quota and not counted.
+whatever it asked for; with ``per_identity``, the quota of its route and token, see ``keyed``),
+then through its ``X-Simulate`` directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
+endpoints; they are exempt from the quota and not counted.
+``$batch`` (``batch``) counts each of its inner requests instead of itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.identity import read_claims
-from proxy.simulator import behaviour
+from proxy.simulator import batch, behaviour
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
@@ -64,6 +66,9 @@ async def _answer(request: web.Request) -> web.StreamResponse:
                 404, "NotFound", f"no simulator endpoint {request.method} {request.path}"
             )
         )
+    if batch.is_batch(request.method, request.path):
+        # Graph counts the requests inside a batch, each on its own, and not the batch.
+        return await batch.answer(request, request.app[QUOTA])
     quota = request.app[QUOTA]
     claims = read_claims(request.headers.get("Authorization"))
     refusal = quota.admit(quota.key(request.method, request.path, claims))

@@ -79,7 +79,7 @@ async def respond(request: web.Request, directives: Directives) -> web.StreamRes
         # aiohttp's attempt to send this finds the transport closed and gives up quietly.
         return web.Response()
     answer = await _plan(request, directives)
-    _adjust_headers(answer.headers, directives)
+    adjust_headers(answer.headers, directives)
     if answer.fault is not None:
         return await _send_fault(request, answer, directives.stall)
     if answer.until_close:
@@ -95,18 +95,10 @@ async def _plan(request: web.Request, d: Directives) -> Answer:
     match d.answer:
         case None:
             return Answer(200, CIMultiDict({"Content-Type": JSON}), bodies.DEFAULT_BODY)
-        case "status":
-            return _status_only(d.status or 200)
-        case "error":
-            return error_answer(d.status or 500, d.value, bodies.message_for(d.value))
-        case "graph-error":
-            return _graph_error(request, d)
-        case "hunting-429":
-            return error_answer(
-                429, "429", bodies.HUNTING_MESSAGE, {"Retry-After": _HUNTING_RETRY_AFTER}
-            )
-        case "cpu-429":
-            return error_answer(429, "429", bodies.CPU_MESSAGE)
+        case "status" | "error" | "graph-error" | "hunting-429" | "cpu-429":
+            answer = plan_error(d, request.headers.get("client-request-id"))
+            assert answer is not None
+            return answer
         case "body":
             return _body(d)
         case "download":
@@ -145,6 +137,27 @@ async def _plan(request: web.Request, d: Directives) -> Answer:
     raise AssertionError(f"unplanned answer {d.answer!r}")
 
 
+def plan_error(d: Directives, client_request_id: str | None) -> Answer | None:
+    """The answer of a status or error directive (a JSON body in memory), or None for others.
+
+    Shared by whole requests and the requests inside a ``$batch``.
+    """
+    match d.answer:
+        case "status":
+            return _status_only(d.status or 200)
+        case "error":
+            return error_answer(d.status or 500, d.value, bodies.message_for(d.value))
+        case "graph-error":
+            return _graph_error(d, client_request_id)
+        case "hunting-429":
+            return error_answer(
+                429, "429", bodies.HUNTING_MESSAGE, {"Retry-After": _HUNTING_RETRY_AFTER}
+            )
+        case "cpu-429":
+            return error_answer(429, "429", bodies.CPU_MESSAGE)
+    return None
+
+
 def _status_only(status: int) -> Answer:
     if status in (204, 304):
         return Answer(status)
@@ -154,10 +167,10 @@ def _status_only(status: int) -> Answer:
     return error_answer(status, code, bodies.message_for(code))
 
 
-def _graph_error(request: web.Request, d: Directives) -> Answer:
+def _graph_error(d: Directives, client_request_id: str | None) -> Answer:
     code, status = d.value, d.status or 500
     request_id = new_target()
-    client_id = bodies.client_request_id(request.headers.get("client-request-id"))
+    client_id = bodies.client_request_id(client_request_id)
     headers = CIMultiDict(
         {
             "Content-Type": JSON,
@@ -205,7 +218,8 @@ async def _echo(request: web.Request) -> Answer:
     return Answer(200, CIMultiDict({"Content-Type": JSON}), orjson.dumps(description))
 
 
-def _adjust_headers(headers: CIMultiDict[str], d: Directives) -> None:
+def adjust_headers(headers: CIMultiDict[str], d: Directives) -> None:
+    """Apply the modifiers that change headers: ``retry-after``, ``set-header``, ``set-cookie``."""
     if d.retry_after is not None:
         headers["Retry-After"] = d.retry_after
     # A set-header replaces the simulator's own header of that name; repeats of it all go out.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from bench.batch import CONFIG as BATCH
 from bench.common import BENCH_THROTTLE
 from bench.quota_identities import config as identities_config
 from bench.stalled import CONFIG as STALLED
@@ -13,8 +14,8 @@ from proxy.config import parse_settings
 
 @pytest.mark.parametrize(
     "text",
-    [BENCH_THROTTLE, STALLED, identities_config(6379, "bench")],
-    ids=["common", "stalled", "identities"],
+    [BENCH_THROTTLE, STALLED, identities_config(6379, "bench"), BATCH],
+    ids=["common", "stalled", "identities", "batch"],
 )
 def test_bench_config_is_valid(text: str) -> None:
     """A benchmark's proxy config passes the same checks as check-config."""

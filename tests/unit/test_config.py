@@ -515,6 +515,7 @@ LEAVES = [
     ("limits", "max_body"),
     ("limits", "error_body_cap"),
     ("limits", "max_header_size"),
+    ("limits", "batch_body"),
     ("pool", "max_connections"),
     ("pool", "keepalive"),
     ("throttle", "store"),
@@ -1134,3 +1135,15 @@ def test_bad_allow_from_is_a_problem(value: object) -> None:
     """A bad allow_from entry is reported with its key."""
     (problem,) = problems_of({"allow_from": value})
     assert problem.startswith("contoso.yaml: allow_from: ")
+
+
+def test_batch_body_has_a_default_and_bounds() -> None:
+    """limits.batch_body is 1 MiB by default, read as a size, and refused outside 1KiB-64MiB."""
+    assert parse_settings({}, environ={}).limits.batch_body == 2**20
+    assert (
+        parse_settings({"limits": {"batch_body": "4MiB"}}, environ={}).limits.batch_body
+        == 4 * 2**20
+    )
+    for wrong in ("512", "65MiB"):
+        (problem,) = problems_of({"limits": {"batch_body": wrong}})
+        assert "limits.batch_body" in problem

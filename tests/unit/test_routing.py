@@ -102,6 +102,9 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", "/v1.0/security/runHuntingQuery", "graph.runHuntingQuery"),
     ("POST", "/beta/security/runHuntingQuery", "graph.runHuntingQuery"),
     ("GET", "/v1.0/security/alerts_v2", "graph.security"),
+    ("POST", "/v1.0/$batch", "graph.batch"),
+    ("POST", "/beta/%24batch", "graph.batch"),
+    ("GET", "/v1.0/$batch", "other"),
     ("PATCH", "/beta/security/incidents/12", "graph.security"),
     ("GET", "/v1.0/security/runHuntingQuery", "graph.security"),
     # Prefixes, case, encodings and slashes.

@@ -1,0 +1,125 @@
+"""Graph JSON batching on the way in: read a ``$batch`` body within a bound, check it, route each
+inner request.
+
+A batch (``POST /v1.0/$batch`` or ``/beta/$batch``, the ``graph.batch`` route) carries up to 20
+requests that Graph counts each on its own, so the proxy must know them before it admits the
+batch: the body is read whole, up to ``limits.batch_body``, and parsed. What the proxy cannot
+count it does not forward: a batch over the bound is refused with 413, one that is not a batch
+Graph would take (not JSON, no requests, more than 20, a duplicate id, an absolute or
+protocol-relative url, a batch inside a batch, a ``dependsOn`` naming no request of the batch)
+with 400 ``BadRequest``, both in the Defender envelope and before anything is admitted or sent.
+The body that is forwarded is the bytes the caller sent, unchanged.
+
+Each inner request is routed as the proxy's router routes a whole request: its method and the
+batch's version prefix joined to its url (``/security/alerts_v2?$top=1`` in a ``/v1.0`` batch is
+``GET /v1.0/security/alerts_v2``). Nothing of an inner request but its id, method and route is
+kept: its headers (an ``Authorization`` among them) and body are never read into a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from proxy.catalogue import RouteSpec
+from proxy.errors import RefusalError
+from proxy.routing import Router
+
+#: The route name of a batch itself; it is never charged, its inner requests are.
+BATCH_ROUTE: Final = "graph.batch"
+#: Graph's documented ceiling on requests in one batch.
+MAX_REQUESTS: Final = 20
+#: Longer inner ids are refused: they are logged (scrubbed) and matched against the answer.
+MAX_ID: Final = 128
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Inner:
+    """One request inside a batch, as far as the proxy looks at it."""
+
+    id: str
+    method: str
+    route: RouteSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A checked batch: its requests in the order given."""
+
+    requests: tuple[Inner, ...]
+
+    def by_id(self) -> dict[str, Inner]:
+        """The requests by their id (unique in a checked batch)."""
+        return {inner.id: inner for inner in self.requests}
+
+
+def too_large(limit: int) -> RefusalError:
+    """The refusal of a batch body over ``limits.batch_body``."""
+    return RefusalError(
+        413,
+        "PayloadTooLarge",
+        f"the $batch body is over this proxy's limit of {limit} bytes (limits.batch_body); "
+        "it is read whole to admit each request in it",
+    )
+
+
+def parse(body: bytes, path: str, router: Router) -> Batch:
+    """Check a batch body and route its requests; raise ``RefusalError`` (400) saying what is
+    wrong. ``path`` is the batch's own path, whose first segment is the version prefix."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad("the $batch body is not valid JSON") from None
+    items = doc.get("requests") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise _bad("the $batch body needs a non-empty 'requests' list")
+    if len(items) > MAX_REQUESTS:
+        raise _bad(f"a $batch holds at most {MAX_REQUESTS} requests, got {len(items)}")
+    version = "/" + path.lstrip("/").partition("/")[0]
+    requests = [_inner(index, item, version, router) for index, item in enumerate(items)]
+    ids = [inner.id for inner in requests]
+    if len(set(ids)) != len(ids):
+        raise _bad("every request of a $batch needs its own id; an id is repeated")
+    for index, item in enumerate(items):
+        _check_depends(index, item.get("dependsOn"), set(ids))
+    return Batch(tuple(requests))
+
+
+def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
+    if not isinstance(item, dict):
+        raise _bad(f"request {index} of the $batch is not a JSON object")
+    ident, method, url = item.get("id"), item.get("method"), item.get("url")
+    if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID:
+        raise _bad(f"request {index} of the $batch needs a string id of 1 to {MAX_ID} characters")
+    if not isinstance(method, str) or method.upper() not in _METHODS:
+        raise _bad(f"request {index} of the $batch needs a method, one of {sorted(_METHODS)}")
+    if not isinstance(url, str) or not url:
+        raise _bad(f"request {index} of the $batch needs a url")
+    if not url.isprintable() or "\\" in url:
+        raise _bad(f"request {index} of the $batch has a url with control characters")
+    if "://" in url.partition("?")[0] or url.startswith("//"):
+        # Graph resolves inner urls against its own version root; another host is never asked.
+        raise _bad(f"request {index} of the $batch has an absolute url; it must be relative")
+    headers = item.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise _bad(f"request {index} of the $batch has headers that are not an object")
+    path = url.partition("?")[0].partition("#")[0]
+    route = router.match(method.upper(), f"{version}/{path.lstrip('/')}")
+    if route.name == BATCH_ROUTE:
+        raise _bad(f"request {index} of the $batch is itself a $batch; batches do not nest")
+    return Inner(ident, method.upper(), route)
+
+
+def _check_depends(index: int, depends: Any, ids: set[str]) -> None:
+    if depends is None:
+        return
+    if not isinstance(depends, list) or not all(isinstance(d, str) and d in ids for d in depends):
+        raise _bad(f"request {index} of the $batch has a dependsOn naming no request of the batch")
+
+
+def _bad(message: str) -> RefusalError:
+    return RefusalError(400, "BadRequest", message)
