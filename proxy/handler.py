@@ -54,6 +54,8 @@ class Outcome:
     path: str
     request_id: str
     route: RouteSpec = OTHER_ROUTE
+    #: for ``other``, the path family that keys its quota (``Router.route``)
+    family: str = ""
     status: int = 0
     source: str = "proxy"
     upstream_seconds: float | None = None
@@ -120,11 +122,12 @@ class Proxy:
                     (version.major, version.minor), None if codings is None else ",".join(codings)
                 )
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
-                outcome.route = self.router.match(request.method, target.partition("?")[0])
+                routed = self.router.route(request.method, target.partition("?")[0])
+                outcome.route, outcome.family = routed.spec, routed.family
                 guard.check_body_size(request.content_length, self._max_body)
                 if self.limiter is not None:
                     admission = await self.limiter.admit(
-                        outcome.route.name, fresh_request_id(), request.headers
+                        outcome.route.name, fresh_request_id(), request.headers, outcome.family
                     )
                     outcome.admission = admission
                 return await self._forward(request, target, outcome)
@@ -203,7 +206,11 @@ class Proxy:
             message = self._classify(headers, upstream.status, prefix, complete or failed, outcome)
         if self.limiter is not None:
             await self.limiter.observe_answer(
-                outcome.route.name, upstream.status, headers.get("Retry-After"), message
+                outcome.route.name,
+                upstream.status,
+                headers.get("Retry-After"),
+                message,
+                outcome.family,
             )
             admission = outcome.admission
             # The upstream's own RateLimit fields stand: an intermediary may not loosen them.

@@ -24,11 +24,12 @@ from typing import Any, Final
 from multidict import CIMultiDictProxy
 
 from proxy import hints
-from proxy.catalogue import RouteSpec
+from proxy.catalogue import OTHER, RouteSpec
 from proxy.config import Throttle
 from proxy.errors import QuotaRefusal, RefusalError
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
+from proxy.quota.families import Families
 from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
 from proxy.units import parse_duration
 
@@ -111,6 +112,10 @@ class Limiter:
                 priority == "bulk",
                 mode == "shadow",
             )
+        other = self._routes.get(OTHER)
+        self._families = (
+            None if other is None else Families(throttle.namespace, OTHER, other.quota.windows)
+        )
         self._children: dict[str, _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
@@ -146,13 +151,24 @@ class Limiter:
             )
         return value == "bulk"
 
-    async def admit(self, route: str, member: str, headers: CIMultiDictProxy[str]) -> Admission:
+    def _quota_of(self, route: str, family: str) -> tuple[Quota, str]:
+        """The quota a request counts against, and the key its pauses are kept under: the
+        route's own, or for ``other`` with a path family, the family's (``quota.families``)."""
+        if family and self._families is not None and route == OTHER:
+            family, quota = self._families.quota(family)
+            return quota, f"{route}:{family}"
+        return self._routes[route].quota, route
+
+    async def admit(
+        self, route: str, member: str, headers: CIMultiDictProxy[str], family: str = ""
+    ) -> Admission:
         """Wait for the request's slot, or raise the proxy's 429."""
         policy = self._routes[route]
+        quota, paused = self._quota_of(route, family)
         deadline = self._deadline(headers)
         reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
         started = time.perf_counter()
-        decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
+        decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
         decided = time.perf_counter() - started
         self._store_timer.observe(decided)
         children = self._children.get(route) or self._children_of(route, policy)
@@ -164,7 +180,7 @@ class Limiter:
             else:
                 outcome = "shadow_waited" if decision.admitted else "shadow_refused"
             children.outcomes[outcome].inc()
-            return Admission(policy.quota, decision, outcome, 0.0, decided)
+            return Admission(quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
             children.outcomes["refused"].inc()
             retry = max(1, math.ceil(decision.wait))
@@ -179,18 +195,18 @@ class Limiter:
                 await asyncio.sleep(decision.wait)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give its slot back to the others.
-                self._release_later(policy.quota, member)
+                self._release_later(quota, member)
                 raise
-            if self._paused_until.get(route, 0.0) > time.monotonic():
+            if self._paused_until.get(paused, 0.0) > time.monotonic():
                 # The API answered 429 while this caller waited: its slot predates the pause.
-                self._release_later(policy.quota, member)
-                return await self.admit(route, fresh_member(member), headers)
+                self._release_later(quota, member)
+                return await self.admit(route, fresh_member(member), headers, family)
             outcome = "waited"
         else:
             outcome = "admitted"
         children.wait.observe(decision.wait)
         children.outcomes[outcome].inc()
-        return Admission(policy.quota, decision, outcome, decision.wait, decided)
+        return Admission(quota, decision, outcome, decision.wait, decided)
 
     def _children_of(self, route: str, policy: _RoutePolicy) -> _Children:
         # Made on a route's first admission, so that routes nobody calls add no series.
@@ -220,25 +236,25 @@ class Limiter:
         }
 
     async def observe_answer(
-        self, route: str, status: int, retry_after: str | None, message: str
+        self, route: str, status: int, retry_after: str | None, message: str, family: str = ""
     ) -> None:
         """React to the API's answer: a 429 pauses the route's quota for every replica."""
+        quota, paused = self._quota_of(route, family)
         if status != 429:
-            if self._streak.get(route):
-                self._streak[route] = 0
+            if self._streak.get(paused):
+                self._streak[paused] = 0
             return
         hint = hints.upstream_hint(retry_after, message, time.time())
         self._metrics.upstream_throttled.labels(route, hint.reason).inc()
         if hint.seconds is None:
-            streak = self._streak.get(route, 0) + 1
-            self._streak[route] = streak
+            streak = self._streak.get(paused, 0) + 1
+            self._streak[paused] = streak
             seconds = hints.backoff(streak)
         else:
             seconds = hint.seconds
         pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
-        policy = self._routes[route]
-        left = await self.store.pause(policy.quota, pause)
-        self._paused_until[route] = time.monotonic() + left
+        left = await self.store.pause(quota, pause)
+        self._paused_until[paused] = time.monotonic() + left
         self._log.warning(
             "upstream throttled: quota paused for every replica",
             route=route,
