@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.callers import CallerServer, caller_connection_cap
+from proxy.catalogue import CATALOGUES, catalogue_for_origin
 from proxy.config import Settings, effective_routes, route_policies
 from proxy.errors import SERVER_NAME
 from proxy.handler import Proxy
@@ -38,11 +39,13 @@ STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
 def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Proxy, web.Application]:
     """The proxy handler and the admin app that owns its resources."""
     metrics = metrics or Metrics()
-    router = Router(effective_routes(settings.throttle))
+    # One upstream: its catalogue follows from its host (Defender, Graph, or both for others).
+    catalogue = CATALOGUES[catalogue_for_origin(settings.upstream)]
+    router = Router(effective_routes(settings.throttle, catalogue))
     limiter = Limiter(
         settings.throttle,
         router.routes,
-        route_policies(settings.throttle),
+        route_policies(settings.throttle, catalogue),
         make_store(settings.throttle, metrics),
         metrics,
     )

@@ -240,12 +240,16 @@ def _limits(raw: object, where: str, problems: _Problems) -> tuple[Limit, ...]:
     return tuple(limits)
 
 
-def effective_routes(throttle: Throttle) -> tuple[RouteSpec, ...]:
-    """The route table: new routes first (in the order given), then the catalogue, overridden.
+def effective_routes(
+    throttle: Throttle, catalogue: tuple[RouteSpec, ...] = CATALOGUE
+) -> tuple[RouteSpec, ...]:
+    """The route table: new routes first (in the order given), then ``catalogue``, overridden.
 
     The router takes the first match, so a new route wins over any catalogue entry it overlaps;
     a catalogue entry keeps its place whatever of its ``match`` or ``limits`` is replaced.
-    Unmatched requests still fall into ``other``, which the router adds itself.
+    Unmatched requests still fall into ``other``, which the router adds itself. An override of a
+    built-in route that ``catalogue`` does not hold (a Graph route for a Defender upstream) is
+    left out: it is no error, the same config serving several upstreams.
     """
     overrides = {route.name: route for route in throttle.routes}
     added: list[RouteSpec] = []
@@ -255,7 +259,7 @@ def effective_routes(throttle: Throttle) -> tuple[RouteSpec, ...]:
         if not route.match or not route.limits:
             raise ValueError(f"{route.name!r} is not a catalogue route: it needs match and limits")
         added.append(RouteSpec(route.name, route.match, route.limits))
-    kept = (_overridden(spec, overrides.get(spec.name)) for spec in CATALOGUE)
+    kept = (_overridden(spec, overrides.get(spec.name)) for spec in catalogue)
     return (*added, *kept)
 
 
@@ -266,11 +270,14 @@ def _overridden(spec: RouteSpec, route: RouteOverride | None) -> RouteSpec:
     return replace(spec, match=match, limits=spec.limits if route.limits is None else route.limits)
 
 
-def route_policies(throttle: Throttle) -> dict[str, tuple[str, str]]:
-    """``(priority, mode)`` of every route name, ``other`` included, with the defaults applied."""
+def route_policies(
+    throttle: Throttle, catalogue: tuple[RouteSpec, ...] = CATALOGUE
+) -> dict[str, tuple[str, str]]:
+    """``(priority, mode)`` of every route name of ``effective_routes(throttle, catalogue)``,
+    ``other`` included, with the defaults applied."""
     overrides = {route.name: route for route in throttle.routes}
     policies: dict[str, tuple[str, str]] = {}
-    for name in (*(spec.name for spec in effective_routes(throttle)), OTHER):
+    for name in (*(spec.name for spec in effective_routes(throttle, catalogue)), OTHER):
         route = overrides.get(name)
         priority = route.priority if route is not None and route.priority else INTERACTIVE
         mode = route.mode if route is not None and route.mode else throttle.mode
