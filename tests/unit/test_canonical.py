@@ -5,6 +5,7 @@ bounded path families."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -103,6 +104,7 @@ def test_newline_past_the_segments_given_ends_no_tail() -> None:
 
 # --- random spellings of every catalogue pattern -------------------------------------------------
 
+_CASES: list[Callable[[str], str]] = [str, str.upper, str.lower, str.swapcase]
 _UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 
 
@@ -139,7 +141,7 @@ def _spelling(draw: st.DrawFn, pattern: str) -> tuple[str, str, str]:
             text = draw(st.sampled_from(["microsoft.graph.", "microsoft.graph.security."])) + text
         text = "".join(
             f"%{ord(char):02X}" if char in _UNRESERVED and draw(st.integers(0, 7)) == 0 else char
-            for char in draw(st.sampled_from([str, str.upper, str.lower, str.swapcase]))(text)
+            for char in draw(st.sampled_from(_CASES))(text)
         )
         out.append(text)
     for index in range(len(out)):

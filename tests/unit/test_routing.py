@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import canonical, routing
-from proxy.canonical import canonical_path
+from proxy.canonical import canonical_path, fold
 from proxy.catalogue import CATALOGUE, OTHER, RouteSpec
 from proxy.guard import MAX_PATH
-from proxy.routing import PatternError, Router, compile_pattern, fold
+from proxy.routing import PatternError, Router, compile_pattern
 from proxy.units import Limit
 from tests.regex_router import RegexRouter
 
