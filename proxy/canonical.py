@@ -9,7 +9,7 @@ What is folded, in this order:
    reserved character is data (RFC 3986 §2.2), and decoding ``%2F`` into a separator would split
    one segment into two, which is not how the API reads it (ASP.NET keeps ``%2F`` in its segment)
    and would let a caller move a request to another route. Both stay in their segment as text.
-2. **Case** is folded as ``re.IGNORECASE`` compares (``routing.fold``).
+2. **Case** is folded as ``re.IGNORECASE`` compares (``fold``).
 3. **Empty segments** go: ``//api/machines``, ``/api//machines/x`` and a trailing slash are the
    path without them.
 4. **Matrix parameters** go: ``machines;x=1`` is ``machines``.
@@ -22,6 +22,9 @@ What is folded, in this order:
    router as the literal ``findbyip`` with a call.
 7. **``/beta``** is ``/v1.0`` (Graph's two versions count against the same quotas).
    ``/api/v1.0`` and ``/api`` are held equal by the router itself.
+
+``family`` names the path family of a request no route matches: its canonical segments with ids
+collapsed, depth bounded; ``quota.families`` keys each family's ``other`` quota by it.
 
 Linear time, whatever the path: decoding, folding and splitting are each one pass of a C string
 primitive (or the standard library's linear ``unquote``), and removing empty segments and matrix
