@@ -57,6 +57,8 @@ class Outcome:
     path: str
     request_id: str
     route: RouteSpec = OTHER_ROUTE
+    #: for ``other``, the path family that keys its quota (``Router.route``)
+    family: str = ""
     status: int = 0
     source: str = "proxy"
     upstream_seconds: float | None = None
@@ -140,7 +142,8 @@ class Proxy:
                     (version.major, version.minor), None if codings is None else ",".join(codings)
                 )
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
-                outcome.route = self.router.match(request.method, target.partition("?")[0])
+                routed = self.router.route(request.method, target.partition("?")[0])
+                outcome.route, outcome.family = routed.spec, routed.family
                 guard.check_body_size(request.content_length, self._max_body)
                 raw = None
                 if outcome.route.name == batch.BATCH_ROUTE:
@@ -154,7 +157,11 @@ class Proxy:
                     )
                 else:
                     outcome.admission = await self.limiter.admit(
-                        outcome.route.name, fresh_request_id(), request.headers, outcome.claims
+                        outcome.route.name,
+                        fresh_request_id(),
+                        request.headers,
+                        outcome.claims,
+                        outcome.family,
                     )
                 return await self._forward(request, target, outcome, raw)
             except ProxyError as exc:

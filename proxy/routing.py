@@ -1,17 +1,23 @@
 """METHOD + path → a named route: the closed set of names every metric and quota is keyed by.
 
-The first catalogue entry whose pattern matches a request wins. The path is percent-decoded before
-matching (``/api/machines/%69solate`` is the isolate route, as the upstream would read it); the
-query string never takes part. Method and path compare case-insensitively, with the character
-equivalence of Python's ``re.IGNORECASE`` (so ``ſ`` is an ``s`` and ``K``, the Kelvin sign, a ``k``,
-as they were when routing was one regular expression); a ``HEAD`` is routed as the ``GET`` it
-stands for.
+The first catalogue entry whose pattern matches a request wins. Matching is on the path's
+canonical form (``proxy.canonical``): percent-decoded but for ``%2F`` and ``%3B``, case-folded,
+without empty segments, ``;params`` or Graph namespaces, OData keys as segments of their own,
+``/beta`` as ``/v1.0``; so ``/api/machines/%69solate``, ``//api/machines/x/isolate/`` and
+``/api/machines('x')/isolate`` are all the isolate route, as the API reads them. The path sent
+upstream is never changed, and the query string never takes part. Case folding has the character
+equivalence of Python's ``re.IGNORECASE`` (so ``ſ`` is an ``s`` and ``K``, the Kelvin sign, a
+``k``, as they were when routing was one regular expression); a ``HEAD`` is routed as the ``GET``
+it stands for. A request no pattern matches is ``other``; ``Router.route`` also names its path
+family (``canonical.family``), which keys its quota apart from other unknown endpoints.
 
 How a lookup works, and why it takes time linear in the length of the path whatever the path:
 
-1. The path is percent-decoded once, case-folded once (``str.lower()``, then one ``replace`` for
-   each of a fixed set of letters that ``re`` also holds equal; folding never changes a length),
-   and split on ``/`` once, into no more segments than the deepest pattern compares.
+1. The path is put in canonical form once: decoding, folding (``str.lower()``, then one
+   ``replace`` for each of a fixed set of letters that ``re`` also holds equal; folding never
+   changes a length), splitting on ``/`` and dropping empty segments and ``;params`` are each one
+   pass of a C primitive with no Python step per segment; then only the first segments, as many
+   as the deepest pattern compares (or a path family needs), are looked at one by one.
 2. Every pattern of the router sits in a tree of segment matchers (one tree per method), each
    tree node at depth *d* comparing against segment *d* of the path. The walk is a depth-first
    search that skips any subtree whose smallest pattern index is not below the best match found,
@@ -28,11 +34,11 @@ How a lookup works, and why it takes time linear in the length of the path whate
      ``endswith`` or, when the segment ends with ``)``, one ``find`` of the piece followed by
      ``(`` (where an OData call would start). Each is one pass of a C string primitive over the
      segment: O(segment × piece length);
-   - the end of a pattern: all segments used, or one more that is empty (a trailing slash); for a
-     final ``**``, no newline in what is left (the index of the last segment holding one is found
+   - the end of a pattern: all segments used (a trailing slash is no segment); for a final
+     ``**``, no newline in what is left (the index of the last segment holding one is found
      once, so the check is a comparison).
 
-So a lookup costs O(L) for decoding, folding and splitting a path of L characters, plus
+So a lookup costs O(L) for the canonical form of a path of L characters, plus
 O(N·P + G·L) for the walk, where N is the number of tree nodes, P the longest literal and G the
 number of glob segments in the router (one, ``*Export``, in the catalogue): nothing is ever tried
 twice, and no step backtracks. The regular expression this replaced tried every split of a segment
@@ -49,61 +55,17 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import unquote
 
+from proxy.canonical import FAMILY_DEPTH, NAMESPACE, canonical, family, fold
 from proxy.catalogue import CATALOGUE, OTHER_ROUTE, RouteSpec
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _NEVER: Final = sys.maxsize
-#: Lowercase letters that re.IGNORECASE holds equal to another lowercase letter, because both have
-#: the same uppercase (ſ and s are both S) or, for the last three, the same multi-letter one. A test
-#: checks this table against ``re`` for every cased character of the running Python.
-_SAME_LETTER: Final = (
-    ("\u00b5", "\u03bc"),  # µ micro sign: μ
-    ("\u0131", "i"),  # ı dotless i
-    ("\u017f", "s"),  # ſ long s
-    ("\u0345", "\u03b9"),  # combining ypogegrammeni: ι
-    ("\u03c2", "\u03c3"),  # ς final sigma: σ
-    ("\u03d0", "\u03b2"),  # ϐ: β
-    ("\u03d1", "\u03b8"),  # ϑ: θ
-    ("\u03d5", "\u03c6"),  # ϕ: φ
-    ("\u03d6", "\u03c0"),  # ϖ: π
-    ("\u03f0", "\u03ba"),  # ϰ: κ
-    ("\u03f1", "\u03c1"),  # ϱ: ρ
-    ("\u03f5", "\u03b5"),  # ϵ: ε
-    ("\u1c80", "\u0432"),  # Cyrillic rounded ve: в
-    ("\u1c81", "\u0434"),  # long-legged de: д
-    ("\u1c82", "\u043e"),  # narrow o: о
-    ("\u1c83", "\u0441"),  # wide es: с
-    ("\u1c84", "\u0442"),  # tall te: т
-    ("\u1c85", "\u0442"),  # three-legged te: т
-    ("\u1c86", "\u044a"),  # tall hard sign: ъ
-    ("\u1c87", "\u0463"),  # tall yat: ѣ
-    ("\u1c88", "\ua64b"),  # unblended uk: ꙋ
-    ("\u1e9b", "\u1e61"),  # ẛ: ṡ
-    ("\u1fbe", "\u03b9"),  # prosgegrammeni: ι
-    ("\u1fd3", "\u0390"),  # ΐ (1FD3): ΐ (0390)
-    ("\u1fe3", "\u03b0"),  # ΰ (1FE3): ΰ (03B0)
-    ("\ufb05", "\ufb06"),  # ﬅ: ﬆ
-)
 
 
 class PatternError(ValueError):
     """A route pattern that cannot be compiled."""
-
-
-def fold(text: str) -> str:
-    """``text`` case-folded as re.IGNORECASE compares it: same length, equal folds for equal text."""
-    if text.isascii():
-        return text.lower()
-    # str.lower() maps every character to one, but for İ (to "i" and a combining dot; its simple
-    # lowercase, which re uses, is "i") and Σ (σ or ς by context, which fold alike below).
-    text = text.replace("\u0130", "i").lower()
-    for char, same in _SAME_LETTER:
-        if char in text:
-            text = text.replace(char, same)
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +107,8 @@ def _segment(text: str) -> Segment:
     if not text:
         raise PatternError("empty path segment")
     parts = tuple(fold(piece) for piece in text.split("*"))
+    if len(parts) == 1 and parts[0].startswith(NAMESPACE):  # as canonical folds a request
+        parts = (parts[0].rpartition(".")[2],)
     return Segment("literal" if len(parts) == 1 else "glob", parts)
 
 
@@ -160,6 +124,8 @@ def compile_pattern(pattern: str) -> Pattern:
     tail = bool(texts) and texts[-1] == "**"
     if tail:
         texts.pop()
+    if texts and texts[0].lower() == "beta":  # requests get the same folding (canonical)
+        texts[0] = "v1.0"
     segments = tuple(_segment(text) for text in texts)
     return Pattern(method, segments, tail, bool(texts) and texts[0].lower() == "api")
 
@@ -235,7 +201,7 @@ def _glob(parts: tuple[str, ...], segment: str) -> bool:
 def _walk(node: _Node, segments: list[str], depth: int, best: int, newline: int) -> int:
     """The smallest pattern index below ``node`` matching ``segments[depth:]``, if under ``best``."""
     count = len(segments)
-    if node.end < best and (depth == count or (depth + 1 == count and not segments[depth])):
+    if node.end < best and depth == count:  # canonical segments are never empty
         best = node.end
     if node.tail < best and newline < depth:  # "**" is ".*" in the old regex: no newline
         best = node.tail
@@ -261,15 +227,28 @@ def _walk(node: _Node, segments: list[str], depth: int, best: int, newline: int)
         if child.best < best and _glob(parts, segment):
             best = _walk(child, segments, down, best, newline)
     child = node.param
-    if child is not None and child.best < best and segment:
+    if child is not None and child.best < best:
         best = _walk(child, segments, down, best, newline)
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A request's route, and what keys its quota besides the route's name.
+
+    ``family`` is empty for a catalogue route. For ``other`` it is the request's path family
+    (``canonical.family``): the API counts unknown endpoints apart, so each family gets its own
+    ``other`` quota, while every metric still says ``other``.
+    """
+
+    spec: RouteSpec
+    family: str = ""
 
 
 class Router:
     """Finds the route of a request; unmatched requests fall into ``other``."""
 
-    __slots__ = ("_any", "_depth", "_specs", "_trees", "routes")
+    __slots__ = ("_any", "_depth", "_family_depth", "_specs", "_trees", "routes")
 
     def __init__(self, specs: Iterable[RouteSpec] = CATALOGUE) -> None:
         self.routes: tuple[RouteSpec, ...] = (*specs, OTHER_ROUTE)
@@ -290,35 +269,37 @@ class Router:
                     for segments in pattern.variants():
                         _insert(root, segments, pattern.tail, index)
                         self._depth = max(self._depth, len(segments))
+        self._family_depth = max(self._depth, FAMILY_DEPTH + 1)  # room for a leading api/v1.0
 
     def match(self, method: str, path: str) -> RouteSpec:
         """The route for a request line's method and path (no query string)."""
-        if "%" in path:
-            path = unquote(path, errors="replace")
+        best, _ = self._find(method, path, self._depth)
+        return OTHER_ROUTE if best == _NEVER else self._specs[best]
+
+    def route(self, method: str, path: str) -> Routed:
+        """The route, and for ``other`` the path family that keys its quota (see ``Routed``)."""
+        best, segments = self._find(method, path, self._family_depth)
+        if best != _NEVER:
+            return Routed(self._specs[best])
+        return Routed(OTHER_ROUTE, "" if segments is None else family(segments))
+
+    def _find(self, method: str, path: str, most: int) -> tuple[int, list[str] | None]:
+        """The index of the first pattern matching, and the path's canonical segments (None if
+        the path is no path)."""
         method = method.upper()
         if method == "HEAD":  # a HEAD costs the same quota as the GET it stands for
             method = "GET"
+        if path and path[0] != "/":
+            return _NEVER, None
+        found = canonical(path, most)
         key = fold(method)
         root = self._trees.get(key)
         if root is None:
             # Method "*" stands for any token of letters; aiohttp passes no other kind of method.
             if not (key.isascii() and key.isalpha()):
-                return OTHER_ROUTE
+                return _NEVER, found.segments
             root = self._any
-        if not path:
-            segments: list[str] = []  # only a pattern for "/" matches an empty path
-            newline = -1
-        elif path[0] != "/":
-            return OTHER_ROUTE
-        else:
-            folded = fold(path)
-            # Segments past the deepest pattern are never compared: the last item keeps the rest
-            # of the path, slashes and all, which only ever ends a match as "more than a slash".
-            segments = folded[1:].split("/", self._depth)
-            last = folded.rfind("\n")
-            newline = folded.count("/", 0, last) - 1 if last >= 0 else -1
-        best = _walk(root, segments, 0, _NEVER, newline)
-        return OTHER_ROUTE if best == _NEVER else self._specs[best]
+        return _walk(root, found.segments, 0, _NEVER, found.newline), found.segments
 
     @property
     def names(self) -> frozenset[str]:

@@ -147,12 +147,13 @@ def parse_identity_names(value: object) -> tuple[tuple[str, str], ...]:
     names: list[tuple[str, str]] = []
     named: dict[str, str] = {}
     for key, guid in value.items():
-        where = f".{shown_key(key)}"
         try:
             name = parse_name(key)
         except ValueError as error:
-            problems.append((where, str(error)))
+            # Said at the map itself: a key that is not a name (":", say) would garble the path.
+            problems.append(("", f"a name: {error}"))
             continue
+        where = f".{name}"
         if name in (OTHER_IDENTITY, ANONYMOUS):
             problems.append((where, f"{name!r} is the label of identities no name covers"))
         if not is_guid(guid):
@@ -312,7 +313,9 @@ def effective_routes(
 
     The router takes the first match, so a new route wins over any catalogue entry it overlaps;
     a catalogue entry keeps its place whatever of its ``match`` or ``limits`` is replaced.
-    Unmatched requests still fall into ``other``, which the router adds itself.
+    Unmatched requests still fall into ``other``, which the router adds itself. An override of a
+    built-in route that ``catalogue`` does not hold (a Graph route for a Defender upstream) is
+    left out: it is no error, the same config serving several upstreams.
     """
     overrides = {route.name: route for route in throttle.routes}
     added: list[RouteSpec] = []
@@ -336,7 +339,8 @@ def _overridden(spec: RouteSpec, route: RouteOverride | None) -> RouteSpec:
 def route_policies(
     throttle: Throttle, catalogue: tuple[RouteSpec, ...] = CATALOGUE
 ) -> dict[str, tuple[str, str]]:
-    """``(priority, mode)`` of every route name, ``other`` included, with the defaults applied."""
+    """``(priority, mode)`` of every route name of ``effective_routes(throttle, catalogue)``,
+    ``other`` included, with the defaults applied."""
     overrides = {route.name: route for route in throttle.routes}
     policies: dict[str, tuple[str, str]] = {}
     for name in (*(spec.name for spec in effective_routes(throttle, catalogue)), OTHER):

@@ -30,12 +30,13 @@ from typing import Any, Final
 from multidict import CIMultiDictProxy
 
 from proxy import hints
-from proxy.catalogue import RouteSpec
+from proxy.catalogue import OTHER, RouteSpec
 from proxy.config import Throttle, route_scopes
 from proxy.errors import QuotaRefusal, RefusalError
 from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
+from proxy.quota.families import Families
 from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
 from proxy.units import parse_duration
 
@@ -134,6 +135,10 @@ class Limiter:
                 mode == "shadow",
                 scopes.get(spec.name, "shared"),
             )
+        other = self._routes.get(OTHER)
+        self._families = (
+            None if other is None else Families(throttle.namespace, OTHER, other.quota.windows)
+        )
         self._children: dict[tuple[str, str, str], _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
@@ -172,23 +177,29 @@ class Limiter:
             )
         return value == "bulk"
 
-    def _quota_of(self, route: str, policy: _RoutePolicy, claims: Claims) -> Quota:
-        """The route's quota for the identity ``claims`` have under the route's scope."""
+    def _quota_of(
+        self, route: str, policy: _RoutePolicy, claims: Claims, family: str = ""
+    ) -> Quota:
+        """The route's quota for the identity ``claims`` have under the route's scope; for
+        ``other`` with a path family, the family's (``quota.families``) for that identity."""
+        base, name = policy.quota, route
+        if family and self._families is not None and route == OTHER:
+            family, base = self._families.quota(family)
+            name = f"{route}:{family}"
         identity = self._identities.key(claims, policy.scope)
         if not identity:
-            return policy.quota
-        quota = self._quotas.get((route, identity))
+            return base
+        quota = self._quotas.get((name, identity))
         if quota is None:
-            # Bounded: routes × (throttle.identities.max + anonymous + overflow).
-            quota = Quota(
-                quota_key(self._throttle.namespace, route, identity), policy.quota.windows
-            )
-            self._quotas[(route, identity)] = quota
+            # Bounded: (routes + families) × (throttle.identities.max + anonymous + overflow).
+            quota = Quota(quota_key(self._throttle.namespace, name, identity), base.windows)
+            self._quotas[(name, identity)] = quota
         return quota
 
-    def quota_for(self, route: str, claims: Claims) -> Quota:
-        """The quota a request on ``route`` from the caller ``claims`` name is admitted on."""
-        return self._quota_of(route, self._routes[route], claims)
+    def quota_for(self, route: str, claims: Claims, family: str = "") -> Quota:
+        """The quota a request on ``route`` (and path ``family``, for ``other``) from the caller
+        ``claims`` name is admitted on."""
+        return self._quota_of(route, self._routes[route], claims, family)
 
     async def admit(
         self,
@@ -196,10 +207,12 @@ class Limiter:
         member: str,
         headers: CIMultiDictProxy[str],
         claims: Claims = NO_CLAIMS,
+        family: str = "",
     ) -> Admission:
-        """Wait for the request's slot in the quota of the caller ``claims`` name, or raise 429."""
+        """Wait for the request's slot in the quota of the caller ``claims`` name (and of the
+        path ``family``, for ``other``), or raise the proxy's 429."""
         policy = self._routes[route]
-        quota = self._quota_of(route, policy, claims)
+        quota = self._quota_of(route, policy, claims, family)
         deadline = self._deadline(headers)
         reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
         started = time.perf_counter()
@@ -236,7 +249,7 @@ class Limiter:
             if self._paused_until.get(quota.key, 0.0) > time.monotonic():
                 # The API answered 429 while this caller waited: its slot predates the pause.
                 self._release_later(quota, member)
-                return await self.admit(route, fresh_member(member), headers, claims)
+                return await self.admit(route, fresh_member(member), headers, claims, family)
             outcome = "waited"
         else:
             outcome = "admitted"

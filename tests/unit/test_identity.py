@@ -203,7 +203,7 @@ def test_identity_config_problems_are_reported_together_with_their_keys() -> Non
     for where in (
         "throttle.identities.max",
         "throttle.identities.names.other: 'other' is the label",
-        "throttle.identities.names.a{",
+        "throttle.identities.names: a name: expected 1-64 characters of A-Z a-z 0-9 _ . -, got 'a{'",
         "throttle.identities.names.x: expected a tenant or app id",
         "throttle.identities.names.z: " + APP + " is already named 'y'",
         "throttle.routes[0].per: expected one of app, tenant, shared",
