@@ -17,7 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import classify, forward, guard
+from proxy import classify, forward, guard, quota_headers
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
 from proxy.errors import (
@@ -32,7 +32,7 @@ from proxy.errors import (
 )
 from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
-from proxy.quota.limiter import Admission, Limiter
+from proxy.quota.limiter import Admission, Limiter, QuotaExceeded
 from proxy.routing import Router
 from proxy.upstream import Pool, Response
 
@@ -80,6 +80,7 @@ class Proxy:
         self.metrics = metrics
         self.router = router or Router()
         self.limiter = limiter
+        self._ratelimit = quota_headers.RateLimitFields(self.router.routes)
         self.pool: Pool | None = None
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -123,10 +124,7 @@ class Proxy:
                 outcome.route = self.router.match(request.method, target.partition("?")[0])
                 guard.check_body_size(request.content_length, self._max_body)
                 if self.limiter is not None:
-                    admission = await self.limiter.admit(
-                        outcome.route.name, fresh_request_id(), request.headers
-                    )
-                    outcome.admission = admission
+                    outcome.admission = await self._admit(outcome.route.name, request)
                 return await self._forward(request, target, outcome)
             except ProxyError as exc:
                 return self._answer(exc, outcome, request)
@@ -150,6 +148,14 @@ class Proxy:
         finally:
             self.in_flight -= 1
             self._observe(outcome, time.perf_counter() - started)
+
+    async def _admit(self, route: str, request: web.BaseRequest) -> Admission:
+        assert self.limiter is not None
+        asked = quota_headers.control(request.headers)
+        try:
+            return await self.limiter.admit(route, fresh_request_id(), asked.max_wait, asked.bulk)
+        except QuotaExceeded as exc:
+            raise self._ratelimit.refusal(exc) from None
 
     async def _forward(
         self, request: web.BaseRequest, target: str, outcome: Outcome
@@ -202,15 +208,14 @@ class Proxy:
             # A body cut short by the upstream is parsed as far as it got (usually _truncated).
             message = self._classify(headers, upstream.status, prefix, complete or failed, outcome)
         if self.limiter is not None:
-            await self.limiter.observe_answer(
-                outcome.route.name, upstream.status, headers.get("Retry-After"), message
-            )
+            hint = quota_headers.upstream_hint(upstream.status, headers.get("Retry-After"), message)
+            await self.limiter.observe_answer(outcome.route.name, upstream.status, hint)
             admission = outcome.admission
             # The upstream's own RateLimit fields stand: an intermediary may not loosen them.
             upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
             if admission is not None and not upstream_says:
                 route = outcome.route.name
-                headers.extend(self.limiter.ratelimit_headers(route, admission.decision))
+                headers.extend(self._ratelimit.fields(route, admission.decision))
         length = forward.response_length(upstream.headers)
         if length is not None:
             headers["Content-Length"] = str(length)

@@ -1,10 +1,13 @@
 """The quota policy: wait or refuse, deadlines, priorities, upstream pauses, shadow mode.
 
 Per request: the route's quota is asked for the earliest slot within the caller's deadline
-(``throttle.max_wait``, or less if the caller asks with ``X-Defender-Proxy-Max-Wait``). Admitted
-callers sleep until their slot; the others get 429 from the proxy with ``Retry-After``. Bulk
-requests (by route or by ``X-Defender-Proxy-Priority: bulk``) may not use the last
+(``throttle.max_wait``, or less if the caller asks for less). Admitted callers sleep until their
+slot; for the others ``admit`` raises ``QuotaExceeded``, which the handler answers with 429 and
+``Retry-After``. Bulk requests (by route, or when the caller says so) may not use the last
 ``bulk_reserve`` share of any window, so an isolate action is never starved by an export.
+Plain values in, plain values out: the caller's headers are read, and the answer's headers
+written, by ``proxy.quota_headers``. The clock and the sleep are injected, so a test of waiting
+moves time instead of spending it.
 
 When the API itself answers 429, the route's quota is paused for every replica until the time the
 API asked for (``Retry-After`` or the hints in the body), capped at ``max_pause`` and jittered;
@@ -17,30 +20,37 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-
-from multidict import CIMultiDictProxy
 
 from proxy import hints
 from proxy.catalogue import RouteSpec
 from proxy.config import Throttle
-from proxy.errors import QuotaRefusal, RefusalError
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
+from proxy.quota.learned import LearnedLimits
 from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
-from proxy.units import parse_duration
 
-MAX_WAIT_HEADER: Final = "X-Defender-Proxy-Max-Wait"
-PRIORITY_HEADER: Final = "X-Defender-Proxy-Priority"
-PRIORITIES: Final = ("interactive", "bulk")
 OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
 
 
 def fresh_member(member: str) -> str:
     """Another admission id for the same request (a retry after a pause)."""
     return f"{member}+"
+
+
+class QuotaExceeded(Exception):  # noqa: N818 - a refusal, not a failure
+    """No slot within the caller's deadline: the request is refused (429 from the proxy)."""
+
+    def __init__(self, route: str, deadline: float, decision: Decision) -> None:
+        #: whole seconds until a slot would be free (at least 1), for ``Retry-After``
+        self.retry_after = max(1, math.ceil(decision.wait))
+        super().__init__(
+            f"the {route} quota has no slot within {deadline:g}s; retry in {self.retry_after}s"
+        )
+        self.route = route
+        self.decision = decision
 
 
 @dataclass(slots=True)
@@ -59,9 +69,6 @@ class Admission:
 class _RoutePolicy:
     quota: Quota
     names: tuple[str, ...]
-    policy_header: str
-    #: the RateLimit field with %d for each window's remaining count and reset seconds
-    state_format: str
     bulk: bool
     shadow: bool
 
@@ -86,11 +93,16 @@ class Limiter:
         store: QuotaStore,
         metrics: Metrics,
         rng: random.Random | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._throttle = throttle
         self.store = store
         self._metrics = metrics
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
         self._routes: dict[str, _RoutePolicy] = {}
         for spec in routes:
             priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
@@ -99,61 +111,40 @@ class Limiter:
                 as_windows([(lim.count, lim.window) for lim in spec.limits], throttle.margin),
             )
             names = tuple(window_name(lim.window) for lim in spec.limits)
-            policy = ", ".join(
-                f'"{name}";q={lim.count};w={math.ceil(lim.window)}'
-                for name, lim in zip(names, spec.limits, strict=True)
-            )
             self._routes[spec.name] = _RoutePolicy(
-                quota,
-                names,
-                policy,
-                ", ".join(f'"{name}";r=%d;t=%d' for name in names),
-                priority == "bulk",
-                mode == "shadow",
+                quota, names, priority == "bulk", mode == "shadow"
             )
         self._children: dict[str, _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._learned = LearnedLimits(routes, metrics)
         self._log = get_logger("quota")
         self._store_timer = metrics.store_duration.labels(store.name)
         metrics.pauses_active.set_function(self._count_pauses)
 
     def _count_pauses(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         return float(sum(1 for until in self._paused_until.values() if until > now))
 
-    def _deadline(self, headers: CIMultiDictProxy[str]) -> float:
-        limit = self._throttle.max_wait
-        asked = headers.get(MAX_WAIT_HEADER)
-        if asked is None:
-            return limit
-        try:
-            return min(limit, parse_duration(asked.strip()))
-        except ValueError:
-            raise RefusalError(
-                400, "BadRequest", f"{MAX_WAIT_HEADER} must be a duration such as 5s or 500ms"
-            ) from None
+    async def admit(
+        self, route: str, member: str, max_wait: float | None = None, bulk: bool | None = None
+    ) -> Admission:
+        """Wait for the request's slot, or raise ``QuotaExceeded``.
 
-    def _is_bulk(self, policy: _RoutePolicy, headers: CIMultiDictProxy[str]) -> bool:
-        asked = headers.get(PRIORITY_HEADER)
-        if asked is None:
-            return policy.bulk
-        value = asked.strip().lower()
-        if value not in PRIORITIES:
-            raise RefusalError(
-                400, "BadRequest", f"{PRIORITY_HEADER} must be one of: {', '.join(PRIORITIES)}"
-            )
-        return value == "bulk"
-
-    async def admit(self, route: str, member: str, headers: CIMultiDictProxy[str]) -> Admission:
-        """Wait for the request's slot, or raise the proxy's 429."""
+        ``max_wait`` is the caller's own deadline in seconds (never more than
+        ``throttle.max_wait``; None: that one); ``bulk`` whether the caller asked for bulk or
+        interactive priority (None: the route's).
+        """
         policy = self._routes[route]
-        deadline = self._deadline(headers)
-        reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
-        started = time.perf_counter()
+        deadline = (
+            self._throttle.max_wait if max_wait is None else min(self._throttle.max_wait, max_wait)
+        )
+        is_bulk = policy.bulk if bulk is None else bulk
+        reserve = self._throttle.bulk_reserve if is_bulk else 0.0
+        started = self._clock()
         decision = await self.store.admit(policy.quota, member, deadline, reserve, policy.shadow)
-        decided = time.perf_counter() - started
+        decided = self._clock() - started
         self._store_timer.observe(decided)
         children = self._children.get(route) or self._children_of(route, policy)
         for gauge, left in zip(children.remaining, decision.remaining, strict=True):
@@ -167,24 +158,18 @@ class Limiter:
             return Admission(policy.quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
             children.outcomes["refused"].inc()
-            retry = max(1, math.ceil(decision.wait))
-            raise QuotaRefusal(
-                429,
-                "TooManyRequests",
-                f"the {route} quota has no slot within {deadline:g}s; retry in {retry}s",
-                headers={"Retry-After": str(retry), **self.ratelimit_headers(route, decision)},
-            )
+            raise QuotaExceeded(route, deadline, decision)
         if decision.wait > 0:
             try:
-                await asyncio.sleep(decision.wait)
+                await self._sleep(decision.wait)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give its slot back to the others.
                 self._release_later(policy.quota, member)
                 raise
-            if self._paused_until.get(route, 0.0) > time.monotonic():
+            if self._paused_until.get(route, 0.0) > self._clock():
                 # The API answered 429 while this caller waited: its slot predates the pause.
                 self._release_later(policy.quota, member)
-                return await self.admit(route, fresh_member(member), headers)
+                return await self.admit(route, fresh_member(member), max_wait, bulk)
             outcome = "waited"
         else:
             outcome = "admitted"
@@ -208,27 +193,20 @@ class Limiter:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
-        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-        policy = self._routes[route]
-        values: list[int] = []
-        for left, reset in zip(decision.remaining, decision.reset, strict=True):
-            values += (left, math.ceil(reset))
-        return {
-            "RateLimit-Policy": policy.policy_header,
-            "RateLimit": policy.state_format % tuple(values),
-        }
+    async def observe_answer(self, route: str, status: int, hint: hints.Hint | None = None) -> None:
+        """React to the API's answer: a 429 pauses the route's quota for every replica.
 
-    async def observe_answer(
-        self, route: str, status: int, retry_after: str | None, message: str
-    ) -> None:
-        """React to the API's answer: a 429 pauses the route's quota for every replica."""
+        ``hint`` is what the answer said about waiting (``hints.upstream_hint``); a 429 without
+        one backs off.
+        """
         if status != 429:
             if self._streak.get(route):
                 self._streak[route] = 0
             return
-        hint = hints.upstream_hint(retry_after, message, time.time())
+        hint = hint or hints.NO_HINT
         self._metrics.upstream_throttled.labels(route, hint.reason).inc()
+        if hint.stated is not None:
+            self._learned.observe(route, *hint.stated)
         if hint.seconds is None:
             streak = self._streak.get(route, 0) + 1
             self._streak[route] = streak
@@ -238,7 +216,7 @@ class Limiter:
         pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
         policy = self._routes[route]
         left = await self.store.pause(policy.quota, pause)
-        self._paused_until[route] = time.monotonic() + left
+        self._paused_until[route] = self._clock() + left
         self._log.warning(
             "upstream throttled: quota paused for every replica",
             route=route,
