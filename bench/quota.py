@@ -120,7 +120,7 @@ TARGETS = (
 #: the bench's own, and the figures ``Bench.commands`` adds.
 _NOT_ROUND_TRIPS = frozenset(
     {"evalsha", "eval", "time", "get", "set", "zremrangebyscore", "zrange", "zadd", "pexpireat",
-     "zscore", "zrem", "info", "flushall", "evalsha_usec", "connections"}
+     "zscore", "zrem", "pttl", "pexpire", "info", "flushall", "evalsha_usec", "connections"}
 )  # fmt: skip
 
 Row = dict[str, float]

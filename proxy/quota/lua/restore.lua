@@ -24,10 +24,8 @@ for i = 1, n do
   end
   if last ~= nil then
     -- never shorten the expiry admit.lua set: only push it out to cover the latest entry
-    local keep = math.floor((last + width) / 1000) + 1000
-    if redis.call('PEXPIRETIME', KEYS[i]) < keep then
-      redis.call('PEXPIREAT', KEYS[i], num(keep))
-    end
+    local keep = math.floor((last + width - now) / 1000) + 1000
+    if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
   end
 end
 return added
