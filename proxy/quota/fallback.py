@@ -25,6 +25,7 @@ same instant:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -62,8 +63,8 @@ class FallbackStore(Generic[Shared]):
         self._probing = False
         #: when this replica last came back to the shared store (None: it never left it)
         self._recovered_at: float | None = None
-        # the last shared decision per quota: (when, admissions left per window)
-        self._last_seen: dict[str, tuple[float, tuple[int, ...]]] = {}
+        # the last shared decision per quota: (when, admissions left per window, its wait)
+        self._last_seen: dict[str, tuple[float, tuple[int, ...], float]] = {}
         self._seeded: set[str] = set()
         self._shares: dict[Quota, Quota] = {}
         self._log = get_logger("quota")
@@ -181,7 +182,7 @@ class FallbackStore(Generic[Shared]):
                 self._failed(exc)
             else:
                 self._succeeded(started)
-                self._last_seen[quota.key] = (started, decision.remaining)
+                self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
                 return decision
         local = self._local_share(quota)
         if quota.key not in self._seeded:
@@ -213,19 +214,26 @@ class FallbackStore(Generic[Shared]):
         """Start a fallback from the shared quota's last known headroom, not from a full one.
 
         The last shared decision said how much of each window was left for everybody; this
-        replica takes its share of that. What the other replicas used is logged here as if
-        admitted at that moment, so it leaves the local windows one full window later — on the
-        safe side of when it really leaves.
+        replica takes its share of that. What the other replicas used is logged here, but when
+        it goes out is not known: anywhere from a window before that decision to the end of the
+        queue of reservations it reported (its wait). So it is logged at that decision and again
+        every half window up to the end of the queue: every window that can hold one of those
+        admissions counts all of them — more than they are in some windows, the safe side.
         """
         self._seeded.add(quota.key)
         seen = self._last_seen.get(quota.key)
         if seen is None:
             return
-        at, remaining = seen
+        at, remaining, queued = seen
         for index, (window, left) in enumerate(zip(local.windows, remaining, strict=True)):
             share_left = -(-left // self._replicas)  # ceil: this replica's part of what is left
-            used = self.local.used(local, index, at)
-            self.local.record_in(local, index, at, max(0, window.limit - share_left - used))
+            others = max(0, window.limit - share_left - self.local.used(local, index, at))
+            if not others:
+                continue
+            step = window.width / MICROS / 2
+            points = 1 + max(0, math.ceil(queued / step))
+            for point in range(points):
+                self.local.record_in(local, index, at + min(point * step, queued), others)
 
     async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:
         """See ``QuotaStore.restore``: into the shared store, and the local share meanwhile."""

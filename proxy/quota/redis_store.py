@@ -66,6 +66,22 @@ class RedisStore:
         self._release = self.client.register_script(_lua("release.lua"))
         self._pause = self.client.register_script(_lua("pause.lua"))
         self._restore = self.client.register_script(_lua("restore.lua"))
+        #: the lean client's connection count when a lost connection was last reported
+        self._reported = 0
+
+    def _check_connection(self) -> None:
+        """Report a lost connection once, before the next admission reconnects.
+
+        A server that restarted without persistence answers the next call as if nothing had
+        been admitted; reporting the loss as ``StoreUnavailable`` sends the replica through its
+        fallback, so that it writes back what it sent before it admits there again.
+        """
+        client = self.client
+        if isinstance(client, resp.Client) and client.lost and client.opened != self._reported:
+            self._reported = client.opened
+            raise StoreUnavailable(
+                "ConnectionError", "the connection to Redis was lost; it may have restarted empty"
+            )
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """One script call within the deadline; any client error becomes ``StoreUnavailable``."""
@@ -130,6 +146,7 @@ class RedisStore:
             args += [window.limit, window.width]
         args += ["" if at is None else at, round(not_before * MICROS)]
         keys = [f"{quota.key}:pause", *self._window_keys(quota)]
+        self._check_connection()
         reply = await self._call(self._admit, keys, args)
         values = [int(v) for v in reply]
         return Decision(
