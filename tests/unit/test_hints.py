@@ -211,7 +211,9 @@ def test_cpu_message_with_retry_after() -> None:
 def test_message_when_header_missing_or_garbage() -> None:
     """Without a usable Retry-After the message's figure is used."""
     assert upstream_hint(None, CPU_MESSAGE, MOMENT) == Hint(754, "message-duration", "cpu")
-    assert upstream_hint("soon", WINDOW_MESSAGE, MOMENT) == Hint(60, "message-window", "calls")
+    assert upstream_hint("soon", WINDOW_MESSAGE, MOMENT) == Hint(
+        60, "message-window", "calls", (45, 60.0)
+    )
 
 
 def test_no_hint_at_all() -> None:
