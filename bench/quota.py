@@ -31,6 +31,13 @@ Figures per run:
   divided by the request log lines written (requests that reached a proxy);
 - proxy 429s: answers the proxy (or the naive bucket) refused itself.
 
+After the table, the scenario "Redis killed and restarted empty twice under saturating load with
+3 replicas": a private redis-server of its own, three replicas, ``RESTART_LOAD`` × the limit
+offered for ``SECONDS``; at a quarter and at three fifths of the run Redis is SIGKILLed and
+started again, empty, ``RESTART_DOWN`` seconds later. Printed per run and as the median of
+``BENCH_RESTART_RUNS`` runs (default 3; 0 skips it): upstream 429s (target 0) and the admitted
+share of the limit (the utilisation above), with the fallbacks the replicas counted.
+
 Settings from the environment: ``BENCH_ROUNDS`` (default 1; medians over rounds), ``BENCH_SECONDS``
 (12), ``BENCH_MARGIN`` (0.1 s, see ``MARGIN``), ``BENCH_MAX_WAIT`` (9 s), ``BENCH_REPLICAS``
 ("1,3,8"), ``BENCH_LOADS`` ("1,3,10"), ``BENCH_LOG_DIR`` (keep the proxies' configs and logs
@@ -89,6 +96,10 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "12"))
 MARGIN = float(os.environ.get("BENCH_MARGIN", "0.1"))
 MAX_WAIT = float(os.environ.get("BENCH_MAX_WAIT", str(3 * WINDOW)))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
+RESTART_RUNS = int(os.environ.get("BENCH_RESTART_RUNS", "3"))
+#: The restart scenario's offered load (× LIMIT / WINDOW) and how long Redis stays down.
+RESTART_LOAD = 3.0
+RESTART_DOWN = 1.5
 REPLICAS = tuple(int(n) for n in os.environ.get("BENCH_REPLICAS", "1,3,8").split(","))
 LOADS = tuple(float(k) for k in os.environ.get("BENCH_LOADS", "1,3,10").split(","))
 PATH = "/api/machines"
@@ -120,7 +131,7 @@ TARGETS = (
 #: the bench's own, and the figures ``Bench.commands`` adds.
 _NOT_ROUND_TRIPS = frozenset(
     {"evalsha", "eval", "time", "get", "set", "zremrangebyscore", "zrange", "zadd", "pexpireat",
-     "zscore", "zrem", "info", "flushall", "evalsha_usec", "connections"}
+     "zscore", "zrem", "pttl", "pexpire", "info", "flushall", "evalsha_usec", "connections"}
 )  # fmt: skip
 
 Row = dict[str, float]
@@ -151,7 +162,7 @@ def ceiling_pct(load: float) -> float:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _config(replicas: int, store: int, namespace: str) -> str:
+def _config(replicas: int, store: int, namespace: str, cooldown: str = "") -> str:
     """The replicas' shared config; upstream, ports and JSON logs come from ``start_proxies``."""
     return f"""\
 shutdown_grace: 2s
@@ -162,19 +173,19 @@ throttle:
   margin: {MARGIN * 1000:g}ms
   fallback:
     expected_replicas: {replicas}
-  routes:
+{f"    cooldown: {cooldown}{chr(10)}" if cooldown else ""}  routes:
     - name: {ROUTE}
       limits: ["{LIMIT}/{WINDOW:g}s"]
 """
 
 
 def start_replicas(
-    count: int, sim: int, store: int, namespace: str, workdir: Path
+    count: int, sim: int, store: int, namespace: str, workdir: Path, cooldown: str = ""
 ) -> list[Service]:
     """``count`` proxy processes sharing ``namespace`` in the Redis on port ``store``, each
-    logging to ``workdir/<namespace>-<index>.log``."""
+    logging to ``workdir/<namespace>-<index>.log`` (``cooldown``: the breaker's, if given)."""
     logs = [workdir / f"{namespace}-{index}.log" for index in range(count)]
-    return start_proxies(sim, _config(count, store, namespace), logs)
+    return start_proxies(sim, _config(count, store, namespace, cooldown), logs)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -339,6 +350,78 @@ async def _warm(bench: Bench, replicas: list[Service]) -> None:
     await bench.sim.reset()
 
 
+# -- Redis killed and restarted empty ---------------------------------------------------------
+
+
+async def _kill_and_restart(store: list[Service], workdir: Path, begin: float) -> None:
+    """SIGKILL the Redis at a quarter and at three fifths of the run; start it again, empty,
+    on the same port RESTART_DOWN seconds later each time."""
+    loop = asyncio.get_running_loop()
+    for at in (0.25 * SECONDS, 0.6 * SECONDS):
+        await asyncio.sleep(max(0.0, begin + at - loop.time()))
+        store[0].proc.kill()
+        store[0].proc.wait()
+        await asyncio.sleep(RESTART_DOWN)
+        store[0] = start_redis(workdir, store[0].port)  # --save "": nothing survives
+
+
+async def run_restarts(session: aiohttp.ClientSession, sim: Service, workdir: Path) -> Row:
+    """One run of the restart scenario: 3 replicas, saturating load, Redis killed twice."""
+    store = [start_redis(workdir)]
+    try:
+        namespace = f"restart-{os.getpid()}-{time.monotonic_ns()}"
+        # A short cooldown, so every replica is back on the shared store before the next kill.
+        replicas = start_replicas(3, sim.port, store[0].port, namespace, workdir, "500ms")
+        with services(*replicas):
+            client = SimulatorClient(session, sim.url)
+            warm = Bench(sim, store[0], session)
+            try:
+                await _warm(warm, replicas)
+            finally:
+                await warm.redis.aclose()
+            urls = [f"{replica.url}{PATH}" for replica in replicas]
+            timeout = aiohttp.ClientTimeout(total=MAX_WAIT + 15)
+
+            async def send(index: int) -> tuple[int, str]:
+                async with session.get(urls[index % len(urls)], timeout=timeout) as response:
+                    await response.read()
+                    return response.status, "proxy" if PROXY_HEADER in response.headers else "up"
+
+            rate = RESTART_LOAD * LIMIT / WINDOW
+            begin = asyncio.get_running_loop().time()
+            chaos = asyncio.create_task(_kill_and_restart(store, workdir, begin))
+            try:
+                offered = await offer(
+                    send, rate, SECONDS, client.stats, MAX_IN_FLIGHT, MAX_WAIT + 30
+                )
+                await chaos
+            finally:
+                chaos.cancel()
+            final = await client.stats()
+            scraped = await scrape(session, replicas, _STORE_METRICS)
+    finally:
+        store[0].stop()
+    return {
+        "upstream_429s": float(final["throttled"]),
+        "utilisation_pct": 100.0 * offered.at_end["admitted"] / most_allowed(SECONDS),
+        "max_in_window_ratio": max(final["max_in_window"].values()) / LIMIT,
+        "store_fallbacks": scraped.get("fallbacks", 0.0),
+        "client_errors": float(offered.answers[(0, "client")]),
+    }
+
+
+async def _restarts(sim: Service, workdir: Path) -> list[Row]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        runs = []
+        for number in range(1, RESTART_RUNS + 1):
+            await SimulatorClient(session, sim.url).reset()
+            row = await run_restarts(session, sim, workdir)
+            shown = ", ".join(f"{key}={value:.3g}" for key, value in row.items())
+            print(f"restart run {number}: {shown}", flush=True)
+            runs.append(row)
+        return runs
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -450,7 +533,6 @@ def main() -> None:
         {"algorithm": a, "replicas": n, "load": k, "median": medians([r[i][3] for r in rounds])}
         for i, (a, n, k, _) in enumerate(rounds[0])
     ]
-    elapsed = time.monotonic() - started
     ceilings = {load: ceiling_pct(load) for load in LOADS}
     print(
         f"\nmedians of {ROUNDS} round(s): limit {LIMIT}/{WINDOW:g}s, {SECONDS:g} s of load per "
@@ -469,6 +551,24 @@ def main() -> None:
     )
     for note in _notes(rounds):
         print(f"note: {note}")
+    restarts: list[Row] = []
+    if RESTART_RUNS > 0:
+        print(
+            f"\nRedis killed and restarted empty twice under saturating load with 3 replicas "
+            f"({RESTART_LOAD:g}× offered, down {RESTART_DOWN:g} s each time):"
+        )
+        with contextlib.ExitStack() as stack:
+            workdir = stack.enter_context(scratch_dir("bench-quota-restart-"))
+            sim = start_simulator(None, f"{LIMIT}/{WINDOW:g}s")
+            stack.callback(sim.stop)
+            restarts = asyncio.run(_restarts(sim, workdir))
+        middle = medians(restarts)
+        print(
+            f"median of {len(restarts)} runs: upstream 429s {middle['upstream_429s']:.0f} "
+            f"(target 0), admitted {middle['utilisation_pct']:.1f} % of the limit, "
+            f"{middle['store_fallbacks']:.0f} fallbacks over the 3 replicas"
+        )
+    elapsed = time.monotonic() - started
     print(f"whole run: {elapsed:.0f} s")
     out = write_json(
         "quota.json",
@@ -490,6 +590,7 @@ def main() -> None:
                     for results in rounds
                 ],
                 "median": summary,
+                "restarts": {"runs": restarts, "median": medians(restarts) if restarts else {}},
             }
         ),
     )

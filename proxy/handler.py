@@ -17,7 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import batch, classify, forward, guard
+from proxy import batch, classify, forward, guard, quota_headers
 from proxy.batch_answer import InnerAnswer, Scanner
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.config import Settings
@@ -34,7 +34,7 @@ from proxy.errors import (
 from proxy.identity import NO_CLAIMS, Claims, read_claims
 from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
-from proxy.quota.limiter import Admission, BatchAdmission, Limiter
+from proxy.quota.limiter import Admission, BatchAdmission, Limiter, QuotaExceeded
 from proxy.routing import Router
 from proxy.upstream import Pool, Response
 from proxy.upstreams import Upstream
@@ -93,6 +93,7 @@ class Proxy:
         self.metrics = metrics
         self.router = router or Router()
         self.limiter = limiter
+        self._ratelimit = quota_headers.RateLimitFields(self.router.routes)
         #: the upstream this listener forwards to (default: the settings' first)
         self.upstream = upstream or settings.listeners[0]
         self.pool: Pool | None = None
@@ -150,19 +151,8 @@ class Proxy:
                     raw = await self._read_batch(request, target, outcome)
                 if self.limiter is None:
                     pass
-                elif outcome.batch is not None:
-                    routes = [inner.route.name for inner in outcome.batch.requests]
-                    outcome.admission = await self.limiter.admit_batch(
-                        routes, fresh_request_id(), request.headers, outcome.claims
-                    )
                 else:
-                    outcome.admission = await self.limiter.admit(
-                        outcome.route.name,
-                        fresh_request_id(),
-                        request.headers,
-                        outcome.claims,
-                        outcome.family,
-                    )
+                    outcome.admission = await self._admit(request, outcome)
                 return await self._forward(request, target, outcome, raw)
             except ProxyError as exc:
                 return self._answer(exc, outcome, request)
@@ -186,6 +176,28 @@ class Proxy:
         finally:
             self.in_flight -= 1
             self._observe(outcome, time.perf_counter() - started)
+
+    async def _admit(
+        self, request: web.BaseRequest, outcome: Outcome
+    ) -> Admission | BatchAdmission:
+        assert self.limiter is not None
+        asked = quota_headers.control(request.headers)
+        try:
+            if outcome.batch is not None:
+                routes = [inner.route.name for inner in outcome.batch.requests]
+                return await self.limiter.admit_batch(
+                    routes, fresh_request_id(), asked.max_wait, asked.bulk, outcome.claims
+                )
+            return await self.limiter.admit(
+                outcome.route.name,
+                fresh_request_id(),
+                asked.max_wait,
+                asked.bulk,
+                outcome.claims,
+                outcome.family,
+            )
+        except QuotaExceeded as exc:
+            raise self._ratelimit.refusal(exc) from None
 
     async def _read_batch(self, request: web.BaseRequest, target: str, outcome: Outcome) -> bytes:
         """Read a ``$batch`` body whole (up to ``limits.batch_body``) and check it."""
@@ -262,18 +274,18 @@ class Proxy:
             message = self._classify(headers, upstream.status, prefix, complete or failed, outcome)
         if self.limiter is not None:
             admission = outcome.admission
+            hint = quota_headers.upstream_hint(upstream.status, headers.get("Retry-After"), message)
             await self.limiter.observe_answer(
                 outcome.route.name,
                 upstream.status,
-                headers.get("Retry-After"),
-                message,
+                hint,
                 admission.quota if isinstance(admission, Admission) else None,
             )
             # The upstream's own RateLimit fields stand: an intermediary may not loosen them.
             upstream_says = "RateLimit" in headers or "RateLimit-Policy" in headers
             if isinstance(admission, Admission) and not upstream_says:
                 route = outcome.route.name
-                headers.extend(self.limiter.ratelimit_headers(route, admission.decision))
+                headers.extend(self._ratelimit.fields(route, admission.decision))
         length = forward.response_length(upstream.headers)
         if length is not None:
             headers["Content-Length"] = str(length)
@@ -376,9 +388,8 @@ class Proxy:
             self._request_log.write(fields)
             if self.limiter is not None:
                 quota = self.limiter.quota_for(route, outcome.claims)
-                await self.limiter.observe_answer(
-                    route, answer.status, answer.retry_after, message, quota
-                )
+                hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
+                await self.limiter.observe_answer(route, answer.status, hint, quota)
 
     @staticmethod
     def _caller_gone(outcome: Outcome, note: str) -> None:

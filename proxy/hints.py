@@ -15,6 +15,9 @@ Where the figure comes from, the first that applies wins::
     message-window     "API calls quota exceeded! maximum allowed 45 per 00:01:00"
     none               nothing usable: the caller backs off
 
+Apart from the wait, ``stated_limit`` reads the limit a 429 states ("maximum allowed 45 per
+00:01:00"), which the quota compares with the configured one (``Hint.stated``).
+
 The message is free text that Microsoft may reword, so it is only read when the header is silent,
 and the reason read from it ("cpu", "calls" or "unknown") only labels the pause. The window form
 names the length of the counting window, not when a slot frees: the upstream's window started
@@ -57,6 +60,7 @@ _FLAGS: Final = re.IGNORECASE | re.ASCII
 _SECONDS: Final = re.compile(_WAIT + _NUMBER + r"\s*sec(?:ond)?s?\b", _FLAGS)
 _WAIT_DURATION: Final = re.compile(_WAIT + _DURATION, _FLAGS)
 _WINDOW: Final = re.compile(r"\bper\s+" + _DURATION, _FLAGS)
+_STATED: Final = re.compile(r"\bmaximum\s+allowed\s+(\d{1,9})\s+per\s+" + _DURATION, _FLAGS)
 _CPU_WORDS: Final = re.compile(r"processing\s+resources|\bcpu\b", _FLAGS)
 _CALL_WORDS: Final = re.compile(
     r"\b(?:quota|calls?|rate|ratelimit\w*|throttl\w*|too\s+many\s+requests)\b", _FLAGS
@@ -70,9 +74,11 @@ class Hint:
     seconds: float | None
     source: str
     reason: str
+    #: the limit the answer states, (count, window seconds), when it states one
+    stated: tuple[int, float] | None = None
 
 
-_NO_HINT: Final = Hint(None, NONE, UNKNOWN)
+NO_HINT: Final = Hint(None, NONE, UNKNOWN)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -97,13 +103,26 @@ def upstream_hint(retry_after: str | None, message: str, now: float) -> Hint:
     """The pause a throttled answer asks for: ``Retry-After`` first, else the message."""
     try:
         seconds, source, reason = parse_message(message)
+        stated = stated_limit(message)
         header, header_source = _retry_after(retry_after, now)
         if header is not None:
-            return Hint(header, header_source, reason)
-        return Hint(seconds, source, reason)
+            return Hint(header, header_source, reason, stated)
+        return Hint(seconds, source, reason, stated)
     except Exception:
         # Runs on every throttled response: an unreadable hint means "back off", not a failure.
-        return _NO_HINT
+        return NO_HINT
+
+
+def stated_limit(message: str) -> tuple[int, float] | None:
+    """``(count, window seconds)`` from "maximum allowed 45 per 00:01:00"; None if not stated."""
+    match = _STATED.search(message[:MESSAGE_SCAN])
+    if match is None:
+        return None
+    count = int(match[1])
+    window = _duration(match.groups()[1:])
+    if not count or not window:
+        return None
+    return count, window
 
 
 def backoff(attempt: int, start: float = 1.0, cap: float = 60.0) -> float:
@@ -147,19 +166,21 @@ def _message_seconds(text: str) -> tuple[float | None, str]:
         if math.isfinite(seconds):
             return seconds, MESSAGE_SECONDS
     match = _WAIT_DURATION.search(text)
-    wait = _duration(match) if match else None
+    wait = _duration(match.groups()) if match else None
     if wait is not None:
         return wait, MESSAGE_DURATION
     match = _WINDOW.search(text)
-    window = _duration(match) if match else None
+    window = _duration(match.groups()) if match else None
     if window:  # a zero-length window says nothing
         return window, MESSAGE_WINDOW
     return None, NONE
 
 
-def _duration(match: re.Match[str]) -> float | None:
-    days, hours, minutes, secs, fraction = match.groups()
-    if int(minutes) > 59 or int(secs) > 59 or (days is not None and int(hours) > 23):
+def _duration(groups: tuple[str | None, ...]) -> float | None:
+    days, hours, minutes, secs, fraction = groups
+    # The pattern makes hours, minutes and seconds mandatory; "or 0" only satisfies the types.
+    h, m, s = int(hours or 0), int(minutes or 0), int(secs or 0)
+    if m > 59 or s > 59 or (days is not None and h > 23):
         return None
-    total = (int(days or 0) * 24 + int(hours)) * 3600 + int(minutes) * 60 + int(secs)
+    total = (int(days or 0) * 24 + h) * 3600 + m * 60 + s
     return total + (float("0." + fraction) if fraction else 0.0)

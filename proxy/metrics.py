@@ -180,6 +180,14 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        self.quota_learned_limit = Gauge(
+            "defender_proxy_quota_learned_limit",
+            "The count an upstream 429 stated for the route's window (maximum allowed N per W); "
+            "compare with the configured limit (throttle.routes). Windows the route does not "
+            "configure are labelled other.",
+            ["route", "window"],
+            registry=r,
+        )
         self.pauses_active = Gauge(
             "defender_proxy_upstream_pauses_active",
             "Routes whose quota is paused after an upstream 429, as this replica knows.",

@@ -1,8 +1,11 @@
 """The shared quota: stores that admit requests against a route's windows, and the policy on top.
 
 ``schedule`` holds the arithmetic; ``store`` the interface; ``memory`` and ``redis_store`` the two
-stores; ``fallback`` the circuit breaker that admits against a local share while Redis is away;
-``limiter`` the policy (waiting, deadlines, priorities, pauses, shadow mode).
+stores; ``fallback`` the circuit breaker that admits against a local share while Redis is away
+and writes that share back on recovery; ``limiter`` the policy (waiting, deadlines, priorities,
+pauses, shadow mode); ``learned`` the limits the API states in its 429s. Nothing here speaks
+HTTP: the handler's side (``proxy.quota_headers``) parses the caller's control headers and
+renders ``RateLimit`` and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from proxy.config import Throttle
 from proxy.metrics import Metrics
 from proxy.quota.memory import MemoryStore
-from proxy.quota.store import QuotaStore
+from proxy.quota.store import QuotaStore, StoreUnavailable
 
 
 def make_store(throttle: Throttle, metrics: Metrics) -> QuotaStore:
@@ -28,11 +31,10 @@ def make_store(throttle: Throttle, metrics: Metrics) -> QuotaStore:
 
     return FallbackStore(
         RedisStore(throttle.store, throttle.store_timeout),
-        timeout=throttle.store_timeout,
         cooldown=throttle.fallback.cooldown,
         expected_replicas=throttle.fallback.expected_replicas,
         on_change=changed,
     )
 
 
-__all__ = ["MemoryStore", "QuotaStore", "make_store"]
+__all__ = ["MemoryStore", "QuotaStore", "StoreUnavailable", "make_store"]

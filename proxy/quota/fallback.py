@@ -1,49 +1,59 @@
 """The circuit breaker in front of the shared store, and the local share used while it is open.
 
-Every call to the shared store has ``store_timeout``; a failure opens the breaker for ``cooldown``
-seconds, during which each replica admits against its own share of every limit (the limit divided
-by the expected number of replicas, at least 1) in an in-process store. That store mirrors every
-admission this replica got from the shared one, so the fallback counts what the replica already
-sent in the current windows rather than starting from nothing. After the cooldown one call
-goes to the shared store again: if it answers, the breaker closes and the shared quota is back.
-A request therefore never waits on a dead store for longer than one ``store_timeout``.
+Every call to the shared store keeps to the store's own timeout; a failure (``StoreUnavailable``,
+the one error a store raises) opens the breaker for ``cooldown`` seconds, during which each
+replica admits against its own share of every limit (the limit divided by the expected number of
+replicas, at least 1) in an in-process store. That store mirrors every admission this replica got
+from the shared one, so the fallback counts what the replica already sent in the current windows
+rather than starting from nothing. After the cooldown one call goes to the shared store again: if
+it answers, the breaker closes and the shared quota is back. A request therefore never waits on a
+dead store for longer than one store timeout.
+
+Coming back is done in two steps, because a shared store may come back empty (Redis restarted
+without persistence, a failover that lost recent writes) and the replicas do not come back at the
+same instant:
+
+1. before its first call to the shared store after a fallback, a replica writes back everything
+   it admitted in the last window, from the shared store or its local share (``restore``: one
+   round trip per quota; admissions the store still holds are not counted twice), so the store
+   does not admit on top of what the upstream already counted;
+2. for one window after its own recovery, a replica admits only where both its local share and
+   the shared store allow: another replica still in fallback admits against its own share, which
+   the shared store cannot see yet, and the two shares together stay within the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from proxy.logs import get_logger
 from proxy.quota.memory import MemoryStore
 from proxy.quota.schedule import Window
-from proxy.quota.store import Decision, Quota
+from proxy.quota.store import MICROS, Decision, Quota, QuotaStore, StoreUnavailable
 
-if TYPE_CHECKING:
-    from proxy.quota.redis_store import RedisStore
+Shared = TypeVar("Shared", bound=QuotaStore)
 
 
-class FallbackStore:
+class FallbackStore(Generic[Shared]):
     """A shared store with a breaker and a local fallback."""
-
-    name = "redis"
 
     def __init__(
         self,
-        shared: RedisStore,
+        shared: Shared,
         *,
-        timeout: float,
         cooldown: float,
         expected_replicas: int,
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.shared = shared
+        self.name = shared.name
         self.local = MemoryStore(clock)
-        self._timeout = timeout
         self._cooldown = cooldown
         self._replicas = max(1, expected_replicas)
         self._on_change = on_change
@@ -51,10 +61,11 @@ class FallbackStore:
         self._open_until: float | None = None
         self._opened_at = 0.0
         self._probing = False
-        # the last shared decision per quota: (when, admissions left per window)
-        self._last_seen: dict[str, tuple[float, tuple[int, ...]]] = {}
+        #: when this replica last came back to the shared store (None: it never left it)
+        self._recovered_at: float | None = None
+        # the last shared decision per quota: (when, admissions left per window, its wait)
+        self._last_seen: dict[str, tuple[float, tuple[int, ...], float]] = {}
         self._seeded: set[str] = set()
-        self._errors = shared.errors
         self._shares: dict[Quota, Quota] = {}
         self._log = get_logger("quota")
 
@@ -81,7 +92,35 @@ class FallbackStore:
         self._probing = True
         return True
 
-    def _failed(self, exc: BaseException) -> None:
+    async def _ready(self) -> bool:
+        """Whether this call goes to the shared store; the probe after a fallback writes back
+        first, so that nothing is admitted there before the store knows what this replica sent."""
+        if not self._use_shared():
+            return False
+        if self._probing:
+            try:
+                await self._write_back()
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                return False
+            self._recovered_at = self._clock()
+        return True
+
+    async def _write_back(self) -> None:
+        """Every quota's admissions from the last window, one call per quota, all at once."""
+        calls = []
+        for quota, local in self._shares.items():
+            widest = max(w.width for w in quota.windows) / MICROS
+            admissions = self.local.since(local, widest)
+            if admissions:
+                calls.append(self.shared.restore(quota, admissions))
+        # A call that fails is reported by gather after the others have ended: none is orphaned.
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _failed(self, exc: StoreUnavailable) -> None:
         self._probing = False
         was_open = self._open_until is not None
         if not was_open:
@@ -91,7 +130,7 @@ class FallbackStore:
         if not was_open:
             self._log.warning(
                 "quota store unreachable: admitting against the local share",
-                error=type(exc).__name__,
+                error=exc.kind,
                 # Says why, e.g. that Redis refused SELECT: a database beyond its `databases`.
                 reason=str(exc)[:200],
                 expected_replicas=self._replicas,
@@ -109,88 +148,141 @@ class FallbackStore:
             if self._on_change is not None:
                 self._on_change(False)
 
+    def _guarded(self, quota: Quota, now: float) -> bool:
+        """Whether ``quota`` is still within one window of this replica's recovery."""
+        if self._recovered_at is None:
+            return False
+        return now < self._recovered_at + max(w.width for w in quota.windows) / MICROS
+
     async def admit(
-        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+        self,
+        quota: Quota,
+        member: str,
+        max_wait: float,
+        reserve: float,
+        shadow: bool,
+        not_before: float = 0.0,
     ) -> Decision:
         """See ``QuotaStore.admit``."""
-        if self._use_shared():
+        if await self._ready():
             started = self._clock()
             try:
-                if self.shared.bounded:  # the client keeps to the timeout itself
-                    decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
+                if not shadow and self._guarded(quota, started):
+                    decision = await self._admit_both(quota, member, max_wait, reserve, not_before)
                 else:
-                    async with asyncio.timeout(self._timeout):
-                        decision = await self.shared.admit(quota, member, max_wait, reserve, shadow)
-            except self._errors as exc:
+                    decision = await self.shared.admit(
+                        quota, member, max_wait, reserve, shadow, not_before
+                    )
+                    if decision.admitted:
+                        # Mirror what this replica sends, so that a fallback starts from what it
+                        # already used in the current windows, and a recovery can write it back.
+                        slot = round((started + decision.wait) * MICROS)
+                        self.local.move(self._local_share(quota), member, slot)
+            except StoreUnavailable as exc:
                 self._failed(exc)
             else:
                 self._succeeded(started)
-                if decision.admitted:
-                    # Mirror what this replica sends, so that a fallback starts from what it
-                    # already used in the current windows instead of from nothing.
-                    self.local.record(self._local_share(quota), started + decision.wait)
-                self._last_seen[quota.key] = (started, decision.remaining)
+                self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
                 return decision
         local = self._local_share(quota)
         if quota.key not in self._seeded:
             self._seed(quota, local)
-        return await self.local.admit(local, member, max_wait, reserve, shadow)
+        return await self.local.admit(local, member, max_wait, reserve, shadow, not_before)
+
+    async def _admit_both(
+        self, quota: Quota, member: str, max_wait: float, reserve: float, not_before: float
+    ) -> Decision:
+        """A slot both the local share and the shared store give: the local one is taken first
+        (so concurrent requests of this replica see it), then the shared store is asked for the
+        earliest slot not before it, and the local entry moves to that slot."""
+        local = self._local_share(quota)
+        mine, slot = self.local.admit_slot(local, member, max_wait, reserve, False, not_before)
+        if not mine.admitted:
+            return mine
+        try:
+            decision = await self.shared.admit(quota, member, max_wait, reserve, False, mine.wait)
+        except BaseException:
+            self.local.move(local, member, None)
+            raise
+        if not decision.admitted:
+            self.local.move(local, member, None)
+        elif decision.wait > mine.wait:
+            self.local.move(local, member, slot + round((decision.wait - mine.wait) * MICROS))
+        return decision
 
     def _seed(self, quota: Quota, local: Quota) -> None:
         """Start a fallback from the shared quota's last known headroom, not from a full one.
 
         The last shared decision said how much of each window was left for everybody; this
-        replica takes its share of that. What the other replicas used is logged here as if
-        admitted at that moment, so it leaves the local windows one full window later — on the
-        safe side of when it really leaves.
+        replica takes its share of that. What the other replicas used is logged here, but when
+        it goes out is not known: anywhere from a window before that decision to the end of the
+        queue of reservations it reported (its wait). So it is logged at that decision and again
+        every half window up to the end of the queue: every window that can hold one of those
+        admissions counts all of them — more than they are in some windows, the safe side.
         """
         self._seeded.add(quota.key)
         seen = self._last_seen.get(quota.key)
         if seen is None:
             return
-        at, remaining = seen
+        at, remaining, queued = seen
         for index, (window, left) in enumerate(zip(local.windows, remaining, strict=True)):
             share_left = -(-left // self._replicas)  # ceil: this replica's part of what is left
-            used = self.local.used(local, index, at)
-            self.local.record_in(local, index, at, max(0, window.limit - share_left - used))
+            others = max(0, window.limit - share_left - self.local.used(local, index, at))
+            if not others:
+                continue
+            step = window.width / MICROS / 2
+            points = 1 + max(0, math.ceil(queued / step))
+            for point in range(points):
+                self.local.record_in(local, index, at + min(point * step, queued), others)
+
+    async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:
+        """See ``QuotaStore.restore``: into the shared store, and the local share meanwhile."""
+        await self.local.restore(self._local_share(quota), admissions)
+        if await self._ready():
+            started = self._clock()
+            try:
+                await self.shared.restore(quota, admissions)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                self._succeeded(started)
 
     async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
         """See ``QuotaStore.release``; best effort on both stores."""
         await self.local.release(self._local_share(quota), member, unused=unused)
-        if self._use_shared():
+        if await self._ready():
+            started = self._clock()
             try:
-                async with asyncio.timeout(self._timeout):
-                    await self.shared.release(quota, member, unused=unused)
-            except self._errors as exc:
+                await self.shared.release(quota, member, unused=unused)
+            except StoreUnavailable as exc:
                 self._failed(exc)
+            else:
+                self._succeeded(started)
 
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
         left = await self.local.pause(self._local_share(quota), seconds)
-        if self._use_shared():
+        if await self._ready():
             started = self._clock()
             try:
-                async with asyncio.timeout(self._timeout):
-                    left = await self.shared.pause(quota, seconds)
-            except self._errors as exc:
+                left = await self.shared.pause(quota, seconds)
+            except StoreUnavailable as exc:
                 self._failed(exc)
             else:
                 self._succeeded(started)
         return left
 
-    async def warm(self, connections: int = 8, timeout: float = 2.0) -> bool:
+    async def warm(self) -> bool:
         """Connect and load the scripts before the first request, so none pays for it.
 
         A cold replica would otherwise spend its first admissions on connecting and on loading
-        scripts, miss ``store_timeout`` and fall back while Redis is perfectly well.
+        scripts, miss its timeout and fall back while Redis is perfectly well.
         """
         try:
-            async with asyncio.timeout(timeout):
-                await self.shared.warm(connections)
-        except self._errors as exc:
+            return await self.shared.warm()
+        except StoreUnavailable as exc:
             self._failed(exc)
             return False
-        return True
 
     async def close(self) -> None:
         """Close the shared store's connections."""

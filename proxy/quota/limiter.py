@@ -1,20 +1,17 @@
 """The quota policy: wait or refuse, deadlines, priorities, upstream pauses, shadow mode.
 
 Per request: the route's quota is asked for the earliest slot within the caller's deadline
-(``throttle.max_wait``, or less if the caller asks with ``X-Defender-Proxy-Max-Wait``). Admitted
-callers sleep until their slot; the others get 429 from the proxy with ``Retry-After``. Bulk
-requests (by route or by ``X-Defender-Proxy-Priority: bulk``) may not use the last
+(``throttle.max_wait``, or less if the caller asks for less). Admitted callers sleep until their
+slot; for the others ``admit`` raises ``QuotaExceeded``, which the handler answers with 429 and
+``Retry-After``. Bulk requests (by route, or when the caller says so) may not use the last
 ``bulk_reserve`` share of any window, so an isolate action is never starved by an export.
+Plain values in, plain values out: the caller's headers are read, and the answer's headers
+written, by ``proxy.quota_headers``. The clock and the sleep are injected, so a test of waiting
+moves time instead of spending it.
 
 When the API itself answers 429, the route's quota is paused for every replica until the time the
 API asked for (``Retry-After`` or the hints in the body), capped at ``max_pause`` and jittered;
 with no hint at all the pause backs off exponentially from one second.
-
-Each route's quota belongs to an identity read from the caller's token (``proxy.identity``): per
-app + tenant, per tenant, or shared by the whole deployment, as ``route_scopes`` says. The quota of
-a (route, identity) is made on its first request; identities are bounded by
-``throttle.identities.max``, so the table is too. Pauses are per (route, identity) as well: the
-API throttles each identity on its own.
 """
 
 from __future__ import annotations
@@ -23,32 +20,46 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-
-from multidict import CIMultiDictProxy
 
 from proxy import hints
 from proxy.catalogue import OTHER, RouteSpec
 from proxy.config import Throttle, route_scopes
-from proxy.errors import QuotaRefusal, RefusalError
 from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota.families import Families
+from proxy.quota.learned import LearnedLimits
 from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
-from proxy.units import parse_duration
 
-MAX_WAIT_HEADER: Final = "X-Defender-Proxy-Max-Wait"
-PRIORITY_HEADER: Final = "X-Defender-Proxy-Priority"
-PRIORITIES: Final = ("interactive", "bulk")
 OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
 
 
 def fresh_member(member: str) -> str:
     """Another admission id for the same request (a retry after a pause)."""
     return f"{member}+"
+
+
+class QuotaExceeded(Exception):  # noqa: N818 - a refusal, not a failure
+    """No slot within the caller's deadline: the request is refused (429 from the proxy)."""
+
+    def __init__(
+        self, route: str, deadline: float, decision: Decision, batch_index: int | None = None
+    ) -> None:
+        #: whole seconds until a slot would be free (at least 1), for ``Retry-After``
+        self.retry_after = max(1, math.ceil(decision.wait))
+        if batch_index is None:
+            text = f"the {route} quota has no slot within {deadline:g}s"
+        else:
+            text = (
+                f"the batch's request {batch_index} ({route}) has no slot within {deadline:g}s; "
+                "no request of the batch was sent"
+            )
+        super().__init__(f"{text}; retry in {self.retry_after}s")
+        self.route = route
+        self.decision = decision
 
 
 @dataclass(slots=True)
@@ -80,11 +91,9 @@ class BatchAdmission:
 class _RoutePolicy:
     quota: Quota
     names: tuple[str, ...]
-    policy_header: str
-    #: the RateLimit field with %d for each window's remaining count and reset seconds
-    state_format: str
     bulk: bool
     shadow: bool
+    #: whose quota: ``app`` (app + tenant), ``tenant`` or ``shared`` (the deployment's)
     scope: str
 
 
@@ -108,11 +117,16 @@ class Limiter:
         store: QuotaStore,
         metrics: Metrics,
         rng: random.Random | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._throttle = throttle
         self.store = store
         self._metrics = metrics
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
         self._routes: dict[str, _RoutePolicy] = {}
         scopes = route_scopes(throttle)
         for spec in routes:
@@ -122,15 +136,9 @@ class Limiter:
                 as_windows([(lim.count, lim.window) for lim in spec.limits], throttle.margin),
             )
             names = tuple(window_name(lim.window) for lim in spec.limits)
-            policy = ", ".join(
-                f'"{name}";q={lim.count};w={math.ceil(lim.window)}'
-                for name, lim in zip(names, spec.limits, strict=True)
-            )
             self._routes[spec.name] = _RoutePolicy(
                 quota,
                 names,
-                policy,
-                ", ".join(f'"{name}";r=%d;t=%d' for name in names),
                 priority == "bulk",
                 mode == "shadow",
                 scopes.get(spec.name, "shared"),
@@ -139,43 +147,21 @@ class Limiter:
         self._families = (
             None if other is None else Families(throttle.namespace, OTHER, other.quota.windows)
         )
+        self._identities = Identities(throttle.identities.max)
+        self._labels = Labels(dict(throttle.identities.names))
+        self._quotas: dict[tuple[str, str], Quota] = {}
         self._children: dict[tuple[str, str, str], _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._learned = LearnedLimits(routes, metrics)
         self._log = get_logger("quota")
         self._store_timer = metrics.store_duration.labels(store.name)
-        self._identities = Identities(throttle.identities.max)
-        self._labels = Labels(dict(throttle.identities.names))
-        self._quotas: dict[tuple[str, str], Quota] = {}
         metrics.pauses_active.set_function(self._count_pauses)
 
     def _count_pauses(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         return float(sum(1 for until in self._paused_until.values() if until > now))
-
-    def _deadline(self, headers: CIMultiDictProxy[str]) -> float:
-        limit = self._throttle.max_wait
-        asked = headers.get(MAX_WAIT_HEADER)
-        if asked is None:
-            return limit
-        try:
-            return min(limit, parse_duration(asked.strip()))
-        except ValueError:
-            raise RefusalError(
-                400, "BadRequest", f"{MAX_WAIT_HEADER} must be a duration such as 5s or 500ms"
-            ) from None
-
-    def _is_bulk(self, policy: _RoutePolicy, headers: CIMultiDictProxy[str]) -> bool:
-        asked = headers.get(PRIORITY_HEADER)
-        if asked is None:
-            return policy.bulk
-        value = asked.strip().lower()
-        if value not in PRIORITIES:
-            raise RefusalError(
-                400, "BadRequest", f"{PRIORITY_HEADER} must be one of: {', '.join(PRIORITIES)}"
-            )
-        return value == "bulk"
 
     def _quota_of(
         self, route: str, policy: _RoutePolicy, claims: Claims, family: str = ""
@@ -201,23 +187,37 @@ class Limiter:
         ``claims`` name is admitted on."""
         return self._quota_of(route, self._routes[route], claims, family)
 
+    def _deadline(self, max_wait: float | None) -> float:
+        limit = self._throttle.max_wait
+        return limit if max_wait is None else min(limit, max_wait)
+
+    def _reserve(self, policy: _RoutePolicy, bulk: bool | None) -> float:
+        is_bulk = policy.bulk if bulk is None else bulk
+        return self._throttle.bulk_reserve if is_bulk else 0.0
+
     async def admit(
         self,
         route: str,
         member: str,
-        headers: CIMultiDictProxy[str],
+        max_wait: float | None = None,
+        bulk: bool | None = None,
         claims: Claims = NO_CLAIMS,
         family: str = "",
     ) -> Admission:
-        """Wait for the request's slot in the quota of the caller ``claims`` name (and of the
-        path ``family``, for ``other``), or raise the proxy's 429."""
+        """Wait for the request's slot, or raise ``QuotaExceeded``.
+
+        ``max_wait`` is the caller's own deadline in seconds (never more than
+        ``throttle.max_wait``; None: that one); ``bulk`` whether the caller asked for bulk or
+        interactive priority (None: the route's). The slot is taken in the quota of the caller
+        ``claims`` name (and of the path ``family``, for ``other``).
+        """
         policy = self._routes[route]
         quota = self._quota_of(route, policy, claims, family)
-        deadline = self._deadline(headers)
-        reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
-        started = time.perf_counter()
+        deadline = self._deadline(max_wait)
+        reserve = self._reserve(policy, bulk)
+        started = self._clock()
         decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
-        decided = time.perf_counter() - started
+        decided = self._clock() - started
         self._store_timer.observe(decided)
         labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
         children = self._children.get(labels) or self._children_of(labels, policy)
@@ -232,24 +232,18 @@ class Limiter:
             return Admission(quota, decision, outcome, 0.0, decided)
         if not decision.admitted:
             children.outcomes["refused"].inc()
-            retry = max(1, math.ceil(decision.wait))
-            raise QuotaRefusal(
-                429,
-                "TooManyRequests",
-                f"the {route} quota has no slot within {deadline:g}s; retry in {retry}s",
-                headers={"Retry-After": str(retry), **self.ratelimit_headers(route, decision)},
-            )
+            raise QuotaExceeded(route, deadline, decision)
         if decision.wait > 0:
             try:
-                await asyncio.sleep(decision.wait)
+                await self._sleep(decision.wait)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give its slot back to the others.
                 self._release_later(quota, member)
                 raise
-            if self._paused_until.get(quota.key, 0.0) > time.monotonic():
+            if self._paused_until.get(quota.key, 0.0) > self._clock():
                 # The API answered 429 while this caller waited: its slot predates the pause.
                 self._release_later(quota, member)
-                return await self.admit(route, fresh_member(member), headers, claims, family)
+                return await self.admit(route, fresh_member(member), max_wait, bulk, claims, family)
             outcome = "waited"
         else:
             outcome = "admitted"
@@ -275,36 +269,26 @@ class Limiter:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def ratelimit_headers(self, route: str, decision: Decision) -> dict[str, str]:
-        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-        policy = self._routes[route]
-        values: list[int] = []
-        for left, reset in zip(decision.remaining, decision.reset, strict=True):
-            values += (left, math.ceil(reset))
-        return {
-            "RateLimit-Policy": policy.policy_header,
-            "RateLimit": policy.state_format % tuple(values),
-        }
-
     # A $batch: every inner request admitted as if sent alone, all of them or none.
 
     async def admit_batch(
         self,
         routes: Sequence[str],
         member: str,
-        headers: CIMultiDictProxy[str],
+        max_wait: float | None = None,
+        bulk: bool | None = None,
         claims: Claims = NO_CLAIMS,
     ) -> BatchAdmission:
         """Take a slot for each inner request of a batch (``routes``, in order), then wait once
-        for the latest; if any has no slot within the deadline, give back every one and raise the
-        proxy's 429 for the whole batch.
+        for the latest; if any has no slot within the deadline, give back every one and raise
+        ``QuotaExceeded`` for the whole batch.
 
         Reserve first, wait after: each store call is one atomic admission on one quota, so the
         slots are taken one by one with the caller's deadline, and only when all are held does the
         batch wait (once, until the latest). The batch itself takes no slot: Graph counts the
         requests inside it, each on its own, in the quota of the batch's caller (``claims``).
         """
-        deadline = self._deadline(headers)
+        deadline = self._deadline(max_wait)
         tenant, app = self._labels.of(claims.tid), self._labels.of(claims.app)
         held: list[tuple[str, Quota, str]] = []
         latest = 0.0
@@ -312,11 +296,12 @@ class Limiter:
         for index, route in enumerate(routes):
             policy = self._routes[route]
             quota = self._quota_of(route, policy, claims)
-            reserve = self._throttle.bulk_reserve if self._is_bulk(policy, headers) else 0.0
             inner = f"{member}.{index}"
-            started = time.perf_counter()
-            decision = await self.store.admit(quota, inner, deadline, reserve, policy.shadow)
-            took = time.perf_counter() - started
+            started = self._clock()
+            decision = await self.store.admit(
+                quota, inner, deadline, self._reserve(policy, bulk), policy.shadow
+            )
+            took = self._clock() - started
             decided += took
             self._store_timer.observe(took)
             labels = (route, tenant, app)
@@ -338,30 +323,23 @@ class Limiter:
                         labels = (other, tenant, app)
                         children = self._children.get(labels) or self._children_of(labels, policy)
                         children.outcomes["refused"].inc()
-                retry = max(1, math.ceil(decision.wait))
-                raise QuotaRefusal(
-                    429,
-                    "TooManyRequests",
-                    f"the batch's request {index} ({route}) has no slot within {deadline:g}s; "
-                    f"no request of the batch was sent; retry in {retry}s",
-                    headers={"Retry-After": str(retry)},
-                )
+                raise QuotaExceeded(route, deadline, decision, batch_index=index)
             held.append((route, quota, inner))
             latest = max(latest, decision.wait)
         if latest > 0:
             try:
-                await asyncio.sleep(latest)
+                await self._sleep(latest)
             except asyncio.CancelledError:
                 # The caller went away while waiting: give every slot back to the others.
                 for _, quota, inner in held:
                     self._release_later(quota, inner)
                 raise
-            now = time.monotonic()
+            now = self._clock()
             if any(self._paused_until.get(quota.key, 0.0) > now for _, quota, _ in held):
                 # The API answered 429 while the batch waited: its slots predate the pause.
                 for _, quota, inner in held:
                     self._release_later(quota, inner)
-                return await self.admit_batch(routes, fresh_member(member), headers, claims)
+                return await self.admit_batch(routes, fresh_member(member), max_wait, bulk, claims)
         outcome = "waited" if latest > 0 else "admitted"
         for route, _, _ in held:
             children = self._children[(route, tenant, app)]
@@ -378,19 +356,24 @@ class Limiter:
         self,
         route: str,
         status: int,
-        retry_after: str | None,
-        message: str,
+        hint: hints.Hint | None = None,
         quota: Quota | None = None,
     ) -> None:
         """React to the API's answer: a 429 pauses the quota the request was admitted on (by
-        default the route's shared one) for every replica."""
-        quota = quota or self._routes[route].quota
+        default the route's quota of a caller without a token) for every replica.
+
+        ``hint`` is what the answer said about waiting (``hints.upstream_hint``); a 429 without
+        one backs off.
+        """
+        quota = quota or self.quota_for(route, NO_CLAIMS)
         if status != 429:
             if self._streak.get(quota.key):
                 self._streak[quota.key] = 0
             return
-        hint = hints.upstream_hint(retry_after, message, time.time())
+        hint = hint or hints.NO_HINT
         self._metrics.upstream_throttled.labels(route, hint.reason).inc()
+        if hint.stated is not None:
+            self._learned.observe(route, *hint.stated)
         if hint.seconds is None:
             streak = self._streak.get(quota.key, 0) + 1
             self._streak[quota.key] = streak
@@ -399,7 +382,7 @@ class Limiter:
             seconds = hint.seconds
         pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
         left = await self.store.pause(quota, pause)
-        self._paused_until[quota.key] = time.monotonic() + left
+        self._paused_until[quota.key] = self._clock() + left
         self._log.warning(
             "upstream throttled: quota paused for every replica",
             route=route,

@@ -6,8 +6,8 @@ Same arithmetic as the Redis store (``schedule``), on a clock that tests inject.
 from __future__ import annotations
 
 import time
-from bisect import bisect_right, insort
-from collections.abc import Callable
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Sequence
 
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
@@ -25,10 +25,9 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._logs: dict[str, list[list[int]]] = {}
+        #: per quota, member → slot of the admissions still in a window (and a few that left)
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
-        #: member -> (quota key, time) of the latest admissions at once, oldest first
-        self._recent: dict[str, tuple[str, int]] = {}
 
     def _now(self) -> int:
         return round(self._clock() * MICROS)
@@ -45,18 +44,40 @@ class MemoryStore:
             if expired > 64 and 2 * expired > len(log):
                 del log[:expired]
         members = self._members.get(quota.key)
-        if members:
-            for name in [m for m, at in members.items() if at <= now]:
+        if members and len(members) > 64 + 2 * max(len(log) for log in logs):
+            # Names are kept while their admission can still be given back or written again;
+            # swept in batches, like the logs.
+            horizon = now - max(w.width for w in quota.windows)
+            for name in [m for m, at in members.items() if at <= horizon]:
                 del members[name]
         return logs
 
     async def admit(
-        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+        self,
+        quota: Quota,
+        member: str,
+        max_wait: float,
+        reserve: float,
+        shadow: bool,
+        not_before: float = 0.0,
     ) -> Decision:
         """See ``QuotaStore.admit``."""
+        return self.admit_slot(quota, member, max_wait, reserve, shadow, not_before)[0]
+
+    def admit_slot(
+        self,
+        quota: Quota,
+        member: str,
+        max_wait: float,
+        reserve: float,
+        shadow: bool,
+        not_before: float = 0.0,
+    ) -> tuple[Decision, int]:
+        """``admit``, and the slot it logged (µs on this store's clock), for a caller that may
+        move the entry or take it back with ``move``."""
         now = self._now()
         logs = self._load(quota, now)
-        start = max(now, self._paused.get(quota.key, 0))
+        start = max(now + round(not_before * MICROS), self._paused.get(quota.key, 0))
         slot = earliest(logs, quota.windows, reserve, start)
         wait = slot - now
         admitted = wait <= round(max_wait * MICROS)
@@ -64,14 +85,23 @@ class MemoryStore:
         if shadow or admitted:
             for log in logs:
                 insort(log, at)
-            if at > now:  # reservations can be given back
-                self._members.setdefault(quota.key, {})[member] = at
-            elif not shadow:  # and the latest slots taken at once, if never used
-                recent = self._recent
-                recent[member] = (quota.key, at)
-                if len(recent) > _RECENT:
-                    del recent[next(iter(recent))]
-        return self._decision(quota, logs, now, admitted, wait)
+            self._members.setdefault(quota.key, {})[member] = at
+        return self._decision(quota, logs, now, admitted, wait), at
+
+    def move(self, quota: Quota, member: str, to: int | None) -> None:
+        """Move ``member``'s entry to slot ``to`` (µs), or take it out (None), whenever it is."""
+        logs = self._load(quota, self._now())
+        members = self._members.setdefault(quota.key, {})
+        at = members.pop(member, None)
+        if at is not None:
+            for log in logs:
+                index = bisect_left(log, at)
+                if index < len(log) and log[index] == at:
+                    del log[index]
+        if to is not None:
+            for log in logs:
+                insort(log, to)
+            members[member] = to
 
     def _decision(
         self, quota: Quota, logs: list[list[int]], now: int, admitted: bool, wait: int
@@ -104,19 +134,35 @@ class MemoryStore:
         for log in self._load(quota, self._now()):
             insort(log, stamp)
 
+    def since(self, quota: Quota, seconds: float) -> list[tuple[str, float]]:
+        """(member, age in seconds) of the named admissions from the last ``seconds`` on,
+        reservations still to come included (negative ages)."""
+        now = self._now()
+        horizon = now - round(seconds * MICROS)
+        members = self._members.get(quota.key, {})
+        return [(m, (now - at) / MICROS) for m, at in members.items() if at > horizon]
+
+    async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:
+        """See ``QuotaStore.restore``."""
+        now = self._now()
+        logs = self._load(quota, now)
+        members = self._members.setdefault(quota.key, {})
+        for member, age in admissions:
+            at = now - round(age * MICROS)
+            if member in members:
+                continue
+            members[member] = at
+            for log, window in zip(logs, quota.windows, strict=True):
+                if at > now - window.width:
+                    insort(log, at)
+
     async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
         """See ``QuotaStore.release``: a reservation still in the future is given back, and with
-        ``unused`` also a slot taken at once among the latest few hundred."""
-        at = self._members.get(quota.key, {}).pop(member, None)
-        if at is None and unused:
-            key, at = self._recent.pop(member, ("", None))
-            if key != quota.key:
-                at = None
+        ``unused`` also a slot whose time has come (its request was never sent)."""
+        at = self._members.get(quota.key, {}).get(member)
         if at is None or (at <= self._now() and not unused):
             return
-        for log in self._logs.get(quota.key, []):
-            if at in log:
-                log.remove(at)
+        self.move(quota, member, None)
 
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``."""

@@ -206,6 +206,14 @@ class Client:
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        #: connections opened so far
+        self.opened = 0
+
+    @property
+    def lost(self) -> bool:
+        """Whether a connection was open and is gone: the next call connects afresh, perhaps to
+        a server that restarted and knows nothing of what it held."""
+        return self.opened > 0 and (self._connection is None or self._connection.closed)
 
     def register_script(self, source: str) -> Script:
         """A script to call by SHA."""
@@ -271,6 +279,7 @@ class Client:
                 connection.fail(ConnectionError("Redis refused the connection's set-up"))
                 raise
         self._connection = connection
+        self.opened += 1
         return connection
 
     async def ping(self) -> bool:

@@ -4,6 +4,10 @@ Two implementations: ``MemoryStore`` (in-process, the embedded default, one repl
 ``RedisStore`` (shared by every replica, the clock taken from the Redis server). ``FallbackStore``
 puts a circuit breaker in front of a shared store and admits against a local share while the
 shared one cannot be reached.
+
+A store that cannot answer raises ``StoreUnavailable``, whatever its client raised underneath (a
+refused connection, a timeout, an error reply, a cluster that lost a master): the breaker catches
+that one type and depends on no client library.
 """
 
 from __future__ import annotations
@@ -15,6 +19,23 @@ from typing import Protocol
 from proxy.quota.schedule import Window
 
 MICROS = 1_000_000
+
+
+class StoreUnavailable(Exception):  # noqa: N818 - the name the fallback logic speaks
+    """The store could not decide: unreachable, too slow, or it refused the call.
+
+    ``kind`` names what the client raised underneath (``ConnectionError``, ``TimeoutError``,
+    ``ReplyError`` …); the message is the client's, which names no password.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+    @classmethod
+    def wrapping(cls, exc: BaseException) -> StoreUnavailable:
+        """The error a client raised, as the store's one failure type."""
+        return cls(type(exc).__name__, str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +73,39 @@ def quota_key(namespace: str, route: str, identity: str = "") -> str:
 
 
 class QuotaStore(Protocol):
-    """Admissions, give-backs and pauses, each atomic for all windows of one quota."""
+    """Admissions, give-backs and pauses, each atomic for all windows of one quota.
+
+    Every call keeps to the store's own time budget and raises ``StoreUnavailable`` when it
+    cannot be answered, never a client library's own error.
+    """
 
     name: str
 
     async def admit(
-        self, quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+        self,
+        quota: Quota,
+        member: str,
+        max_wait: float,
+        reserve: float,
+        shadow: bool,
+        not_before: float = 0.0,
     ) -> Decision:
         """Reserve the earliest slot within ``max_wait`` seconds, or refuse.
 
         ``reserve`` is the share of every window this request may not use (bulk). In ``shadow``
-        mode the decision is computed but the admission is logged now, whatever it says.
+        mode the decision is computed but the admission is logged now, whatever it says. The slot
+        is never earlier than ``not_before`` seconds from now (a slot another check already
+        pushed back).
+        """
+
+    async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:
+        """Log admissions decided elsewhere: (member, age), age being the seconds since the slot.
+
+        A negative age is a reservation still to come. A member the store already holds keeps
+        its time, so writing the same admissions twice counts them once. Ages, not times: the
+        caller's clock and the store's need not agree, and an age arrives after it was measured,
+        so each admission lands a little later than it was sent — the side on which a window
+        stays full longer, never shorter.
         """
 
     async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:

@@ -22,13 +22,13 @@ import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import logs
 from proxy.app import build, proxy_server
 from proxy.config import ConfigError, Settings, load_settings, parse_settings
 from proxy.forward import tls_context
 from proxy.metrics import Metrics
+from proxy.quota_headers import RateLimitFields
 
 CA_BUNDLE = "CA-BUNDLE-PATH"  # replaced by a real PEM file's path in each example
 HUGE = "9" * 400
@@ -213,16 +213,16 @@ async def start_of_run(settings: Settings) -> int:
     try:
         # The listeners share one limiter: a route served by several is admitted once.
         admitted: set[str] = set()
-        headers = CIMultiDictProxy(CIMultiDict[str]())
         for proxy in proxies:
             if proxy.upstream.origin.startswith("https:"):
                 tls_context(settings)
             assert proxy.limiter is not None
+            fields = RateLimitFields(proxy.router.routes)
             for spec in proxy.router.routes:
                 if spec.name in admitted:
                     continue
-                admission = await proxy.limiter.admit(spec.name, f"first-{spec.name}", headers)
-                proxy.limiter.ratelimit_headers(spec.name, admission.decision)
+                admission = await proxy.limiter.admit(spec.name, f"first-{spec.name}")
+                fields.fields(spec.name, admission.decision)
                 admitted.add(spec.name)
         return len(admitted)
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.quota.fallback import FallbackStore
 from proxy.quota.redis_store import RedisStore
-from proxy.quota.store import Decision, Quota, as_windows
+from proxy.quota.store import Decision, Quota, StoreUnavailable, as_windows
 
 
 class Clock:
@@ -28,10 +28,9 @@ def _dead_port() -> int:
         return int(sock.getsockname()[1])  # closed again: nothing listens there
 
 
-def _store(url: str, clock: Clock, changes: list[bool]) -> FallbackStore:
+def _store(url: str, clock: Clock, changes: list[bool]) -> FallbackStore[RedisStore]:
     return FallbackStore(
         RedisStore(url, timeout=0.05),
-        timeout=0.05,
         cooldown=5.0,
         expected_replicas=3,
         on_change=changes.append,
@@ -64,10 +63,15 @@ async def test_open_breaker_does_not_call_the_store(monkeypatch: pytest.MonkeyPa
     shared_admit = store.shared.admit
 
     async def counted(
-        quota: Quota, member: str, max_wait: float, reserve: float, shadow: bool
+        quota: Quota,
+        member: str,
+        max_wait: float,
+        reserve: float,
+        shadow: bool,
+        not_before: float = 0.0,
     ) -> Decision:
         calls.append(member)
-        return await shared_admit(quota, member, max_wait, reserve, shadow)
+        return await shared_admit(quota, member, max_wait, reserve, shadow, not_before)
 
     monkeypatch.setattr(store.shared, "admit", counted)
     for i in range(50):
@@ -82,7 +86,9 @@ async def test_breaker_returns_to_the_shared_store(redis_proc: Any) -> None:
     changes: list[bool] = []
     store = _store(f"redis://{redis_proc.host}:{redis_proc.port}/0", clock, changes)
     await store.shared.client.execute_command("FLUSHDB")
-    store._failed(ConnectionError("simulated"))  # as if the last call had failed
+    store._failed(
+        StoreUnavailable("ConnectionError", "simulated")
+    )  # as if the last call had failed
     assert store.in_fallback
     await store.admit(QUOTA, "during", 0.0, 0.0, False)
     assert await store.shared.client.execute_command("EXISTS", "dp:{test:fallback}:w60000000") == 0
@@ -101,7 +107,7 @@ async def test_a_call_from_before_the_failure_does_not_close_the_breaker() -> No
     store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
     began = clock.now
     clock.now += 0.01
-    store._failed(TimeoutError())
+    store._failed(StoreUnavailable("TimeoutError", ""))
     store._succeeded(began)
     assert (store.in_fallback, changes) == (True, [True])
     store._succeeded(clock.now)
@@ -117,7 +123,7 @@ async def test_fallback_counts_what_the_replica_already_sent(redis_proc: Any) ->
     await store.shared.client.execute_command("FLUSHDB")
     for i in range(3):
         assert (await store.admit(QUOTA, f"shared{i}", 0.0, 0.0, False)).admitted
-    store._failed(ConnectionError("simulated"))
+    store._failed(StoreUnavailable("ConnectionError", "simulated"))
     # The local share is 9 // 3 = 3, and this replica already sent 3 in the window.
     assert not (await store.admit(QUOTA, "local", 0.0, 0.0, False)).admitted
     await store.close()
@@ -135,7 +141,7 @@ async def test_fallback_starts_from_the_shared_headroom(redis_proc: Any) -> None
     await other.close()
     last = await store.admit(QUOTA, "mine", 0.0, 0.0, False)
     assert last.remaining == (3,)
-    store._failed(ConnectionError("simulated"))
+    store._failed(StoreUnavailable("ConnectionError", "simulated"))
     # Three left for everybody: this replica's share is one more (a full local share would be two).
     local = [(await store.admit(QUOTA, f"l{i}", 0.0, 0.0, False)).admitted for i in range(3)]
     assert local == [True, False, False]

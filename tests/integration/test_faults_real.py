@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestServer
 from proxy.app import proxy_server
 from proxy.config import Throttle, Timeouts
 from proxy.errors import PROXY_HEADER
-from proxy.quota.limiter import MAX_WAIT_HEADER
+from proxy.quota_headers import MAX_WAIT_HEADER
 from proxy.simulator import SimConfig, bodies, make_app
 from proxy.simulator.behaviour import TARGET_HEADER
 from proxy.throttle_config import RouteOverride

@@ -1,4 +1,5 @@
-"""One contract for every quota store, run against the in-process store and a real Redis."""
+"""One contract for every quota store: the in-process store, a real Redis through both clients,
+and the circuit breaker over the in-process store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.quota import resp
+from proxy.quota.fallback import FallbackStore
 from proxy.quota.memory import MemoryStore
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Quota, QuotaStore, as_windows
@@ -23,12 +25,16 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis", "redis-py"])
+@pytest.fixture(params=["memory", "redis", "redis-py", "fallback-over-memory"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
     """Each store in turn; Redis is a private redis-server started for the session, reached by
     the lean client and (a URL with an option) by redis-py."""
     if request.param == "memory":
         yield MemoryStore(Clock())
+        return
+    if request.param == "fallback-over-memory":
+        clock = Clock()
+        yield FallbackStore(MemoryStore(clock), cooldown=5.0, expected_replicas=1, clock=clock)
         return
     proc: Any = request.getfixturevalue("redis_proc")
     options = "?client_name=contract" if request.param == "redis-py" else ""
@@ -151,3 +157,40 @@ class TestQuotaStoreContract:
         assert (await store.admit(a, "m", 0.0, 0.0, False)).admitted
         assert (await store.admit(b, "m", 0.0, 0.0, False)).admitted
         assert not (await store.admit(a, "n", 0.0, 0.0, False)).admitted
+
+    async def test_a_slot_is_never_before_not_before(self, store: QuotaStore) -> None:
+        """not_before pushes the slot back even in an empty window."""
+        q = quota("l", (5, 60.0))
+        decision = await store.admit(q, "m", 10.0, 0.0, False, 4.0)
+        assert decision.admitted
+        assert 4.0 - SLACK <= decision.wait <= 4.0 + SLACK
+        late = await store.admit(q, "n", 3.0, 0.0, False, 4.0)
+        assert not late.admitted
+
+    async def test_restored_admissions_count_from_their_age(self, store: QuotaStore) -> None:
+        """Admissions written back 1 s and 2 s ago fill the window; the next slot is 8 s away."""
+        q = quota("m", (3, 10.0))
+        await store.restore(q, [("a", 1.0), ("b", 2.0)])
+        assert (await store.admit(q, "c", 0.0, 0.0, False)).admitted
+        nxt = await store.admit(q, "d", 60.0, 0.0, False)
+        assert 8.0 - SLACK <= nxt.wait <= 8.0 + SLACK
+
+    async def test_restoring_twice_counts_once(self, store: QuotaStore) -> None:
+        """The same members written back twice, or already held, are counted once."""
+        q = quota("n", (3, 10.0))
+        await store.admit(q, "held", 0.0, 0.0, False)
+        await store.restore(q, [("held", 5.0), ("a", 1.0)])
+        await store.restore(q, [("held", 5.0), ("a", 1.0)])
+        decision = await store.admit(q, "b", 0.0, 0.0, False)
+        assert decision.admitted
+        assert decision.remaining == (0,)
+        # The oldest is "a" (1 s ago): "held" kept its own time, not the 5 s ago written back.
+        assert 9.0 - SLACK <= decision.reset[0] <= 9.0 + SLACK
+
+    async def test_restored_admissions_older_than_the_window_are_left_out(
+        self, store: QuotaStore
+    ) -> None:
+        """A written-back admission that already left its window takes no slot."""
+        q = quota("o", (1, 10.0))
+        await store.restore(q, [("old", 11.0)])
+        assert (await store.admit(q, "m", 0.0, 0.0, False)).admitted

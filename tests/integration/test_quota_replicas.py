@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from proxy.errors import PROXY_HEADER
-from proxy.quota.limiter import MAX_WAIT_HEADER
+from proxy.quota_headers import MAX_WAIT_HEADER
 from tests.faultkit import Answer, get, paced, sample
 from tests.procs import Process, start_cli
 from tests.redisproc import RedisServer

@@ -153,7 +153,6 @@ async def test_a_master_going_away_falls_back_to_the_local_share(cluster: Cluste
     changes: list[bool] = []
     store = FallbackStore(
         RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", timeout=0.5),
-        timeout=0.5,
         cooldown=30.0,
         expected_replicas=2,
         on_change=changes.append,
@@ -179,8 +178,7 @@ async def test_closing_after_a_master_went_away_closes_every_connection(cluster:
     # A call budget longer than the client's own retries, so the admission ends in redis-py's
     # ConnectionError: the path after which the cluster client's aclose() alone closes nothing.
     store = FallbackStore(
-        RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", timeout=0.5),
-        timeout=10.0,
+        RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", timeout=0.5, deadline=10.0),
         cooldown=30.0,
         expected_replicas=2,
     )

@@ -40,17 +40,21 @@ async def test_a_database_the_server_lacks_is_named_once_in_the_log(
     many times the breaker tries the store again."""
     now = [1000.0]
     shared = RedisStore(f"redis://127.0.0.1:{redis_server.port}/20{query}", 2.0)
-    store = FallbackStore(
-        shared, timeout=2.0, cooldown=5.0, expected_replicas=1, clock=lambda: now[0]
-    )
+    store = FallbackStore(shared, cooldown=5.0, expected_replicas=1, clock=lambda: now[0])
     tries = [0]
     admit: Callable[..., Coroutine[Any, Any, Decision]] = shared.admit
+    restore: Callable[..., Coroutine[Any, Any, None]] = shared.restore
 
     async def counted(*args: Any) -> Decision:
         tries[0] += 1
         return await admit(*args)
 
+    async def counted_restore(*args: Any) -> None:
+        tries[0] += 1  # after the first try, each one begins by writing the local share back
+        await restore(*args)
+
     monkeypatch.setattr(shared, "admit", counted)
+    monkeypatch.setattr(shared, "restore", counted_restore)
     try:
         assert not await store.warm()
         for index in range(4):

@@ -4,22 +4,20 @@ made on first use, bounded, with one overflow quota and one warning past the bou
 from __future__ import annotations
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy import hints
 from proxy.catalogue import OTHER, RouteSpec
 from proxy.config import Throttle
-from proxy.errors import QuotaRefusal
 from proxy.identity import NO_CLAIMS
 from proxy.metrics import Metrics
 from proxy.quota.families import MAX_FAMILIES, OVERFLOW, Families
-from proxy.quota.limiter import Limiter
+from proxy.quota.limiter import Limiter, QuotaExceeded
 from proxy.quota.memory import MemoryStore
 from proxy.quota.store import as_windows
 from proxy.units import Limit
 from tests.conftest import LogCapture
 
 WINDOWS = as_windows([(1, 60.0)], 0.0)
-NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 def test_each_family_has_its_own_key() -> None:
@@ -64,10 +62,10 @@ def _limiter() -> Limiter:
 async def test_limiter_admits_each_family_apart() -> None:
     """One slot each: a second request of a family is refused, another family is admitted."""
     limiter = _limiter()
-    await limiter.admit(OTHER, "m1", NO_HEADERS, family="/api/things/*")
-    with pytest.raises(QuotaRefusal):
-        await limiter.admit(OTHER, "m2", NO_HEADERS, family="/api/things/*")
-    admission = await limiter.admit(OTHER, "m3", NO_HEADERS, family="/api/widgets")
+    await limiter.admit(OTHER, "m1", family="/api/things/*")
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(OTHER, "m2", family="/api/things/*")
+    admission = await limiter.admit(OTHER, "m3", family="/api/widgets")
     assert ":other:/api/widgets:" in admission.quota.key
     await limiter.close()
 
@@ -76,8 +74,8 @@ async def test_upstream_429_pauses_only_its_family() -> None:
     """An API 429 for one unknown endpoint pauses that family's quota, not every other one."""
     limiter = _limiter()
     quota = limiter.quota_for(OTHER, NO_CLAIMS, "/api/things/*")
-    await limiter.observe_answer(OTHER, 429, "30", "", quota)
-    with pytest.raises(QuotaRefusal):
-        await limiter.admit(OTHER, "m1", NO_HEADERS, family="/api/things/*")
-    await limiter.admit(OTHER, "m2", NO_HEADERS, family="/api/widgets")
+    await limiter.observe_answer(OTHER, 429, hints.upstream_hint("30", "", 0.0), quota)
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(OTHER, "m1", family="/api/things/*")
+    await limiter.admit(OTHER, "m2", family="/api/widgets")
     await limiter.close()

@@ -18,6 +18,7 @@ from proxy.hints import (
     jittered,
     parse_message,
     parse_retry_after,
+    stated_limit,
     upstream_hint,
 )
 
@@ -210,7 +211,9 @@ def test_cpu_message_with_retry_after() -> None:
 def test_message_when_header_missing_or_garbage() -> None:
     """Without a usable Retry-After the message's figure is used."""
     assert upstream_hint(None, CPU_MESSAGE, MOMENT) == Hint(754, "message-duration", "cpu")
-    assert upstream_hint("soon", WINDOW_MESSAGE, MOMENT) == Hint(60, "message-window", "calls")
+    assert upstream_hint("soon", WINDOW_MESSAGE, MOMENT) == Hint(
+        60, "message-window", "calls", (45, 60.0)
+    )
 
 
 def test_no_hint_at_all() -> None:
@@ -286,3 +289,33 @@ def test_parse_message_never_raises(message: str) -> None:
     assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
     assert source in SOURCES
     assert reason in REASONS
+
+
+@pytest.mark.parametrize(
+    ("message", "stated"),
+    [
+        ("API calls quota exceeded! maximum allowed 45 per 00:01:00", (45, 60.0)),
+        ("Maximum allowed 1500 per 01:00:00. Try again in 3 seconds.", (1500, 3600.0)),
+        ("maximum allowed 10 per 1.00:00:00", (10, 86400.0)),
+        ("maximum allowed 0 per 00:01:00", None),
+        ("maximum allowed 45 per 00:00:00", None),
+        ("maximum allowed 45 per 00:99:00", None),
+        ("Too many requests. Try again in 17 seconds.", None),
+    ],
+)
+def test_stated_limit(message: str, stated: tuple[int, float] | None) -> None:
+    """The count and window a 429 states are read; a zero or malformed figure is none."""
+    assert stated_limit(message) == stated
+
+
+def test_the_hint_carries_the_stated_limit_whatever_the_wait_came_from() -> None:
+    """Retry-After decides the wait; the message's stated limit still comes along."""
+    hint = upstream_hint("7", "maximum allowed 45 per 00:01:00", MOMENT)
+    assert (hint.seconds, hint.stated) == (7.0, (45, 60.0))
+
+
+@given(_MESSAGE)
+def test_stated_limit_never_raises(message: str) -> None:
+    """Any message text gives a stated limit or none, never an error."""
+    stated = stated_limit(message)
+    assert stated is None or (stated[0] > 0 and stated[1] > 0)

@@ -8,11 +8,21 @@
 -- KEYS[2..n+1] one sorted set per window: member = admission id, score = admission time
 -- ARGV[1] member   ARGV[2] max_wait   ARGV[3] cap per window, as a list "c1,c2,…"
 -- ARGV[4] shadow (1 = log the admission now, whatever the decision)
--- ARGV[5..]  limit, width for each window
+-- ARGV[5..4+2n]  limit, width for each of the n windows
+-- ARGV[5+2n] now (optional): the time to decide at; absent or empty means the server's TIME.
+--            Given only by tests that replay schedule.py's arithmetic at chosen times.
+-- ARGV[6+2n] not_before (optional): µs from now before which no slot is given
 -- Returns {admitted, wait, paused, remaining1, reset1, remaining2, reset2, …}
 
-local t0 = redis.call('TIME')
-local now = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
+local n = #KEYS - 1
+local now
+if ARGV[5 + 2 * n] and ARGV[5 + 2 * n] ~= '' then
+  now = tonumber(ARGV[5 + 2 * n])
+else
+  local t0 = redis.call('TIME')
+  now = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
+end
+local not_before = tonumber(ARGV[6 + 2 * n] or '0') or 0
 local member = ARGV[1]
 local max_wait = tonumber(ARGV[2])
 local shadow = ARGV[4] == '1'
@@ -72,7 +82,7 @@ for i = 2, #KEYS do
 end
 
 local paused_until = tonumber(redis.call('GET', KEYS[1]) or '0')
-local t = math.max(now, paused_until)
+local t = math.max(now + not_before, paused_until)
 while true do
   local moved = false
   for i = 1, #windows do
@@ -94,8 +104,11 @@ if shadow or admitted then
   for i = 1, #windows do
     local w = windows[i]
     redis.call('ZADD', w[1], num(at), member)
-    -- keep the set while any entry can still matter: until the last one leaves its window
-    redis.call('PEXPIREAT', w[1], num(math.floor((at + w[3]) / 1000) + 1000))
+    -- Keep the set while any entry can still matter: until the last one leaves its window.
+    -- Only ever pushed out (a reservation further ahead may be in the set already), and set
+    -- relative to now, which a test may give far from the server's own clock.
+    local keep = math.floor((at + w[3] - now) / 1000) + 1000
+    if redis.call('PTTL', w[1]) < keep then redis.call('PEXPIRE', w[1], keep) end
   end
 end
 

@@ -1,0 +1,123 @@
+"""The Redis script and ``schedule`` (as the in-process store uses it) decide alike, exactly.
+
+A property over random quotas (one to three windows), reserves, deadlines, pauses, logs of
+earlier admissions (reservations still to come among them) and times: ``admit.lua`` on a private
+redis-server, given the same time through its ``now`` argument, returns the same decision as
+``MemoryStore`` to the microsecond — admitted, wait, remaining, reset and pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy.quota.memory import MemoryStore
+from proxy.quota.redis_store import RedisStore
+from proxy.quota.schedule import Window
+from proxy.quota.store import MICROS, Decision, Quota
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+KEY = "dp:{test:lua}"
+
+
+@pytest.fixture(scope="module")
+def redis(redis_proc: Any) -> Iterator[tuple[asyncio.Runner, RedisStore]]:
+    """A loop for the module and the lean client on the session's private redis-server."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        store = RedisStore(f"redis://{redis_proc.host}:{redis_proc.port}/0", timeout=2.0)
+        try:
+            yield runner, store
+        finally:
+            runner.run(store.close())
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> dict[str, Any]:
+    widths = draw(st.lists(st.integers(1, 5_000), min_size=1, max_size=3, unique=True))
+    windows = tuple(Window(draw(st.integers(1, 6)), width) for width in widths)
+    widest = max(widths)
+    now = draw(st.integers(10**6, 10**12))
+    log = draw(st.lists(st.integers(now - 2 * widest, now + 2 * widest), max_size=20))
+    return {
+        "windows": windows,
+        "now": now,
+        "log": log,
+        "reserve": draw(st.sampled_from([0.0, 0.2, 0.5, 0.9])),
+        "max_wait": draw(st.integers(0, 3 * widest)),
+        "shadow": draw(st.booleans()),
+        "pause": draw(st.sampled_from([0, 0, 0, 1, widest, 3 * widest])),
+        "not_before": draw(st.sampled_from([0, 0, 1, widest])),
+    }
+
+
+async def _in_redis(store: RedisStore, case: dict[str, Any]) -> Decision:
+    quota = Quota(KEY, case["windows"])
+    await store.client.execute_command("FLUSHDB")
+    for window in quota.windows:
+        for index, at in enumerate(case["log"]):
+            await store.client.execute_command("ZADD", f"{KEY}:w{window.width}", at, f"e{index}")
+    if case["pause"]:
+        await store.client.execute_command("SET", f"{KEY}:pause", case["now"] + case["pause"])
+    return await store.admit(
+        quota,
+        "new",
+        case["max_wait"] / MICROS,
+        case["reserve"],
+        case["shadow"],
+        case["not_before"] / MICROS,
+        at=case["now"],
+    )
+
+
+async def _in_memory(case: dict[str, Any]) -> Decision:
+    quota = Quota(KEY, case["windows"])
+    store = MemoryStore(lambda: case["now"] / MICROS)
+    for at in case["log"]:
+        store.record(quota, at / MICROS)
+    if case["pause"]:
+        await store.pause(quota, case["pause"] / MICROS)
+    return await store.admit(
+        quota,
+        "new",
+        case["max_wait"] / MICROS,
+        case["reserve"],
+        case["shadow"],
+        case["not_before"] / MICROS,
+    )
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(case=cases())
+def test_the_script_and_the_schedule_decide_alike(
+    redis: tuple[asyncio.Runner, RedisStore], case: dict[str, Any]
+) -> None:
+    """Same quota, log and time: the same decision from admit.lua and from MemoryStore."""
+    runner, store = redis
+    expected = runner.run(_in_memory(case))
+    assert runner.run(_in_redis(store, case)) == expected
+
+
+def test_without_now_the_script_takes_the_servers_time(
+    redis: tuple[asyncio.Runner, RedisStore],
+) -> None:
+    """No ``now`` argument: the decision is taken on the server's clock, as in production."""
+    runner, store = redis
+    quota = Quota(KEY, (Window(1, 60 * MICROS),))
+    runner.run(store.client.execute_command("FLUSHDB"))
+    first = runner.run(store.admit(quota, "a", 0.0, 0.0, False))
+    second = runner.run(store.admit(quota, "b", 0.0, 0.0, False))
+    assert first.admitted
+    assert not second.admitted
+    assert 59.0 <= second.wait <= 60.0
