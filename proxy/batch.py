@@ -44,6 +44,8 @@ class Inner:
     id: str
     method: str
     route: RouteSpec
+    #: the path family of an unmatched inner request (``routing.Routed.family``), else ""
+    family: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +110,10 @@ def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
     if headers is not None and not isinstance(headers, Mapping):
         raise _bad(f"request {index} of the $batch has headers that are not an object")
     path = url.partition("?")[0].partition("#")[0]
-    route = router.match(method.upper(), f"{version}/{path.lstrip('/')}")
-    if route.name == BATCH_ROUTE:
+    routed = router.route(method.upper(), f"{version}/{path.lstrip('/')}")
+    if routed.spec.name == BATCH_ROUTE:
         raise _bad(f"request {index} of the $batch is itself a $batch; batches do not nest")
-    return Inner(ident, method.upper(), route)
+    return Inner(ident, method.upper(), routed.spec, routed.family)
 
 
 def _check_depends(index: int, depends: Any, ids: set[str]) -> None:

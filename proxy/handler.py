@@ -184,9 +184,14 @@ class Proxy:
         asked = quota_headers.control(request.headers)
         try:
             if outcome.batch is not None:
-                routes = [inner.route.name for inner in outcome.batch.requests]
+                inners = outcome.batch.requests
                 return await self.limiter.admit_batch(
-                    routes, fresh_request_id(), asked.max_wait, asked.bulk, outcome.claims
+                    [inner.route.name for inner in inners],
+                    fresh_request_id(),
+                    asked.max_wait,
+                    asked.bulk,
+                    outcome.claims,
+                    [inner.family for inner in inners],
                 )
             return await self.limiter.admit(
                 outcome.route.name,
@@ -387,7 +392,7 @@ class Proxy:
                 ).inc()
             self._request_log.write(fields)
             if self.limiter is not None:
-                quota = self.limiter.quota_for(route, outcome.claims)
+                quota = self.limiter.quota_for(route, outcome.claims, inner.family)
                 hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
                 await self.limiter.observe_answer(route, answer.status, hint, quota)
 

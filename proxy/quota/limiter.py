@@ -278,8 +278,10 @@ class Limiter:
         max_wait: float | None = None,
         bulk: bool | None = None,
         claims: Claims = NO_CLAIMS,
+        families: Sequence[str] = (),
     ) -> BatchAdmission:
-        """Take a slot for each inner request of a batch (``routes``, in order), then wait once
+        """Take a slot for each inner request of a batch (``routes``, in order, with the path
+        ``families`` of the unmatched ones, as ``admit`` takes them), then wait once
         for the latest; if any has no slot within the deadline, give back every one and raise
         ``QuotaExceeded`` for the whole batch.
 
@@ -295,7 +297,8 @@ class Limiter:
         decided = 0.0
         for index, route in enumerate(routes):
             policy = self._routes[route]
-            quota = self._quota_of(route, policy, claims)
+            family = families[index] if index < len(families) else ""
+            quota = self._quota_of(route, policy, claims, family)
             inner = f"{member}.{index}"
             started = self._clock()
             decision = await self.store.admit(
@@ -339,7 +342,9 @@ class Limiter:
                 # The API answered 429 while the batch waited: its slots predate the pause.
                 for _, quota, inner in held:
                     self._release_later(quota, inner)
-                return await self.admit_batch(routes, fresh_member(member), max_wait, bulk, claims)
+                return await self.admit_batch(
+                    routes, fresh_member(member), max_wait, bulk, claims, families
+                )
         outcome = "waited" if latest > 0 else "admitted"
         for route, _, _ in held:
             children = self._children[(route, tenant, app)]

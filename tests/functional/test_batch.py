@@ -200,3 +200,17 @@ async def test_a_batch_without_a_quota_is_still_read(stack: Stack) -> None:
     labels = {"upstream": "default", "route": "graph.security", "method": "GET"}
     labels |= {"source": "batch", "status": "200"}
     assert stack.sample("defender_proxy_requests_total", **labels) == 3
+
+
+async def test_an_inner_request_to_an_unknown_endpoint_shares_its_path_familys_quota(
+    make_stack: Callable[..., Any],
+) -> None:
+    """An inner request to an unmatched path counts in its path family's quota, as if alone."""
+    stack: Stack = await make_stack(quota=True, throttle=Throttle(max_wait=0.0, margin=0.0))
+    outer = [(await stack.client.get(f"/v1.0/things/{n}")).status for n in range(100)]
+    assert outer == [200] * 100
+    status, _ = await post_batch(stack, requests(1, url="/things/4711"))
+    assert status == 429
+    status, body = await post_batch(stack, requests(2, url="/widgets/1"))
+    assert status == 200
+    assert [answer["status"] for answer in body["responses"]] == [200, 200]
