@@ -6,8 +6,10 @@ requests that Graph counts each on its own, so the proxy must know them before i
 batch: the body is read whole, up to ``limits.batch_body``, and parsed. What the proxy cannot
 count it does not forward: a batch over the bound is refused with 413, one that is not a batch
 Graph would take (not JSON, no requests, more than 20, a duplicate id, an absolute or
-protocol-relative url, a batch inside a batch, a ``dependsOn`` naming no request of the batch)
-with 400 ``BadRequest``, both in the Defender envelope and before anything is admitted or sent.
+protocol-relative url, a url with dot segments or encoded separators — as the guard refuses
+them in a whole request —, a batch inside a batch, a ``dependsOn`` naming no request of the
+batch) with 400 ``BadRequest``, both in the Defender envelope and before anything is admitted
+or sent.
 The body that is forwarded is the bytes the caller sent, unchanged.
 
 Each inner request is routed as the proxy's router routes a whole request: its method and the
@@ -24,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from proxy import guard
 from proxy.catalogue import RouteSpec
 from proxy.errors import RefusalError
 from proxy.routing import Router
@@ -108,6 +111,11 @@ def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
     if headers is not None and not isinstance(headers, Mapping):
         raise _bad(f"request {index} of the $batch has headers that are not an object")
     path = url.partition("?")[0].partition("#")[0]
+    problem = guard.path_problem("/" + path.lstrip("/"))
+    if problem:
+        # Graph resolves an inner url as a path of its own: it would count the request on the
+        # route the dots lead to, not on the one its spelling names.
+        raise _bad(f"request {index} of the $batch has {problem} in its url; they are refused")
     route = router.match(method.upper(), f"{version}/{path.lstrip('/')}")
     if route.name == BATCH_ROUTE:
         raise _bad(f"request {index} of the $batch is itself a $batch; batches do not nest")

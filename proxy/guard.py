@@ -79,15 +79,24 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
             "UriTooLong",
             f"the path of {len(path)} characters is over this proxy's limit of {MAX_PATH}",
         )
-    if _DOT_SEGMENT.search(path):
-        raise RefusalError(
-            400, "BadRequest", "dot segments ('.', '..', '..;') in the path are refused"
-        )
-    if _ENCODED_SEPARATOR.search(path):
-        raise RefusalError(
-            400, "BadRequest", "encoded separators (%2F, %5C, %00) or '\\' in the path are refused"
-        )
+    problem = path_problem(path)
+    if problem:
+        raise RefusalError(400, "BadRequest", f"{problem} in the path are refused")
     return target
+
+
+def path_problem(path: str) -> str:
+    """What makes ``path`` climb out of itself or smuggle a separator ("" if nothing).
+
+    The API resolves dot segments before it routes (so ``alerts_v2/../runHuntingQuery`` is
+    hunting), while the proxy routes the path as written: such a path must never be forwarded,
+    neither as a whole request nor inside a ``$batch``.
+    """
+    if _DOT_SEGMENT.search(path):
+        return "dot segments ('.', '..', '..;')"
+    if _ENCODED_SEPARATOR.search(path):
+        return "encoded separators (%2F, %5C, %00) or '\\'"
+    return ""
 
 
 def check_body_size(content_length: int | None, max_body: int) -> None:

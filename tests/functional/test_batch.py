@@ -200,3 +200,25 @@ async def test_a_batch_without_a_quota_is_still_read(stack: Stack) -> None:
     labels = {"upstream": "default", "route": "graph.security", "method": "GET"}
     labels |= {"source": "batch", "status": "200"}
     assert stack.sample("defender_proxy_requests_total", **labels) == 3
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/security/alerts_v2/../runHuntingQuery",
+        "/security/alerts_v2/%2e%2e/runHuntingQuery",
+        "/security/./runHuntingQuery",
+        "/security%2FrunHuntingQuery",
+    ],
+)
+async def test_inner_urls_that_climb_or_smuggle_a_separator_are_refused(
+    make_stack: Any, url: str
+) -> None:
+    """An inner url with dot segments or an encoded separator, which Graph would count on the
+    route the dots lead to (hunting) and the proxy on another, gets 400; nothing is sent."""
+    stack: Stack = await make_stack(quota=True, throttle=graph_throttle("100/1m"))
+    status, answer = await post_batch(stack, [{"id": "1", "method": "POST", "url": url}])
+    assert status == 400
+    assert answer["error"]["code"] == "BadRequest"
+    assert "request 0" in answer["error"]["message"]
+    assert (await stats(stack))["requests"] == 0
