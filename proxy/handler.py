@@ -247,6 +247,9 @@ class Proxy:
                     length = None
                     body = forward.replay(parts, body)
             headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            if outcome.batch is not None:
+                # Real clients ask for gzip; a compressed answer would hide its inner 429s.
+                headers = forward.uncompressed(headers)
             sent = time.perf_counter()
             upstream = await self.pool.request(
                 request.method, target, headers, body, chunked=length is None
