@@ -132,9 +132,11 @@ class Proxy:
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = _request_id(request)
-        outcome.claims = read_claims(request.headers.get("Authorization"))
         try:
             try:
+                credentials = request.headers.getall("Authorization", ())
+                guard.check_credentials(credentials)
+                outcome.claims = read_claims(credentials[0] if credentials else None)
                 if self._allowed is not None:
                     guard.check_caller(request.remote, self._allowed)
                 version = request.version
