@@ -267,3 +267,33 @@ async def test_a_client_asking_for_gzip_still_has_its_inner_429s_read(
     assert asked == ["identity"]
     throttled = "defender_proxy_upstream_throttled_total"
     assert stack.sample(throttled, route="graph.security", reason="unknown") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "requests": [{"id": "1", "method": "GET", "url": "/security/alerts_v2"}],
+            "Requests": [{"id": "1", "method": "POST", "url": "/security/runHuntingQuery"}],
+        },
+        {
+            "requests": [
+                {
+                    "id": "1",
+                    "method": "GET",
+                    "url": "/security/alerts_v2",
+                    "URL": "/security/runHuntingQuery",
+                }
+            ]
+        },
+        {"requests": [{"id": "1", "Method": "POST", "method": "GET", "url": "/security/x"}]},
+    ],
+)
+async def test_a_key_spelled_in_another_case_is_refused(make_stack: Any, body: Any) -> None:
+    """A batch whose keys the API may read without regard to case (``Requests``, ``URL``) beside
+    the ones the proxy reads gets 400: the API could run what the proxy never charged."""
+    stack: Stack = await make_stack(quota=True, throttle=graph_throttle("100/1m"))
+    status, answer = await post_batch(stack, orjson.dumps(body))
+    assert status == 400
+    assert "must be spelled" in answer["error"]["message"]
+    assert (await stats(stack))["requests"] == 0
