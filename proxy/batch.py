@@ -6,9 +6,10 @@ requests that Graph counts each on its own, so the proxy must know them before i
 batch: the body is read whole, up to ``limits.batch_body``, and parsed. What the proxy cannot
 count it does not forward: a batch over the bound is refused with 413, one that is not a batch
 Graph would take (not JSON, no requests, more than 20, a duplicate id, an absolute or
-protocol-relative url, a batch inside a batch, a ``dependsOn`` naming no request of the batch)
-with 400 ``BadRequest``, both in the Defender envelope and before anything is admitted or sent.
-The body that is forwarded is the bytes the caller sent, unchanged.
+protocol-relative url, a url with dot segments or encoded separators — as the guard refuses
+them in a whole request —, a key the proxy reads spelled in another case, a batch inside a
+batch, a ``dependsOn`` naming no request of the batch) with 400 ``BadRequest``, both in the
+Defender envelope and before anything is admitted or sent. The body that is forwarded is the bytes the caller sent, unchanged.
 
 Each inner request is routed as the proxy's router routes a whole request: its method and the
 batch's version prefix joined to its url (``/security/alerts_v2?$top=1`` in a ``/v1.0`` batch is
@@ -24,6 +25,7 @@ from typing import Any, Final
 
 import orjson
 
+from proxy import guard
 from proxy.catalogue import RouteSpec
 from proxy.errors import RefusalError
 from proxy.routing import Router
@@ -35,6 +37,11 @@ MAX_REQUESTS: Final = 20
 #: Longer inner ids are refused: they are logged (scrubbed) and matched against the answer.
 MAX_ID: Final = 128
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+#: The keys the proxy reads, by their lower case: any other case of them is refused.
+_TOP_KEYS: Final = {"requests": "requests"}
+_REQUEST_KEYS: Final = {
+    name.lower(): name for name in ("id", "method", "url", "dependsOn", "headers", "body")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,8 @@ def parse(body: bytes, path: str, router: Router) -> Batch:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise _bad("the $batch body is not valid JSON") from None
+    if isinstance(doc, dict):
+        _check_spelling(doc, _TOP_KEYS, "the $batch body")
     items = doc.get("requests") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
         raise _bad("the $batch body needs a non-empty 'requests' list")
@@ -94,6 +103,7 @@ def parse(body: bytes, path: str, router: Router) -> Batch:
 def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
     if not isinstance(item, dict):
         raise _bad(f"request {index} of the $batch is not a JSON object")
+    _check_spelling(item, _REQUEST_KEYS, f"request {index} of the $batch")
     ident, method, url = item.get("id"), item.get("method"), item.get("url")
     if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID:
         raise _bad(f"request {index} of the $batch needs a string id of 1 to {MAX_ID} characters")
@@ -110,10 +120,28 @@ def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
     if headers is not None and not isinstance(headers, Mapping):
         raise _bad(f"request {index} of the $batch has headers that are not an object")
     path = url.partition("?")[0].partition("#")[0]
+    problem = guard.path_problem("/" + path.lstrip("/"))
+    if problem:
+        # Graph resolves an inner url as a path of its own: it would count the request on the
+        # route the dots lead to, not on the one its spelling names.
+        raise _bad(f"request {index} of the $batch has {problem} in its url; they are refused")
     routed = router.route(method.upper(), f"{version}/{path.lstrip('/')}")
     if routed.spec.name == BATCH_ROUTE:
         raise _bad(f"request {index} of the $batch is itself a $batch; batches do not nest")
     return Inner(ident, method.upper(), routed.spec, routed.family)
+
+
+def _check_spelling(item: dict[str, Any], names: Mapping[str, str], what: str) -> None:
+    """Refuse a key that is one the proxy reads in another case (``URL`` beside ``url``).
+
+    The proxy reads the exact names; a deserializer that matches names without regard to case
+    (ASP.NET's default for JSON) may take the other spelling, and count a request the proxy
+    never saw. Exact duplicates are no such gap: orjson and .NET both keep the last one.
+    """
+    for key in item:
+        name = names.get(key.lower())
+        if name is not None and key != name:
+            raise _bad(f"{what} has a key {key[:32]!r}; it must be spelled {name!r}")
 
 
 def _check_depends(index: int, depends: Any, ids: set[str]) -> None:

@@ -19,7 +19,8 @@ What is folded, in this order:
 6. **OData keys** become a segment of their own: ``machineactions('x')`` and ``machines(abc)``
    are ``machineactions/x`` and ``machines/abc``. Parentheses holding a ``=`` (or nothing) are a
    function call, not a key, and stay: ``findbyip(ip='10.1.1.1',timestamp=…)`` is matched by the
-   router as the literal ``findbyip`` with a call.
+   router as the literal ``findbyip`` with a call. The one exception is the named form of a key,
+   ``(id='x')`` alone, which is the key ``x`` (every entity of the API is keyed by ``id``).
 7. **``/beta``** is ``/v1.0`` (Graph's two versions count against the same quotas).
    ``/api/v1.0`` and ``/api`` are held equal by the router itself.
 
@@ -165,6 +166,9 @@ def _spell(name: str, segments: list[str]) -> None:
             return
     if name[-1] == ")":
         head, _, inner = name[:-1].partition("(")
+        if head and inner and inner[:3] == "id=" and "," not in inner:
+            # OData's named form of the same key: machineactions(id='x') is machineactions('x').
+            inner = inner[3:]
         if head and inner and "=" not in inner:
             segments.append(head)
             name = inner[1:-1] if len(inner) > 2 and inner[0] == inner[-1] == "'" else inner

@@ -2,7 +2,8 @@
 
 Hop-by-hop headers are removed in both directions as RFC 9110 §7.6.1 says, together with every
 header the ``Connection`` header names; ``Host`` is set to the upstream's; everything else passes
-through unchanged, ``Authorization`` included. Bodies are never decompressed or re-encoded on their
+through unchanged, ``Authorization`` included (but a ``$batch``'s ``Accept-Encoding``: see
+``uncompressed``). Bodies are never decompressed or re-encoded on their
 way through, and the upstream client adds no headers of its own.
 
 The framing of every message is the proxy's own, in both directions: the caller's
@@ -90,6 +91,18 @@ def request_headers(
     if content_length is not None:
         out.append((b"Content-Length", b"%d" % content_length))
     return out
+
+
+def uncompressed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` asking for an answer without a content coding (``Accept-Encoding: identity``).
+
+    For a ``$batch`` only: its inner answers (inner 429s among them) must be read on the way
+    through, and a compressed answer is never decompressed here. Every client accepts
+    ``identity`` unless it says ``identity;q=0``, which no HTTP client library sends.
+    """
+    kept = [(name, value) for name, value in headers if name.lower() != b"accept-encoding"]
+    kept.append((b"Accept-Encoding", b"identity"))
+    return kept
 
 
 def response_headers(raw: RawHeaders) -> CIMultiDict[str]:

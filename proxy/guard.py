@@ -3,14 +3,16 @@
 Only the configured upstream origin is ever contacted. A ``CONNECT`` or ``TRACE``, an
 asterisk-form target, an absolute-form target naming any other origin, a path that tries to climb
 out of itself (``..``, ``%2e%2e``, ``..;``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), a
-path longer than ``MAX_PATH``, and a declared body over the limit are refused here, before any
-upstream connection is made, with a Defender-shaped 400, 414 or 413.
+path longer than ``MAX_PATH``, more than one ``Authorization`` field, and a declared body over
+the limit are refused here, before any upstream connection is made, with a Defender-shaped 400,
+414 or 413.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from yarl import URL
@@ -79,15 +81,39 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
             "UriTooLong",
             f"the path of {len(path)} characters is over this proxy's limit of {MAX_PATH}",
         )
-    if _DOT_SEGMENT.search(path):
-        raise RefusalError(
-            400, "BadRequest", "dot segments ('.', '..', '..;') in the path are refused"
-        )
-    if _ENCODED_SEPARATOR.search(path):
-        raise RefusalError(
-            400, "BadRequest", "encoded separators (%2F, %5C, %00) or '\\' in the path are refused"
-        )
+    problem = path_problem(path)
+    if problem:
+        raise RefusalError(400, "BadRequest", f"{problem} in the path are refused")
     return target
+
+
+def path_problem(path: str) -> str:
+    """What makes ``path`` climb out of itself or smuggle a separator ("" if nothing).
+
+    The API resolves dot segments before it routes (so ``alerts_v2/../runHuntingQuery`` is
+    hunting), while the proxy routes the path as written: such a path must never be forwarded,
+    neither as a whole request nor inside a ``$batch``.
+    """
+    if _DOT_SEGMENT.search(path):
+        return "dot segments ('.', '..', '..;')"
+    if _ENCODED_SEPARATOR.search(path):
+        return "encoded separators (%2F, %5C, %00) or '\\'"
+    return ""
+
+
+def check_credentials(authorizations: Sequence[str]) -> None:
+    """Refuse a request with more than one ``Authorization`` field.
+
+    It is a singleton field (RFC 9110 §11.6.2): which of several values an API reads is its own
+    choice, so the identity the proxy charged (the first token's) could be another than the one
+    the API authenticates. No value is ever named in the refusal.
+    """
+    if len(authorizations) > 1:
+        raise RefusalError(
+            400,
+            "BadRequest",
+            f"{len(authorizations)} Authorization headers are refused: a request carries one",
+        )
 
 
 def check_body_size(content_length: int | None, max_body: int) -> None:

@@ -132,9 +132,11 @@ class Proxy:
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:_MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = _request_id(request)
-        outcome.claims = read_claims(request.headers.get("Authorization"))
         try:
             try:
+                credentials = request.headers.getall("Authorization", ())
+                guard.check_credentials(credentials)
+                outcome.claims = read_claims(credentials[0] if credentials else None)
                 if self._allowed is not None:
                     guard.check_caller(request.remote, self._allowed)
                 version = request.version
@@ -252,6 +254,9 @@ class Proxy:
                     length = None
                     body = forward.replay(parts, body)
             headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            if outcome.batch is not None:
+                # Real clients ask for gzip; a compressed answer would hide its inner 429s.
+                headers = forward.uncompressed(headers)
             sent = time.perf_counter()
             upstream = await self.pool.request(
                 request.method, target, headers, body, chunked=length is None

@@ -4,11 +4,13 @@ refused, nothing secret logged."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import Limits, Throttle
@@ -214,3 +216,98 @@ async def test_an_inner_request_to_an_unknown_endpoint_shares_its_path_familys_q
     status, body = await post_batch(stack, requests(2, url="/widgets/1"))
     assert status == 200
     assert [answer["status"] for answer in body["responses"]] == [200, 200]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/security/alerts_v2/../runHuntingQuery",
+        "/security/alerts_v2/%2e%2e/runHuntingQuery",
+        "/security/./runHuntingQuery",
+        "/security%2FrunHuntingQuery",
+    ],
+)
+async def test_inner_urls_that_climb_or_smuggle_a_separator_are_refused(
+    make_stack: Any, url: str
+) -> None:
+    """An inner url with dot segments or an encoded separator, which Graph would count on the
+    route the dots lead to (hunting) and the proxy on another, gets 400; nothing is sent."""
+    stack: Stack = await make_stack(quota=True, throttle=graph_throttle("100/1m"))
+    status, answer = await post_batch(stack, [{"id": "1", "method": "POST", "url": url}])
+    assert status == 400
+    assert answer["error"]["code"] == "BadRequest"
+    assert "request 0" in answer["error"]["message"]
+    assert (await stats(stack))["requests"] == 0
+
+
+async def test_a_client_asking_for_gzip_still_has_its_inner_429s_read(
+    make_stack: Any, aiohttp_server: Callable[..., Any]
+) -> None:
+    """A batch from a client that accepts gzip (requests, httpx and the Graph SDK all do) goes
+    upstream asking for no coding, so an upstream that would compress has its inner 429 read."""
+    asked: list[str] = []
+    answer = orjson.dumps(
+        {
+            "responses": [
+                {
+                    "id": "0",
+                    "status": 429,
+                    "headers": {"Retry-After": "7"},
+                    "body": {"error": {"code": "TooManyRequests", "message": "slow down"}},
+                }
+            ]
+        }
+    )
+
+    async def batch_handler(request: web.Request) -> web.Response:
+        coding = request.headers.get("Accept-Encoding", "")
+        asked.append(coding)
+        if "gzip" in coding:  # as Graph does
+            return web.Response(
+                body=gzip.compress(answer),
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1.0/$batch", batch_handler)
+    server: TestServer = await aiohttp_server(app)
+    stack: Stack = await make_stack(
+        quota=True, throttle=graph_throttle("100/1m"), upstream=f"http://127.0.0.1:{server.port}"
+    )
+    status, body = await post_batch(stack, requests(1), **{"Accept-Encoding": "gzip, deflate"})
+    assert status == 200
+    assert [r["status"] for r in body["responses"]] == [429]
+    assert asked == ["identity"]
+    throttled = "defender_proxy_upstream_throttled_total"
+    assert stack.sample(throttled, route="graph.security", reason="unknown") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "requests": [{"id": "1", "method": "GET", "url": "/security/alerts_v2"}],
+            "Requests": [{"id": "1", "method": "POST", "url": "/security/runHuntingQuery"}],
+        },
+        {
+            "requests": [
+                {
+                    "id": "1",
+                    "method": "GET",
+                    "url": "/security/alerts_v2",
+                    "URL": "/security/runHuntingQuery",
+                }
+            ]
+        },
+        {"requests": [{"id": "1", "Method": "POST", "method": "GET", "url": "/security/x"}]},
+    ],
+)
+async def test_a_key_spelled_in_another_case_is_refused(make_stack: Any, body: Any) -> None:
+    """A batch whose keys the API may read without regard to case (``Requests``, ``URL``) beside
+    the ones the proxy reads gets 400: the API could run what the proxy never charged."""
+    stack: Stack = await make_stack(quota=True, throttle=graph_throttle("100/1m"))
+    status, answer = await post_batch(stack, orjson.dumps(body))
+    assert status == 400
+    assert "must be spelled" in answer["error"]["message"]
+    assert (await stats(stack))["requests"] == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from multidict import CIMultiDict
+
 from proxy.config import Throttle
 from proxy.simulator.tokens import bearer, mint
 from proxy.throttle_config import Identities, RouteOverride
@@ -122,3 +124,20 @@ async def test_identity_labels_stay_bounded_by_the_names_map(make_stack: Any) ->
     labels = {"route": "machines.list", "outcome": "admitted"}
     assert sample(ADMISSIONS, {**labels, "tenant": "other", "app": "other"}) == 300
     assert sample(ADMISSIONS, {**labels, "tenant": "contoso", "app": "soc"}) == 1
+
+
+async def test_two_authorization_headers_are_refused(make_stack: Any) -> None:
+    """Two Authorization fields (the API may read either) get 400 before any slot is taken or
+    anything is sent; neither token reaches the log or the answer."""
+    stack: Stack = await make_stack(quota=True, throttle=_throttle())
+    victim, caller = bearer(TENANT_A, APP_1), bearer(TENANT_B, APP_2)
+    headers = CIMultiDict([("Authorization", victim), ("Authorization", caller)])
+    async with stack.client.get("/api/machines", headers=headers) as response:
+        text = await response.text()
+        assert response.status == 400
+    assert "Authorization headers are refused" in text
+    async with stack.client.session.get(stack.upstream.make_url("/_sim/stats")) as stats:
+        assert (await stats.json())["requests"] == 0
+    assert await _status(stack, victim) == 200
+    assert "eyJ" not in stack.logs.text
+    assert "eyJ" not in text

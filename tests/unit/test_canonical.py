@@ -27,6 +27,8 @@ SPELLINGS: list[tuple[str, str, str]] = [
     ("GET", "/api/machineactions/7f3c/getPackageUri//", PACKAGE),
     ("GET", "/api/machineactions('7f3c')/getPackageUri", PACKAGE),
     ("GET", "/api/machineactions(7f3c)/getPackageUri", PACKAGE),
+    ("GET", "/api/machineactions(id='7f3c')/getPackageUri", PACKAGE),
+    ("POST", "/api/machines(Id='abc')/isolate", "machines.isolate"),
     ("GET", "/api/v1.0/machineactions('7f3c')/getPackageUri/", PACKAGE),
     ("GET", "/api/%6Dachineactions/7f3c/getPackage%55ri", PACKAGE),
     ("GET", "/api/machineactions;x=1/7f3c/getPackageUri", PACKAGE),
