@@ -141,9 +141,9 @@ def test_a_link_split_at_every_position_is_rewritten() -> None:
         rewriter = LINKS.rewriter(CALLER)
         assert rewriter.feed(body[:cut]) + rewriter.feed(body[cut:]) + rewriter.flush() == expected
     rewriter = LINKS.rewriter(CALLER)
-    assert b"".join(rewriter.feed(body[i : i + 1]) for i in range(len(body))) + rewriter.flush() == (
-        expected
-    )
+    assert b"".join(
+        rewriter.feed(body[i : i + 1]) for i in range(len(body))
+    ) + rewriter.flush() == (expected)
 
 
 def test_the_carried_tail_is_bounded_on_a_huge_body() -> None:
