@@ -19,11 +19,12 @@ async def titles(port: int, top: int) -> list[str]:
     warnings.simplefilter("ignore", DeprecationWarning)
     from kiota_abstractions.authentication import AnonymousAuthenticationProvider
     from kiota_abstractions.base_request_configuration import RequestConfiguration
-    from msgraph import GraphRequestAdapter, GraphServiceClient
     from msgraph.generated.models.security.alert import Alert
     from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
         Alerts_v2RequestBuilder,
     )
+    from msgraph.graph_request_adapter import GraphRequestAdapter
+    from msgraph.graph_service_client import GraphServiceClient
     from msgraph_core import GraphClientFactory
     from msgraph_core.tasks.page_iterator import PageIterator
 

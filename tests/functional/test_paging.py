@@ -40,7 +40,7 @@ async def _sim_requests(stack: Stack) -> int:
 
 def _follow(url: str) -> list[dict[str, Any]]:
     """A requests paging loop, as users write it: follow nextLink until there is none."""
-    pages = []
+    pages: list[dict[str, Any]] = []
     with requests.Session() as session:
         session.trust_env = False  # no proxy from the environment: this test talks to 127.0.0.1
         while url and len(pages) < 100:

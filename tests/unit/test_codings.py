@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -32,13 +33,19 @@ def _through(recoder: Recoder, body: bytes, size: int) -> bytes:
     return b"".join(out + list(recoder.finish()))
 
 
-_CODED = {
+def _raw_deflate(body: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(body) + compressor.flush()
+
+
+def _raw_inflate(body: bytes) -> bytes:
+    return zlib.decompress(body, -15)
+
+
+_CODED: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
     "gzip": (gzip.compress, gzip.decompress),
     "deflate": (zlib.compress, zlib.decompress),
-    "raw-deflate": (
-        lambda b: (lambda c: c.compress(b) + c.flush())(zlib.compressobj(6, zlib.DEFLATED, -15)),
-        lambda b: zlib.decompress(b, -15),
-    ),
+    "raw-deflate": (_raw_deflate, _raw_inflate),
 }
 
 

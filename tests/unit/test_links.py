@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import orjson
@@ -125,7 +126,7 @@ def test_any_chunking_gives_the_whole_body_rewrite(body: bytes, cuts: list[int])
     rewriter = LINKS.rewriter(CALLER)
     edges = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
     out = []
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         out.append(rewriter.feed(body[start:end]))
         assert rewriter.carried <= LINKS.tail_bound
     out.append(rewriter.flush())
