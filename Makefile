@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.slowloris
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.scrub
+	$(BIN)/python -m bench.links
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)
