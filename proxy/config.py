@@ -154,6 +154,9 @@ class Settings:
     throttle: Throttle = Throttle()  # noqa: RUF009 - frozen, so one shared default is safe
     #: source networks allowed to use the proxy port; empty = any caller that can reach it
     allow_from: tuple[str, ...] = ()
+    #: paging links (@odata.nextLink, @odata.deltaLink) on the upstream's origin are rewritten to
+    #: the origin the caller used, so every page of a list goes through the proxy
+    rewrite_links: bool = True
 
     @property
     def listeners(self) -> tuple[Upstream, ...]:
@@ -230,6 +233,15 @@ def _boolean(value: object) -> bool:
     raise ValueError(f"expected true or false, got {shown(value)}")
 
 
+def _switch(value: object) -> bool:
+    """true or false, also spelled as a string (an environment variable is one)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"expected true or false, got {shown(value)}")
+
+
 def _networks(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError("expected a list of networks such as ['10.0.0.0/8', '127.0.0.1/32']")
@@ -292,6 +304,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "keepalive": _duration(_HOUR, positive=False),
     },
     "allow_from": _networks,
+    "rewrite_links": _switch,
     "throttle": {
         "store": parse_store,
         "namespace": parse_name,
@@ -322,6 +335,7 @@ _ENVIRONMENT: Final[dict[str, tuple[str, ...]]] = {
     "DEFENDER_PROXY_ADMIN_LISTEN": ("admin_listen",),
     "DEFENDER_PROXY_STORE": ("throttle", "store"),
     "DEFENDER_PROXY_LOG_FORMAT": ("log_format",),
+    "DEFENDER_PROXY_REWRITE_LINKS": ("rewrite_links",),
 }
 
 

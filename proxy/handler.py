@@ -11,15 +11,17 @@ import asyncio
 import random
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import batch, classify, forward, guard, quota_headers
+from proxy import batch, classify, forward, guard, pages, quota_headers
 from proxy.batch_answer import InnerAnswer, Scanner
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
+from proxy.codings import CodingError
 from proxy.config import Settings
 from proxy.errors import (
     CallerGoneError,
@@ -32,6 +34,7 @@ from proxy.errors import (
     new_target,
 )
 from proxy.identity import NO_CLAIMS, Claims, read_claims
+from proxy.links import Links
 from proxy.logs import RequestLog, get_logger, scrub
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, BatchAdmission, Limiter, QuotaExceeded
@@ -47,6 +50,9 @@ _UUID4_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
 _UUID4_BITS: Final = (0x4 << 76) | (0x2 << 62)
 # Status recorded for a caller that went away before its answer was complete (nginx's convention).
 CLIENT_CLOSED: Final = 499
+# A rewritten body up to this long (as the upstream framed it) is read whole and sent with its
+# exact Content-Length; a longer one, or one of unknown length, is sent chunked.
+_WHOLE_REWRITE: Final = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -75,6 +81,7 @@ class Outcome:
     batch: batch.Batch | None = None
     answered: dict[str, int] = field(default_factory=dict)
     unknown_answers: int = 0
+    links_rewritten: int = 0
 
 
 class Proxy:
@@ -88,8 +95,11 @@ class Proxy:
         router: Router | None = None,
         limiter: Limiter | None = None,
         upstream: Upstream | None = None,
+        scheme: str = "http",
     ) -> None:
         self.settings = settings
+        #: the scheme callers reach this listener with: the scheme of rewritten paging links
+        self.scheme = scheme
         self.metrics = metrics
         self.router = router or Router()
         self.limiter = limiter
@@ -107,6 +117,7 @@ class Proxy:
         self._request_buffer = settings.limits.request_buffer
         self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
+        self._links = Links(self._upstream) if settings.rewrite_links else None
         self._log = get_logger("access")
         self._request_log = RequestLog()
 
@@ -297,6 +308,25 @@ class Proxy:
                 route = outcome.route.name
                 headers.extend(self._ratelimit.fields(route, admission.decision))
         length = forward.response_length(upstream.headers)
+        pipe, note = pages.plan(
+            self._links,
+            request.method,
+            upstream.status,
+            headers,
+            pages.origin_of(request, self.scheme),
+        )
+        outcome.note = note or outcome.note
+        whole: bytes | None = None
+        if pipe is not None:
+            upstream_length, length = length, None
+            if upstream_length is not None and upstream_length <= _WHOLE_REWRITE:
+                prefix, complete, failed = await _read_prefix(upstream, _WHOLE_REWRITE)
+                if complete:
+                    try:
+                        whole = pages.whole(pipe, prefix)
+                        length = len(whole)
+                    except CodingError as exc:
+                        whole, failed, outcome.note = b"", True, str(exc)
         if length is not None:
             headers["Content-Length"] = str(length)
         scanner = self._batch_scanner(upstream.status, headers, outcome)
@@ -310,19 +340,30 @@ class Proxy:
             await response.prepare(request)
             # The head goes out with the body's first bytes in one write when they are here
             # already, else on its own at once: a slow body must not hold back the status.
-            first = prefix or upstream.read_ready()
-            await response.write(first)
-            outcome.bytes_out += len(first)
+            raw = prefix if whole is not None else prefix or upstream.read_ready()
+            if pipe is None or whole is not None:
+                first = whole if whole is not None else raw
+                await response.write(first)
+                outcome.bytes_out += len(first)
+            else:
+                failed = await self._send(response, pipe.feed(raw), outcome, head=True) or failed
             if scanner is not None:
-                await self._inner_answers(scanner.feed(first), outcome)
-            if not failed:
+                await self._inner_answers(scanner.feed(raw), outcome)
+            if not failed and whole is None:
                 try:
                     while chunk := await upstream.read():
-                        await response.write(chunk)
-                        outcome.bytes_out += len(chunk)
+                        if pipe is None:
+                            await response.write(chunk)
+                            outcome.bytes_out += len(chunk)
+                        elif await self._send(response, pipe.feed(chunk), outcome):
+                            failed = True
+                            break
                         if scanner is not None:
                             # After the write: the caller's bytes are never held for the scan.
                             await self._inner_answers(scanner.feed(chunk), outcome)
+                    else:
+                        if pipe is not None:
+                            failed = await self._send(response, pipe.finish(), outcome)
                 except UpstreamError as exc:
                     failed = True
                     outcome.note = f"upstream failed mid-body ({exc.kind}: {exc.cause})"
@@ -334,6 +375,9 @@ class Proxy:
             # aiohttp cancels the handler when the caller's connection is lost.
             self._caller_left(request, upstream, outcome)
             raise
+        finally:
+            if pipe is not None:
+                self._count_links(pipe, outcome)
         if failed:
             # Mirror the upstream's broken body: the caller must not take a partial body for whole.
             upstream.close()
@@ -400,6 +444,32 @@ class Proxy:
                 quota = self.limiter.quota_for(route, outcome.claims, inner.family)
                 hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
                 await self.limiter.observe_answer(route, answer.status, hint, quota)
+
+    @staticmethod
+    async def _send(
+        response: web.StreamResponse, pieces: Iterator[bytes], outcome: Outcome, head: bool = False
+    ) -> bool:
+        """Write ``pieces`` to the caller (with ``head``: at least one write, so the head goes out
+        even when the rewriter holds every byte back); whether the body broke."""
+        broke = False
+        try:
+            for piece in pieces:
+                await response.write(piece)
+                outcome.bytes_out += len(piece)
+                head = False
+        except CodingError as exc:
+            outcome.note = str(exc)
+            broke = True
+        if head:
+            await response.write(b"")
+        return broke
+
+    def _count_links(self, pipe: pages.Pipe, outcome: Outcome) -> None:
+        outcome.links_rewritten = pipe.count
+        if pipe.count:
+            self.metrics.links_rewritten.labels(outcome.route.name).inc(pipe.count)
+        if pipe.passed:
+            outcome.note = outcome.note or "paging links not rewritten: the body did not decode"
 
     @staticmethod
     def _caller_gone(outcome: Outcome, note: str) -> None:
@@ -495,6 +565,8 @@ class Proxy:
             fields["caller_request_id"] = outcome.caller_request_id
         if outcome.error:
             fields.update(outcome.error)
+        if outcome.links_rewritten:
+            fields["links_rewritten"] = outcome.links_rewritten
         if outcome.note:
             fields["note"] = outcome.note
         if outcome.batch is not None:

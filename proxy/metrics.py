@@ -225,6 +225,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.links_rewritten = Counter(
+            "defender_proxy_links_rewritten",
+            "Paging links (@odata.nextLink, @odata.deltaLink) on the upstream's origin rewritten "
+            "to the origin the caller used, by route.",
+            ["route"],
+            registry=r,
+        )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
 

@@ -19,7 +19,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.identity import read_claims
-from proxy.simulator import batch, behaviour
+from proxy.simulator import batch, behaviour, paging
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
@@ -42,9 +42,15 @@ class SimConfig:
     per_identity: bool = False
     #: Injectable so tests move time instead of sleeping.
     clock: Callable[[], float] = time.monotonic
+    #: The origin paging links are absolute on; None: the one each request came to (see paging).
+    origin: str | None = None
+    #: Items in each paged list, and a page's size when the request gives no ``$top``.
+    list_size: int = 25
+    page_size: int = 10
 
 
 QUOTA: Final = web.AppKey("quota", KeyedQuota)
+CONFIG: Final = web.AppKey("config", SimConfig)
 DEFAULT_CONFIG: Final = SimConfig()
 
 
@@ -52,6 +58,7 @@ def make_app(config: SimConfig = DEFAULT_CONFIG) -> web.Application:
     """The simulator as an aiohttp application, with fresh quota state."""
     app = web.Application()
     app[QUOTA] = KeyedQuota(config.limits, config.count_rejected, config.clock, config.per_identity)
+    app[CONFIG] = config
     app.router.add_get("/_sim/stats", _stats)
     app.router.add_post("/_sim/reset", _reset)
     app.router.add_route("*", "/{tail:.*}", _answer)
@@ -85,6 +92,11 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         directives = parse(";".join(request.headers.getall(HEADER, [])))
     except DirectiveError as exc:
         return _plain(behaviour.error_answer(400, "BadRequest", str(exc)))
+    if HEADER not in request.headers:
+        config = request.app[CONFIG]
+        page = paging.answer(request, config.origin, config.list_size, config.page_size)
+        if page is not None:
+            return page
     return await behaviour.respond(request, directives)
 
 

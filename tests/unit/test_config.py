@@ -1147,3 +1147,24 @@ def test_batch_body_has_a_default_and_bounds() -> None:
     for wrong in ("512", "65MiB"):
         (problem,) = problems_of({"limits": {"batch_body": wrong}})
         assert "limits.batch_body" in problem
+
+
+def test_rewrite_links_is_on_by_default_and_can_be_turned_off() -> None:
+    """rewrite_links defaults to true; false in the file or the environment turns it off."""
+    assert parse_settings(None, environ={}).rewrite_links is True
+    assert parse_settings({"rewrite_links": False}, environ={}).rewrite_links is False
+    environ = {"DEFENDER_PROXY_REWRITE_LINKS": "False"}
+    assert parse_settings({"rewrite_links": True}, environ=environ).rewrite_links is False
+
+
+@pytest.mark.parametrize("value", ["maybe", 1, None, [], "yes please"])
+def test_a_bad_rewrite_links_is_a_problem(value: object) -> None:
+    """Anything but true or false is reported with the key, alongside every other problem."""
+    data = {"rewrite_links": value, "log_level": "loud"}
+    if value is None:
+        data["rewrite_links"] = "none"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, source="c.yaml", environ={})
+    problems = caught.value.problems
+    assert any(p.startswith("c.yaml: rewrite_links: expected true or false") for p in problems)
+    assert any(p.startswith("c.yaml: log_level:") for p in problems)
