@@ -20,6 +20,7 @@ import asyncio
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -293,6 +294,8 @@ class Limiter:
         deadline = self._deadline(max_wait)
         tenant, app = self._labels.of(claims.tid), self._labels.of(claims.app)
         held: list[tuple[str, Quota, str]] = []
+        # Per route, what the batch's last decision on it left: the gauge a refusal corrects.
+        shown: dict[str, tuple[int, ...]] = {}
         latest = 0.0
         decided = 0.0
         for index, route in enumerate(routes):
@@ -311,6 +314,7 @@ class Limiter:
             children = self._children.get(labels) or self._children_of(labels, policy)
             for gauge, left in zip(children.remaining, decision.remaining, strict=True):
                 gauge.set(left)
+            shown[route] = decision.remaining
             if policy.shadow:
                 if decision.wait <= 0:
                     children.outcomes["admitted"].inc()
@@ -320,6 +324,7 @@ class Limiter:
                 continue
             if not decision.admitted:
                 await self._give_back(held)
+                self._show_given_back(held, shown, tenant, app)
                 for other in routes:
                     policy = self._routes[other]
                     if not policy.shadow:
@@ -351,6 +356,21 @@ class Limiter:
             children.wait.observe(latest)
             children.outcomes[outcome].inc()
         return BatchAdmission(outcome, latest, decided, len(held))
+
+    def _show_given_back(
+        self,
+        held: Sequence[tuple[str, Quota, str]],
+        shown: dict[str, tuple[int, ...]],
+        tenant: str,
+        app: str,
+    ) -> None:
+        # The gauges last showed the batch's own decisions, which counted the slots it has just
+        # given back as used: without this a refused batch leaves its routes showing 0 left.
+        given = Counter(route for route, _, _ in held)
+        for route, count in given.items():
+            children = self._children[(route, tenant, app)]
+            for gauge, left in zip(children.remaining, shown[route], strict=True):
+                gauge.set(left + count)
 
     async def _give_back(self, held: Sequence[tuple[str, Quota, str]]) -> None:
         # Awaited, not left to a task: the 429 goes out only once no slot of the batch is held.

@@ -4,7 +4,8 @@ Every request outside ``/_sim/`` goes through the quota first (a throttled reque
 whatever it asked for; with ``per_identity``, the quota of its route and token, see ``keyed``),
 then through its ``X-Simulate`` directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
 endpoints; they are exempt from the quota and not counted.
-``$batch`` (``batch``) counts each of its inner requests instead of itself.
+``$batch`` (``batch``) counts each of its inner requests instead of itself. Lists page
+(``paging``) and Graph hunting answers with results (``hunting``) unless a directive chose otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.identity import read_claims
-from proxy.simulator import batch, behaviour, paging
+from proxy.simulator import batch, behaviour, hunting, paging
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
@@ -97,6 +98,8 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         page = paging.answer(request, config.origin, config.list_size, config.page_size)
         if page is not None:
             return page
+        if (results := hunting.answer(request)) is not None:
+            return results
     return await behaviour.respond(request, directives)
 
 

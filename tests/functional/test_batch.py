@@ -85,6 +85,7 @@ async def test_a_batch_of_twenty_is_charged_twenty(make_stack: Any) -> None:
     assert status == 429
     assert body["error"]["code"] == "TooManyRequests"
     assert (await stats(stack))["requests"] == 20
+    assert stack.sample(remaining, route="graph.security", window="1m", **NO_TOKEN) == 5
     singles = [(await stack.client.get("/v1.0/security/alerts_v2")).status for _ in range(6)]
     assert singles == [200] * 5 + [429]
     outer = [line for line in stack.logs.lines("request") if line["route"] == "graph.batch"]

@@ -98,7 +98,7 @@ async def test_the_graph_sdk_page_iterator_stays_on_the_proxy(served: tuple[Stac
     stack, port = served
     # The SDK runs as the separate tool it would be, in a process of its own.
     tool = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.graphpager", str(port), "300", stdout=PIPE
+        sys.executable, "-m", "tests.graphsdk", "page", str(port), "300", stdout=PIPE
     )
     out, _ = await asyncio.wait_for(tool.communicate(), 150)
     assert tool.returncode == 0

@@ -619,3 +619,32 @@ async def test_unknown_control_path_is_not_forwarded_to_the_fake_api(client: Cli
     assert resp.status == 404
     async with client.get("/_sim/stats") as stats:
         assert (await stats.json())["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1.0/security/runHuntingQuery",
+        "/v1.0/security/microsoft.graph.security.runHuntingQuery",
+        "/beta/security/runHuntingQuery",
+    ],
+)
+async def test_graph_hunting_answers_with_results_in_every_spelling(
+    client: Client, path: str
+) -> None:
+    """runHuntingQuery, however the API would read it, gets a huntingQueryResults body."""
+    async with client.post(path, json={"query": "DeviceInfo | take 2"}) as resp:
+        assert resp.status == 200
+        body = orjson.loads(await resp.read())
+    assert [column["name"] for column in body["schema"]] == ["Timestamp", "DeviceName"]
+    assert len(body["results"]) == 2
+
+
+async def test_a_directive_or_another_method_keeps_hunting_out(client: Client) -> None:
+    """A directive chooses the hunting call's answer; a GET on the action is not a hunt."""
+    path = "/v1.0/security/runHuntingQuery"
+    async with client.post(path, headers={"X-Simulate": "hunting-429"}) as resp:
+        assert resp.status == 429
+    resp, raw = await call(client, path=path)
+    assert resp.status == 200
+    assert raw == MACHINES
