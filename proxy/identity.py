@@ -176,9 +176,7 @@ class Identities:
     def __len__(self) -> int:
         return len(self._held)
 
-    def key(
-        self, claims: Claims, scope: str, *, now: float = 0.0, until: float = math.inf
-    ) -> str:
+    def key(self, claims: Claims, scope: str, *, now: float = 0.0, until: float = math.inf) -> str:
         """The identity ``claims`` have under ``scope`` ("" for ``shared``), held until ``until``
         (the default: for good); identities held until ``now`` or before are forgotten first."""
         if scope == SHARED:

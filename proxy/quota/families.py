@@ -66,9 +66,7 @@ class Families:
         if self._on_forget is not None:
             self._on_forget(quota)
 
-    def quota(
-        self, family: str, *, now: float = 0.0, until: float = math.inf
-    ) -> tuple[str, Quota]:
+    def quota(self, family: str, *, now: float = 0.0, until: float = math.inf) -> tuple[str, Quota]:
         """The family a request of ``family`` is counted under (itself, or the overflow while
         the bound is held), and its quota, held until ``until`` (the default: for good)."""
         held = self._held

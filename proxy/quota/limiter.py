@@ -15,8 +15,9 @@ with no hint at all the pause backs off exponentially from one second.
 
 Quotas per identity and per path family are made on first use and held only while they can
 matter: each admission holds its quota (and its identity, and its family) until a window after
-its slot — before the store is asked, until a window after the caller's deadline, so nothing is
-let go while a decision is in flight — and a pause until it ends. Past that the quota holds
+its slot, and a pause until it ends. A request holds them for a window from the moment it asks
+(whatever the answer), so nothing is let go while a decision is in flight: a store call lasts
+far less than a window, and the slot it gives is held from its answer on. Past that the quota holds
 nothing in any window, and the limiter forgets it (``proxy.leases``): the tables hold the callers
 of the last window, not every caller since the start.
 """
@@ -209,16 +210,15 @@ class Limiter:
         policy: _RoutePolicy,
         claims: Claims,
         family: str = "",
-        deadline: float = 0.0,
     ) -> Quota:
         """The route's quota for the identity ``claims`` have under the route's scope; for
         ``other`` with a path family, the family's (``quota.families``) for that identity.
 
-        It is held (with its identity and family) until a window after ``deadline`` seconds from
-        now: no slot the store may give within the deadline can outlive it.
+        It is held (with its identity and family) for a window from now, which covers the store
+        call about to be made; the caller holds it on to a window after the slot it gets.
         """
         now = self._clock()
-        until = now + deadline + policy.horizon
+        until = now + policy.horizon
         self._held.sweep(now)
         base, name = policy.quota, route
         if family and self._families is not None and route == OTHER:
@@ -266,6 +266,15 @@ class Limiter:
         self._streak.pop(quota.key, None)
         self._paused_until.pop(quota.key, None)
 
+    def held(self) -> dict[str, int]:
+        """What the limiter holds now: identities, path families, quotas made for either."""
+        families = 0 if self._families is None else len(self._families)
+        return {
+            "identities": len(self._identities),
+            "families": families,
+            "quotas": len(self._quotas),
+        }
+
     def quota_for(self, route: str, claims: Claims, family: str = "") -> Quota:
         """The quota a request on ``route`` (and path ``family``, for ``other``) from the caller
         ``claims`` name is admitted on."""
@@ -297,7 +306,7 @@ class Limiter:
         """
         policy = self._routes[route]
         deadline = self._deadline(max_wait)
-        quota = self._quota_of(route, policy, claims, family, deadline)
+        quota = self._quota_of(route, policy, claims, family)
         reserve = self._reserve(policy, bulk)
         started = self._clock()
         decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
@@ -385,7 +394,7 @@ class Limiter:
         for index, route in enumerate(routes):
             policy = self._routes[route]
             family = families[index] if index < len(families) else ""
-            quota = self._quota_of(route, policy, claims, family, deadline)
+            quota = self._quota_of(route, policy, claims, family)
             inner = f"{member}.{index}"
             started = self._clock()
             decision = await self.store.admit(
