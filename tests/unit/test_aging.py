@@ -60,24 +60,25 @@ def build(
     most: int,
     max_wait: float = 0.0,
     store: QuotaStore | None = None,
-) -> tuple[Limiter, QuotaStore]:
-    """A limiter on ``ROUTE`` (scope app) at ``limit``, at most ``most`` identities at once."""
+) -> tuple[Limiter, MemoryStore]:
+    """A limiter on ``ROUTE`` (scope app) at ``limit``, at most ``most`` identities at once, over
+    ``store`` or else a fresh in-process store (returned beside it)."""
     route = RouteOverride(ROUTE, None, (parse_limit(limit),), None, None)
     throttle = Throttle(
         max_wait=max_wait, margin=0.0, routes=(route,), identities=Identities(max=most)
     )
-    store = store or MemoryStore(clock)
+    memory = MemoryStore(clock)
     limiter = Limiter(
         throttle,
         effective_routes(throttle),
         route_policies(throttle),
-        store,
+        store or memory,
         Metrics(),
         random.Random(7),
         clock=clock,
         sleep=clock.sleep,
     )
-    return limiter, store
+    return limiter, memory
 
 
 def overflowed(key: str) -> bool:
