@@ -9,7 +9,8 @@ reading them and everything derived from them:
   not a readable bearer JWT). Bounded work: a token longer than ``MAX_TOKEN`` is not read, and the
   JSON decoder refuses deep nesting; nothing a caller sends makes it raise.
 - ``Identities``: a route's scope (``app``, ``tenant``, ``shared``) + claims → the identity part
-  of the quota key, with at most ``max`` distinct identities per replica (then ``overflow``).
+  of the quota key, with at most ``max`` distinct identities per replica *at once* (then
+  ``overflow``): an identity whose quotas hold nothing any more is forgotten (``proxy.leases``).
 - ``Labels``: claims → bounded metric label values through ``throttle.identities.names``.
 
 Ids are validated (GUID form, lower-cased) before they go anywhere — a Redis key, a log field, a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Final
 
 import orjson
 
+from proxy.leases import Leases
 from proxy.logs import get_logger
 
 #: The identity of a request with no readable token, or none that names what its scope needs.
@@ -148,44 +151,66 @@ def is_guid(value: object) -> bool:
 
 
 class Identities:
-    """The identity part of quota keys, at most ``most`` distinct ones per replica.
+    """The identity part of quota keys, at most ``most`` distinct ones held at once per replica.
 
     ``app`` scope: ``<tid>.<app>``; ``tenant``: ``<tid>``; ``shared``: "" (one quota for the whole
-    deployment). A token that lacks what the scope needs is ``anonymous``. Identities past
-    ``most`` share ``overflow``: a caller inventing tenants cannot grow the replica's tables.
+    deployment). A token that lacks what the scope needs is ``anonymous``. Each identity is held
+    until the time its caller (the limiter) says its quotas hold nothing any more — a window after
+    its last admission or reservation, the end of its pause — and then forgotten, its place free
+    for another. While ``most`` identities are held, new ones share ``overflow``: a caller
+    inventing tenants cannot grow the replica's tables, and its junk leaves them a window later.
+
+    The overflow warning is logged when ``overflow`` is first used, and again only when it is used
+    after having been idle for as long as it was held (emptied, then filled again): a replica
+    that stays over the bound logs it once, not once per request.
     """
 
-    __slots__ = ("_log", "_most", "_overflowed", "_seen")
+    __slots__ = ("_held", "_log", "_most", "_overflow_until")
 
     def __init__(self, most: int) -> None:
         self._most = most
-        self._seen: set[str] = set()
-        self._overflowed = False
+        self._held: Leases[str] = Leases(most)
+        self._overflow_until = -math.inf
         self._log = get_logger("identity")
 
-    def key(self, claims: Claims, scope: str) -> str:
-        """The identity ``claims`` have under ``scope``: "" for ``shared``."""
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def key(self, claims: Claims, scope: str, *, now: float = 0.0, until: float = math.inf) -> str:
+        """The identity ``claims`` have under ``scope`` ("" for ``shared``), held until ``until``
+        (the default: for good); identities held until ``now`` or before are forgotten first."""
         if scope == SHARED:
             return ""
         if claims.tid is None or (scope == APP and claims.app is None):
             return ANONYMOUS
         identity = claims.tid if scope == TENANT else f"{claims.tid}.{claims.app}"
-        if identity in self._seen:
+        held = self._held
+        held.sweep(now)
+        if held.hold(identity, until):
             return identity
-        if len(self._seen) >= self._most:
-            if not self._overflowed:
-                self._overflowed = True
-                # The ids of the identity that overflowed are validated GUIDs: safe to log.
-                self._log.warning(
-                    "more distinct identities than throttle.identities.max: "
-                    "new ones share one overflow quota",
-                    max=self._most,
-                    tid=claims.tid,
-                    app=claims.app,
-                )
-            return OVERFLOW
-        self._seen.add(identity)
-        return identity
+        # Full: every identity whose time has passed goes, so overflow takes only what is over
+        # ``most`` at once. Each entry swept here was paid for when it was held or extended.
+        held.sweep(now, None)
+        if held.hold(identity, until):
+            return identity
+        if now >= self._overflow_until:
+            # The ids of the identity that overflowed are validated GUIDs: safe to log.
+            self._log.warning(
+                "more distinct identities at once than throttle.identities.max: "
+                "new ones share one overflow quota until others fall idle",
+                max=self._most,
+                tid=claims.tid,
+                app=claims.app,
+            )
+        self._overflow_until = max(self._overflow_until, until)
+        return OVERFLOW
+
+    def extend(self, identity: str, until: float) -> None:
+        """Hold ``identity`` (if it is held, or ``overflow``) at least until ``until``."""
+        if identity == OVERFLOW:
+            self._overflow_until = max(self._overflow_until, until)
+        else:
+            self._held.extend(identity, until)
 
 
 class Labels:

@@ -20,6 +20,11 @@ same instant:
 2. for one window after its own recovery, a replica admits only where both its local share and
    the shared store allow: another replica still in fallback admits against its own share, which
    the shared store cannot see yet, and the two shares together stay within the limit.
+
+What this store keeps per quota (its local share, the last shared decision, whether it was seeded)
+lives as long as the local store keeps the quota's key — a window after its last admission, its
+last shared decision or its pause — and goes with it, so memory follows the callers of the last
+window here too.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class FallbackStore(Generic[Shared]):
     ) -> None:
         self.shared = shared
         self.name = shared.name
-        self.local = MemoryStore(clock)
+        self.local = MemoryStore(clock, on_forget=self._forget)
         self._cooldown = cooldown
         self._replicas = max(1, expected_replicas)
         self._on_change = on_change
@@ -66,7 +71,8 @@ class FallbackStore(Generic[Shared]):
         # the last shared decision per quota: (when, admissions left per window, its wait)
         self._last_seen: dict[str, tuple[float, tuple[int, ...], float]] = {}
         self._seeded: set[str] = set()
-        self._shares: dict[Quota, Quota] = {}
+        #: quota key → (the quota, this replica's share of it)
+        self._shares: dict[str, tuple[Quota, Quota]] = {}
         self._log = get_logger("quota")
 
     @property
@@ -75,13 +81,23 @@ class FallbackStore(Generic[Shared]):
         return self._open_until is not None
 
     def _local_share(self, quota: Quota) -> Quota:
-        share = self._shares.get(quota)
-        if share is None:
+        known = self._shares.get(quota.key)
+        if known is None or known[0] != quota:
             windows = tuple(
                 Window(max(1, w.limit // self._replicas), w.width) for w in quota.windows
             )
-            share = self._shares[quota] = replace(quota, windows=windows)
-        return share
+            share = replace(quota, windows=windows)
+            self._shares[quota.key] = (quota, share)
+            # The share lives as long as the local store keeps its key (``_forget``).
+            self.local.keep(share, self._clock())
+            return share
+        return known[1]
+
+    def _forget(self, key: str) -> None:
+        """The local store let ``key`` go: nothing of it is in a window any more."""
+        self._shares.pop(key, None)
+        self._last_seen.pop(key, None)
+        self._seeded.discard(key)
 
     def _use_shared(self) -> bool:
         if self._open_until is None:
@@ -109,7 +125,7 @@ class FallbackStore(Generic[Shared]):
     async def _write_back(self) -> None:
         """Every quota's admissions from the last window, one call per quota, all at once."""
         calls = []
-        for quota, local in self._shares.items():
+        for quota, local in list(self._shares.values()):
             widest = max(w.width for w in quota.windows) / MICROS
             admissions = self.local.since(local, widest)
             if admissions:
@@ -183,6 +199,8 @@ class FallbackStore(Generic[Shared]):
             else:
                 self._succeeded(started)
                 self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
+                # A fallback seeds from this decision until a window after its queue's end.
+                self.local.keep(self._local_share(quota), started + max(0.0, decision.wait))
                 return decision
         local = self._local_share(quota)
         if quota.key not in self._seeded:

@@ -12,6 +12,14 @@ moves time instead of spending it.
 When the API itself answers 429, the route's quota is paused for every replica until the time the
 API asked for (``Retry-After`` or the hints in the body), capped at ``max_pause`` and jittered;
 with no hint at all the pause backs off exponentially from one second.
+
+Quotas per identity and per path family are made on first use and held only while they can
+matter: each admission holds its quota (and its identity, and its family) until a window after
+its slot, and a pause until it ends. A request holds them for a window from the moment it asks
+(whatever the answer), so nothing is let go while a decision is in flight: a store call lasts
+far less than a window, and the slot it gives is held from its answer on. Past that the quota holds
+nothing in any window, and the limiter forgets it (``proxy.leases``): the tables hold the callers
+of the last window, not every caller since the start.
 """
 
 from __future__ import annotations
@@ -29,11 +37,20 @@ from proxy import hints
 from proxy.catalogue import OTHER, RouteSpec
 from proxy.config import Throttle, route_scopes
 from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
+from proxy.leases import Leases
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota.families import Families
 from proxy.quota.learned import LearnedLimits
-from proxy.quota.store import Decision, Quota, QuotaStore, as_windows, quota_key, window_name
+from proxy.quota.store import (
+    MICROS,
+    Decision,
+    Quota,
+    QuotaStore,
+    as_windows,
+    quota_key,
+    window_name,
+)
 
 OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
 
@@ -96,6 +113,20 @@ class _RoutePolicy:
     shadow: bool
     #: whose quota: ``app`` (app + tenant), ``tenant`` or ``shared`` (the deployment's)
     scope: str
+    #: seconds an admission stays in some window of the route: the widest, margin included
+    horizon: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A quota made for one identity or path family, and what holding it holds."""
+
+    quota: Quota
+    #: (route or ``other:<family>``, identity): its place in the limiter's table
+    pair: tuple[str, str]
+    #: the identity ("" for ``shared``) and the path family ("" but for ``other``)
+    identity: str
+    family: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +174,22 @@ class Limiter:
                 priority == "bulk",
                 mode == "shadow",
                 scopes.get(spec.name, "shared"),
+                max((w.width for w in quota.windows), default=0) / MICROS,
             )
         other = self._routes.get(OTHER)
         self._families = (
-            None if other is None else Families(throttle.namespace, OTHER, other.quota.windows)
+            None
+            if other is None
+            else Families(
+                throttle.namespace, OTHER, other.quota.windows, on_forget=self._forget_state
+            )
         )
         self._identities = Identities(throttle.identities.max)
         self._labels = Labels(dict(throttle.identities.names))
-        self._quotas: dict[tuple[str, str], Quota] = {}
+        # (route or ``other:<family>``, identity) → its quota, held while it can matter.
+        self._quotas: dict[tuple[str, str], _Held] = {}
+        self._by_key: dict[str, _Held] = {}
+        self._held: Leases[tuple[str, str]] = Leases(on_forget=self._forget)
         self._children: dict[tuple[str, str, str], _Children] = {}
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
@@ -162,26 +201,80 @@ class Limiter:
 
     def _count_pauses(self) -> float:
         now = self._clock()
-        return float(sum(1 for until in self._paused_until.values() if until > now))
+        # Pauses that ended are dropped here (a scrape), so the table holds the current ones.
+        self._paused_until = {k: until for k, until in self._paused_until.items() if until > now}
+        return float(len(self._paused_until))
 
     def _quota_of(
-        self, route: str, policy: _RoutePolicy, claims: Claims, family: str = ""
+        self,
+        route: str,
+        policy: _RoutePolicy,
+        claims: Claims,
+        family: str = "",
     ) -> Quota:
         """The route's quota for the identity ``claims`` have under the route's scope; for
-        ``other`` with a path family, the family's (``quota.families``) for that identity."""
+        ``other`` with a path family, the family's (``quota.families``) for that identity.
+
+        It is held (with its identity and family) for a window from now, which covers the store
+        call about to be made; the caller holds it on to a window after the slot it gets.
+        """
+        now = self._clock()
+        until = now + policy.horizon
+        self._held.sweep(now)
         base, name = policy.quota, route
         if family and self._families is not None and route == OTHER:
-            family, base = self._families.quota(family)
+            family, base = self._families.quota(family, now=now, until=until)
             name = f"{route}:{family}"
-        identity = self._identities.key(claims, policy.scope)
-        if not identity:
+        else:
+            family = ""
+        identity = self._identities.key(claims, policy.scope, now=now, until=until)
+        if not identity and not family:
             return base
-        quota = self._quotas.get((name, identity))
-        if quota is None:
-            # Bounded: (routes + families) × (throttle.identities.max + anonymous + overflow).
-            quota = Quota(quota_key(self._throttle.namespace, name, identity), base.windows)
-            self._quotas[(name, identity)] = quota
-        return quota
+        pair = (name, identity)
+        held = self._quotas.get(pair)
+        if held is None:
+            quota = (
+                Quota(quota_key(self._throttle.namespace, name, identity), base.windows)
+                if identity
+                else base
+            )
+            held = _Held(quota, pair, identity, family)
+            self._quotas[pair] = held
+        self._by_key[held.quota.key] = held
+        self._held.hold(pair, until)
+        return held.quota
+
+    def _hold(self, quota: Quota, until: float) -> None:
+        """Hold ``quota`` (if it is one made per identity or family) and its identity and
+        family at least until ``until``."""
+        held = self._by_key.get(quota.key)
+        if held is None:
+            return
+        self._held.extend(held.pair, until)
+        if held.identity:
+            self._identities.extend(held.identity, until)
+        if held.family and self._families is not None:
+            self._families.extend(held.family, until)
+
+    def _forget(self, pair: tuple[str, str]) -> None:
+        held = self._quotas.pop(pair)
+        if self._by_key.get(held.quota.key) is held:
+            del self._by_key[held.quota.key]
+        self._forget_state(held.quota)
+
+    def _forget_state(self, quota: Quota) -> None:
+        # Forgotten only once any pause of it has ended (a pause holds its quota).
+        self._streak.pop(quota.key, None)
+        self._paused_until.pop(quota.key, None)
+
+    def held(self) -> dict[str, int]:
+        """What the limiter holds now: identities, path families, quotas made for either."""
+        families = 0 if self._families is None else len(self._families)
+        return {
+            "identities": len(self._identities),
+            "families": families,
+            "quotas": len(self._quotas),
+        }
 
     def quota_for(self, route: str, claims: Claims, family: str = "") -> Quota:
         """The quota a request on ``route`` (and path ``family``, for ``other``) from the caller
@@ -213,12 +306,15 @@ class Limiter:
         ``claims`` name (and of the path ``family``, for ``other``).
         """
         policy = self._routes[route]
-        quota = self._quota_of(route, policy, claims, family)
         deadline = self._deadline(max_wait)
+        quota = self._quota_of(route, policy, claims, family)
         reserve = self._reserve(policy, bulk)
         started = self._clock()
         decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
-        decided = self._clock() - started
+        ended = self._clock()
+        decided = ended - started
+        if decision.admitted or policy.shadow:
+            self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
         self._store_timer.observe(decided)
         labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
         children = self._children.get(labels) or self._children_of(labels, policy)
@@ -307,7 +403,10 @@ class Limiter:
             decision = await self.store.admit(
                 quota, inner, deadline, self._reserve(policy, bulk), policy.shadow
             )
-            took = self._clock() - started
+            ended = self._clock()
+            took = ended - started
+            if decision.admitted or policy.shadow:
+                self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
             decided += took
             self._store_timer.observe(took)
             labels = (route, tenant, app)
@@ -392,8 +491,7 @@ class Limiter:
         """
         quota = quota or self.quota_for(route, NO_CLAIMS)
         if status != 429:
-            if self._streak.get(quota.key):
-                self._streak[quota.key] = 0
+            self._streak.pop(quota.key, None)
             return
         hint = hint or hints.NO_HINT
         self._metrics.upstream_throttled.labels(route, hint.reason).inc()
@@ -407,7 +505,11 @@ class Limiter:
             seconds = hint.seconds
         pause = hints.jittered(seconds, self._throttle.max_pause, self._rng)
         left = await self.store.pause(quota, pause)
-        self._paused_until[quota.key] = self._clock() + left
+        until = self._clock() + left
+        self._paused_until[quota.key] = until
+        # A paused identity is held until its pause ends: forgotten earlier, it could come back
+        # on overflow and walk around the pause.
+        self._hold(quota, until)
         self._log.warning(
             "upstream throttled: quota paused for every replica",
             route=route,

@@ -1,6 +1,11 @@
 """The in-process quota store: the embedded default, exact for a single replica.
 
 Same arithmetic as the Redis store (``schedule``), on a clock that tests inject.
+
+A key is kept while it can still change a decision: until a window (the widest of its quota) after
+its latest admission or reservation, or the end of its pause. Then its logs, members and pause are
+dropped (``proxy.leases``), as Redis lets its keys expire (PEXPIREAT): memory follows the callers
+of the last window, not every caller since the start. A dropped key is one that reads as empty.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
 
+from proxy.leases import Leases
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
 
@@ -22,21 +28,51 @@ class MemoryStore:
 
     name = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         self._clock = clock
+        self._on_forget = on_forget
         self._logs: dict[str, list[list[int]]] = {}
         #: per quota, member → slot of the admissions still in a window (and a few that left)
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
+        #: every key above, until (µs) the last time it can change a decision
+        self._held: Leases[str] = Leases(on_forget=self._forget)
+
+    def __len__(self) -> int:
+        """Keys held: quotas with an admission in a window, a reservation or a pause."""
+        return len(self._held)
 
     def _now(self) -> int:
         return round(self._clock() * MICROS)
 
+    def _forget(self, key: str) -> None:
+        self._logs.pop(key, None)
+        self._members.pop(key, None)
+        self._paused.pop(key, None)
+        if self._on_forget is not None:
+            self._on_forget(key)
+
+    def _keep(self, quota: Quota, at: int) -> None:
+        """Keep ``quota``'s key until a window after ``at`` (µs)."""
+        self._held.hold(quota.key, at + max(w.width for w in quota.windows))
+
+    def keep(self, quota: Quota, at: float) -> None:
+        """Keep ``quota``'s key (and call ``on_forget`` for it later) until a window after ``at``
+        (seconds on this store's clock), for a caller that keeps state of its own beside it."""
+        self._held.sweep(self._now())
+        self._keep(quota, round(at * MICROS))
+
     def _load(self, quota: Quota, now: int) -> list[list[int]]:
+        self._held.sweep(now)
         logs = self._logs.get(quota.key)
         if logs is None or len(logs) != len(quota.windows):
             logs = [[] for _ in quota.windows]
             self._logs[quota.key] = logs
+            self._held.hold(quota.key, now)
         for log, window in zip(logs, quota.windows, strict=True):
             # Entries at or before now - width are outside every window that ends from now on;
             # the arithmetic skips them by itself, so they are dropped in batches, not per call.
@@ -86,6 +122,7 @@ class MemoryStore:
             for log in logs:
                 insort(log, at)
             self._members.setdefault(quota.key, {})[member] = at
+            self._keep(quota, at)
         return self._decision(quota, logs, now, admitted, wait), at
 
     def move(self, quota: Quota, member: str, to: int | None) -> None:
@@ -102,6 +139,7 @@ class MemoryStore:
             for log in logs:
                 insort(log, to)
             members[member] = to
+            self._keep(quota, to)
 
     def _decision(
         self, quota: Quota, logs: list[list[int]], now: int, admitted: bool, wait: int
@@ -127,12 +165,14 @@ class MemoryStore:
         stamp = round(at * MICROS)
         for _ in range(count):
             insort(log, stamp)
+        self._keep(quota, stamp)
 
     def record(self, quota: Quota, at: float) -> None:
         """Log an admission decided elsewhere (at ``at`` on this store's clock)."""
         stamp = round(at * MICROS)
         for log in self._load(quota, self._now()):
             insort(log, stamp)
+        self._keep(quota, stamp)
 
     def since(self, quota: Quota, seconds: float) -> list[tuple[str, float]]:
         """(member, age in seconds) of the named admissions from the last ``seconds`` on,
@@ -152,6 +192,7 @@ class MemoryStore:
             if member in members:
                 continue
             members[member] = at
+            self._keep(quota, at)
             for log, window in zip(logs, quota.windows, strict=True):
                 if at > now - window.width:
                     insort(log, at)
@@ -167,8 +208,10 @@ class MemoryStore:
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``."""
         now = self._now()
+        self._held.sweep(now)
         until = max(self._paused.get(quota.key, 0), now + round(seconds * MICROS))
         self._paused[quota.key] = until
+        self._held.hold(quota.key, until)
         return (until - now) / MICROS
 
     async def warm(self) -> bool:

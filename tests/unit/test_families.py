@@ -39,7 +39,7 @@ def test_families_past_the_bound_share_the_overflow(captured_logs: LogCapture) -
     assert names == [OVERFLOW, OVERFLOW, "/a"]
     assert families.quota("/c")[1] is families.quota("/e")[1]
     assert families.quota("/c")[1].key == f"dp:{{ns:other:{OVERFLOW}}}"
-    assert len(families) == 3
+    assert len(families) == 2  # the overflow takes no place of a family
     [warning] = [line for line in captured_logs.lines() if line.get("bound") == 2]
     assert "/c" not in str(warning)
     assert "/d" not in str(warning)

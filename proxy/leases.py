@@ -1,0 +1,93 @@
+"""Tables that forget: each key is held until a time, and let go once that time has passed.
+
+The proxy keeps state per caller (identities, the quota of each path family, the logs of the
+in-process store), and callers are whatever the network sends: a table that only grows is filled
+once by made-up tenants or paths and stays full. So each entry is held until the last time it can
+still matter — for a quota, a window after its last admission or the end of its pause — and is
+forgotten after. A table may also be bounded: then ``hold`` refuses a new key while ``most`` keys
+are held at once, whatever was held before.
+
+The work stays bounded per call: every key has exactly one entry in a heap, at the time it was
+last due for a check. ``extend`` only moves the key's time (O(1)); ``sweep`` pops the entries that
+are due, forgets the keys whose time has passed and pushes the others back at their new time.
+Each pop is paid for by the ``hold`` that made the key or by an ``extend`` since its last check,
+so the cost is O(log n) amortised per call, and ``budget`` caps the pops of one routine sweep.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+#: Due entries one routine sweep looks at: more than any call adds, so the backlog only shrinks.
+BUDGET = 64
+
+
+class Leases(Generic[K]):
+    """Keys held until a time (any unit, as long as ``now`` is in the same), at most ``most``."""
+
+    __slots__ = ("_heap", "_most", "_on_forget", "_order", "_until")
+
+    def __init__(
+        self, most: float = math.inf, on_forget: Callable[[K], None] | None = None
+    ) -> None:
+        self._most = most
+        self._on_forget = on_forget
+        self._until: dict[K, float] = {}
+        # (time due, order of arrival, key): the order breaks ties, so keys are never compared.
+        self._heap: list[tuple[float, int, K]] = []
+        self._order = 0
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._until
+
+    def until(self, key: K) -> float | None:
+        """When ``key`` is let go (None: not held)."""
+        return self._until.get(key)
+
+    def hold(self, key: K, until: float) -> bool:
+        """Hold ``key`` at least until ``until``; False (and nothing held) if it is not held yet
+        and ``most`` keys already are. Call ``sweep`` first: this forgets nothing by itself."""
+        held = self._until.get(key)
+        if held is not None:
+            if until > held:
+                self._until[key] = until
+            return True
+        if len(self._until) >= self._most:
+            return False
+        self._until[key] = until
+        self._push(until, key)
+        return True
+
+    def extend(self, key: K, until: float) -> None:
+        """Hold a key already held at least until ``until`` (a key not held stays so)."""
+        held = self._until.get(key)
+        if held is not None and until > held:
+            self._until[key] = until
+
+    def sweep(self, now: float, budget: int | None = BUDGET) -> None:
+        """Forget the keys held until ``now`` or earlier, looking at ``budget`` due entries at most
+        (None: every due one, so that a bounded table is exact when it is full)."""
+        heap = self._heap
+        left = math.inf if budget is None else budget
+        while heap and heap[0][0] <= now and left > 0:
+            left -= 1
+            _, _, key = heapq.heappop(heap)
+            until = self._until[key]
+            if until > now:
+                self._push(until, key)
+                continue
+            del self._until[key]
+            if self._on_forget is not None:
+                self._on_forget(key)
+
+    def _push(self, until: float, key: K) -> None:
+        self._order += 1
+        heapq.heappush(self._heap, (until, self._order, key))
