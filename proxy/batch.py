@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+from aiohttp import web
 
-from proxy import guard
+from proxy import forward, guard
 from proxy.catalogue import RouteSpec
 from proxy.errors import RefusalError
 from proxy.routing import Router
@@ -74,6 +75,30 @@ def too_large(limit: int) -> RefusalError:
         f"the $batch body is over this proxy's limit of {limit} bytes (limits.batch_body); "
         "it is read whole to admit each request in it",
     )
+
+
+async def read(
+    request: web.BaseRequest,
+    path: str,
+    router: Router,
+    limit: int,
+    max_body: int,
+    caller_timeout: float,
+    counter: forward.BodyCounter,
+) -> tuple[bytes, Batch]:
+    """Read a ``$batch`` body whole (up to ``limit``, ``limits.batch_body``) and check it: (the
+    bytes to forward as they came, the checked batch). ``counter`` counts what was read, even
+    when the body is refused."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body = forward.limited_body(request.content, max_body, counter, caller_timeout)
+    parts, whole = await forward.read_up_to(body, limit)
+    if not whole:
+        raise too_large(limit)
+    raw = b"".join(parts)
+    return raw, parse(raw, path, router)
 
 
 def parse(body: bytes, path: str, router: Router) -> Batch:

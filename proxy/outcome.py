@@ -1,0 +1,184 @@
+"""What one request did, and its record: the ``Outcome``, the request id, the log line and metrics.
+
+Every request, whatever became of it, ends in exactly one ``Outcome`` written once: one metrics
+update and one canonical ``request`` log line (structlog's best practice). The steps of the request
+path (guard, admission, forwarding, relay, the inner answers of a batch) only fill the outcome in;
+none of them logs or counts the request itself, so no path can log it twice or not at all.
+
+The request id is settled here too, first thing, because every later step carries it: upstream
+as ``client-request-id``, into the proxy's own error envelopes and into the log line.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy import batch, classify
+from proxy.catalogue import OTHER_ROUTE, RouteSpec
+from proxy.identity import NO_CLAIMS, Claims
+from proxy.logs import RequestLog, scrub
+from proxy.metrics import Metrics, status_label
+from proxy.quota.limiter import Admission, BatchAdmission
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
+MAX_LOGGED_PATH: Final = 512
+MAX_LOGGED_ID: Final = 128
+# Version 4 and the RFC 4122 variant, stamped into a random 128-bit number.
+_UUID4_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
+_UUID4_BITS: Final = (0x4 << 76) | (0x2 << 62)
+# Status recorded for a caller that went away before its answer was complete (nginx's convention).
+CLIENT_CLOSED: Final = 499
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request did: the fields of its log line and its metrics."""
+
+    method: str
+    path: str
+    request_id: str
+    route: RouteSpec = OTHER_ROUTE
+    #: for ``other``, the path family that keys its quota (``Router.route``)
+    family: str = ""
+    status: int = 0
+    source: str = "proxy"
+    upstream_seconds: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+    #: the caller's own request id when it was not a sane token (scrubbed, truncated)
+    caller_request_id: str = ""
+    admission: Admission | BatchAdmission | None = None
+    #: the caller's token, decoded (never verified): its ids go into the log line
+    claims: Claims = NO_CLAIMS
+    #: a ``$batch``: its checked requests, and the inner answers read so far (id -> status)
+    batch: batch.Batch | None = None
+    answered: dict[str, int] = field(default_factory=dict)
+    unknown_answers: int = 0
+    links_rewritten: int = 0
+
+
+def caller_gone(outcome: Outcome, note: str) -> None:
+    """Record that the caller went away before its answer was complete."""
+    outcome.status = CLIENT_CLOSED
+    outcome.note = note
+
+
+class Recorder:
+    """One listener's record of its requests: the upstream's error answers classified, and the
+    metrics and log line of each request. The inner answers of a batch write through ``log``."""
+
+    def __init__(self, name: str, metrics: Metrics, cap: int) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.cap = cap
+        self.log = RequestLog()
+
+    def upstream_error(
+        self,
+        headers: CIMultiDict[str],
+        status: int,
+        prefix: bytes,
+        complete: bool,
+        outcome: Outcome,
+    ) -> str:
+        """Classify the upstream's error answer from the first bytes of its body into the
+        outcome's error fields and the error metric; its message (for the quota's hints)."""
+        info = classify.classify(
+            prefix,
+            complete=complete,
+            content_encoding=headers.get("Content-Encoding"),
+            content_type=headers.get("Content-Type"),
+            cap=self.cap,
+        )
+        outcome.error = {
+            "code": info.code,
+            "message": info.message,
+            "target": info.target or headers.get("request-id", "")[:128],
+        }
+        if info.inner_code:
+            outcome.error["inner_code"] = info.inner_code
+        self.metrics.api_errors.labels(
+            outcome.route.name, status_label(status), self.metrics.codes.label(info.code)
+        ).inc()
+        return info.message
+
+    def observe(self, outcome: Outcome, seconds: float) -> None:
+        """The request's metrics and its one log line."""
+        route = outcome.route.name
+        self.metrics.observe_request(
+            self.name,
+            route,
+            outcome.method,
+            outcome.status,
+            outcome.source,
+            seconds,
+            outcome.upstream_seconds,
+        )
+        fields: dict[str, Any] = {
+            "upstream": self.name,
+            "method": outcome.method,
+            "route": route,
+            "path": outcome.path,
+            "status": outcome.status,
+            "source": outcome.source,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": None
+            if outcome.upstream_seconds is None
+            else round(outcome.upstream_seconds * 1000, 3),
+            "bytes_in": outcome.bytes_in,
+            "bytes_out": outcome.bytes_out,
+            "request_id": outcome.request_id,
+            # Validated GUIDs from the token (proxy.identity), or null: never the token itself.
+            "tid": outcome.claims.tid,
+            "app": outcome.claims.app,
+        }
+        if outcome.caller_request_id:
+            fields["caller_request_id"] = outcome.caller_request_id
+        if outcome.error:
+            fields.update(outcome.error)
+        if outcome.links_rewritten:
+            fields["links_rewritten"] = outcome.links_rewritten
+        if outcome.note:
+            fields["note"] = outcome.note
+        if outcome.batch is not None:
+            fields["batch_requests"] = len(outcome.batch.requests)
+            if outcome.source == "upstream" and outcome.status == 200:
+                fields["batch_answers"] = len(outcome.answered)
+                if outcome.unknown_answers:
+                    fields["batch_unknown_answers"] = outcome.unknown_answers
+        if outcome.admission is not None:
+            fields["quota"] = outcome.admission.outcome
+            fields["admit_ms"] = round(outcome.admission.decided * 1000, 3)
+            if outcome.admission.waited:
+                fields["wait_ms"] = round(outcome.admission.waited * 1000, 3)
+        self.log.write(fields)
+
+
+def request_id(request: web.BaseRequest) -> tuple[str, str]:
+    """(the id to send and log, the caller's own id when it was refused).
+
+    The caller's ``client-request-id`` (or ``x-request-id``) when it is a sane token; else a fresh
+    GUID, with the caller's value kept, scrubbed and truncated, for the log line.
+    """
+    headers = request.headers
+    given = headers.get("client-request-id") or headers.get("x-request-id")
+    if given is None:
+        return fresh_request_id(), ""
+    # A token the scrubber would change (JWT-shaped, say) would be logged other than it was sent.
+    if _REQUEST_ID.match(given) and scrub(given) == given:
+        return given, ""
+    return fresh_request_id(), scrub(given[:MAX_LOGGED_ID])
+
+
+def fresh_request_id() -> str:
+    """A random version-4 GUID, as Microsoft's client-request-id expects, without uuid's overhead."""
+    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_BITS:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
