@@ -31,7 +31,7 @@ from typing import Final
 
 import orjson
 
-from proxy.leases import Leases
+from proxy.leases import Leases, Overflow
 from proxy.logs import get_logger
 
 #: The identity of a request with no readable token, or none that names what its scope needs.
@@ -165,12 +165,12 @@ class Identities:
     that stays over the bound logs it once, not once per request.
     """
 
-    __slots__ = ("_held", "_log", "_most", "_overflow_until")
+    __slots__ = ("_held", "_log", "_most", "_overflow")
 
     def __init__(self, most: int) -> None:
         self._most = most
         self._held: Leases[str] = Leases(most)
-        self._overflow_until = -math.inf
+        self._overflow = Overflow(most)
         self._log = get_logger("identity")
 
     def __len__(self) -> int:
@@ -186,6 +186,11 @@ class Identities:
         identity = claims.tid if scope == TENANT else f"{claims.tid}.{claims.app}"
         held = self._held
         held.sweep(now)
+        if identity not in held and self._overflow.keeps(identity, now):
+            # It had admissions on the overflow still inside a window: a place of its own now
+            # would start from an empty quota and could admit it twice in one window.
+            self._overflow.send(identity, until)
+            return OVERFLOW
         if held.hold(identity, until):
             return identity
         # Full: every identity whose time has passed goes, so overflow takes only what is over
@@ -193,7 +198,7 @@ class Identities:
         held.sweep(now, None)
         if held.hold(identity, until):
             return identity
-        if now >= self._overflow_until:
+        if not self._overflow.busy(now):
             # The ids of the identity that overflowed are validated GUIDs: safe to log.
             self._log.warning(
                 "more distinct identities at once than throttle.identities.max: "
@@ -202,13 +207,13 @@ class Identities:
                 tid=claims.tid,
                 app=claims.app,
             )
-        self._overflow_until = max(self._overflow_until, until)
+        self._overflow.send(identity, until)
         return OVERFLOW
 
     def extend(self, identity: str, until: float) -> None:
         """Hold ``identity`` (if it is held, or ``overflow``) at least until ``until``."""
         if identity == OVERFLOW:
-            self._overflow_until = max(self._overflow_until, until)
+            self._overflow.extend(until)
         else:
             self._held.extend(identity, until)
 

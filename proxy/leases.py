@@ -91,3 +91,46 @@ class Leases(Generic[K]):
     def _push(self, until: float, key: K) -> None:
         self._order += 1
         heapq.heappush(self._heap, (until, self._order, key))
+
+
+class Overflow:
+    """The shared overflow quota of a bounded table, and who was sent to it.
+
+    A key sent to the overflow has admissions there until the overflow's last slot leaves its
+    window (``until``). Were it given a place of its own before that, it would start from an
+    empty quota and could be admitted again for what it already had on the overflow: over its
+    limit within one window. So a key that was sent to the overflow stays on it while the
+    overflow holds anything; so does every new key once ``most`` keys have been sent there (the
+    record is bounded, and a key it could not record may be one of them). When the overflow has
+    held nothing for a window the record is cleared and every key is free to get a place.
+    """
+
+    __slots__ = ("_keys", "_most", "until")
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._keys: set[Hashable] = set()
+        #: the time until which the overflow holds admissions (a window after its last slot)
+        self.until = -math.inf
+
+    def busy(self, now: float) -> bool:
+        """Whether the overflow still holds admissions at ``now``; clears the record if not."""
+        if now < self.until:
+            return True
+        if self._keys:
+            self._keys.clear()
+        return False
+
+    def keeps(self, key: Hashable, now: float) -> bool:
+        """Whether ``key`` must stay on the overflow rather than get a place of its own."""
+        return self.busy(now) and (key in self._keys or len(self._keys) >= self._most)
+
+    def send(self, key: Hashable, until: float) -> None:
+        """Record ``key`` as sent to the overflow, which then holds something until ``until``."""
+        if len(self._keys) < self._most:
+            self._keys.add(key)
+        self.extend(until)
+
+    def extend(self, until: float) -> None:
+        """The overflow holds something at least until ``until``."""
+        self.until = max(self.until, until)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Final
 
-from proxy.leases import Leases
+from proxy.leases import Leases, Overflow
 from proxy.logs import get_logger
 from proxy.quota.schedule import Window
 from proxy.quota.store import Quota, quota_key
@@ -37,9 +37,9 @@ class Families:
         "_namespace",
         "_on_forget",
         "_overflow",
-        "_overflow_until",
         "_quotas",
         "_route",
+        "_sent",
         "_windows",
     )
 
@@ -59,7 +59,7 @@ class Families:
         self._quotas: dict[str, Quota] = {}
         self._held: Leases[str] = Leases(bound, self._forget)
         self._overflow = Quota(quota_key(namespace, f"{route}:{OVERFLOW}"), windows)
-        self._overflow_until = -math.inf
+        self._sent = Overflow(bound)
 
     def _forget(self, family: str) -> None:
         quota = self._quotas.pop(family)
@@ -71,10 +71,14 @@ class Families:
         the bound is held), and its quota, held until ``until`` (the default: for good)."""
         held = self._held
         held.sweep(now)
+        if family not in held and self._sent.keeps(family, now):
+            # Its requests on the overflow are still inside a window: see ``leases.Overflow``.
+            self._sent.send(family, until)
+            return OVERFLOW, self._overflow
         if not held.hold(family, until):
             held.sweep(now, None)
             if not held.hold(family, until):
-                if now >= self._overflow_until:
+                if not self._sent.busy(now):
                     # Neither the family nor the path is logged: a path may carry what a log
                     # must not.
                     get_logger("quota").warning(
@@ -83,7 +87,7 @@ class Families:
                         route=self._route,
                         bound=self._bound,
                     )
-                self._overflow_until = max(self._overflow_until, until)
+                self._sent.send(family, until)
                 return OVERFLOW, self._overflow
         quota = self._quotas.get(family)
         if quota is None:
@@ -94,7 +98,7 @@ class Families:
     def extend(self, family: str, until: float) -> None:
         """Hold ``family`` (if it is held, or the overflow) at least until ``until``."""
         if family == OVERFLOW:
-            self._overflow_until = max(self._overflow_until, until)
+            self._sent.extend(until)
         else:
             self._held.extend(family, until)
 

@@ -90,7 +90,8 @@ async def test_a_real_tenant_gets_its_own_quota_once_the_junk_has_left_its_windo
     captured_logs: LogCapture,
 ) -> None:
     """Three made-up tenants fill max=3; a real one is on overflow while they are in their window,
-    and on its own quota (with its whole limit) once the window has passed."""
+    stays there while its own admissions on the overflow are (so never over its limit), and is on
+    its own quota, with its whole limit, once the overflow has held nothing for a window."""
     clock = Clock()
     limiter, store = build(clock, "2/1m", most=3)
     for n in range(3):
@@ -98,12 +99,16 @@ async def test_a_real_tenant_gets_its_own_quota_once_the_junk_has_left_its_windo
     clock.now = 1059.9
     early = await limiter.admit(ROUTE, "real0", claims=claims(99))
     assert overflowed(early.quota.key)
-    clock.now = 1060.0
-    late = [await limiter.admit(ROUTE, f"real{i}", claims=claims(99)) for i in (1, 2)]
+    clock.now = 1060.0  # the junk has left: a place is free, but real0 is on the overflow
+    assert overflowed((await limiter.admit(ROUTE, "real1", claims=claims(99))).quota.key)
+    with pytest.raises(QuotaExceeded):  # 2/1m: a fresh quota of its own would have admitted it
+        await limiter.admit(ROUTE, "real2", claims=claims(99))
+    clock.now = 1120.0  # real1 (1060) has left its window: the overflow holds nothing
+    late = [await limiter.admit(ROUTE, f"real{i}", claims=claims(99)) for i in (3, 4)]
     assert [overflowed(a.quota.key) for a in late] == [False, False]
     assert tenant(99) in late[0].quota.key
     assert limiter.held()["identities"] == 1
-    assert len(store) == 2  # the real tenant's quota and the overflow's; no junk
+    assert len(store) == 1  # the real tenant's quota; no junk, the overflow's forgotten
     await asyncio.sleep(0)  # log lines are written on the loop's next turn
     warnings = [line for line in captured_logs.lines() if line.get("max") == 3]
     assert len(warnings) == 1
@@ -119,8 +124,12 @@ async def test_a_pending_reservation_keeps_its_identity_and_its_admissions() -> 
     assert reserved.waited == 10.0  # slot at 1010, in its window until 1020
     clock.now = 1019.5
     assert overflowed((await limiter.admit(ROUTE, "b1", claims=claims(2))).quota.key)
-    clock.now = 1020.0
-    own = await limiter.admit(ROUTE, "b2", claims=claims(2))
+    clock.now = 1020.0  # b1 (1019.5) is on the overflow until 1029.5: so is tenant 2
+    again = await limiter.admit(ROUTE, "b2", claims=claims(2))
+    assert overflowed(again.quota.key)
+    assert again.waited == 9.5  # 1/10s for tenant 2 too: it waits out b1's window
+    clock.now = 1039.5  # b2's slot (1029.5) has left its window
+    own = await limiter.admit(ROUTE, "b3", claims=claims(2))
     assert not overflowed(own.quota.key)
 
 
@@ -136,9 +145,12 @@ async def test_a_reserved_slot_still_counts_for_its_tenant_until_it_leaves_its_w
         await limiter.admit(ROUTE, "a3", max_wait=0.0, claims=claims(1))
     clock.now = 1029.8
     assert overflowed((await limiter.admit(ROUTE, "b1", claims=claims(2))).quota.key)
-    clock.now = 1029.9
-    assert not overflowed((await limiter.admit(ROUTE, "b2", claims=claims(2))).quota.key)
-    assert len(store) == 2
+    clock.now = 1029.9  # a place is free, but b1 (1029.8) holds tenant 2 on the overflow
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(ROUTE, "b2", max_wait=0.0, claims=claims(2))
+    clock.now = 1039.9  # a window after b2 asked: a request, even refused, holds for a window
+    assert not overflowed((await limiter.admit(ROUTE, "b3", claims=claims(2))).quota.key)
+    assert len(store) == 1
 
 
 async def test_an_active_pause_keeps_its_identity_until_it_ends() -> None:

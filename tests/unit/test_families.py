@@ -79,3 +79,13 @@ async def test_upstream_429_pauses_only_its_family() -> None:
         await limiter.admit(OTHER, "m1", family="/api/things/*")
     await limiter.admit(OTHER, "m2", family="/api/widgets")
     await limiter.close()
+
+
+def test_a_family_sent_to_the_overflow_stays_there_while_the_overflow_holds_anything() -> None:
+    """A family that overflowed keeps the overflow after a place frees up, until the overflow has
+    held nothing for a window: a fresh quota of its own could admit it twice in one window."""
+    families = Families("ns", OTHER, WINDOWS, bound=1)
+    families.quota("/a", now=0.0, until=60.0)
+    assert families.quota("/b", now=1.0, until=61.0)[0] == OVERFLOW
+    assert families.quota("/b", now=60.0, until=120.0)[0] == OVERFLOW  # "/a" has left
+    assert families.quota("/b", now=120.0, until=180.0)[0] == "/b"

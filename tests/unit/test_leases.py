@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.leases import Leases
+from proxy.leases import Leases, Overflow
 
 
 def test_a_key_is_forgotten_once_its_time_has_passed() -> None:
@@ -96,3 +96,18 @@ def test_after_a_full_sweep_exactly_the_keys_not_yet_due_are_held(
             if key in model:
                 model[key] = max(model[key], now + step)
         assert len(leases) <= 4
+
+
+def test_the_overflow_keeps_whom_it_took_while_it_holds_anything() -> None:
+    """A key sent to the overflow stays on it while the overflow is busy; a new key does not,
+    unless the record is full; once the overflow is idle every key is free again."""
+    overflow = Overflow(most=2)
+    overflow.send("a", until=10.0)
+    assert overflow.keeps("a", now=5.0)
+    assert not overflow.keeps("b", now=5.0)
+    overflow.send("b", until=12.0)
+    assert overflow.keeps("c", now=5.0)  # two recorded: a third may be one it could not record
+    assert not overflow.keeps("a", now=12.0)
+    assert not overflow.keeps("c", now=12.0)
+    overflow.send("c", until=20.0)
+    assert not overflow.keeps("a", now=15.0)  # the record was cleared when the overflow idled
