@@ -64,8 +64,13 @@ def _bulk(asked: str | None) -> bool | None:
 
 
 def upstream_hint(status: int, retry_after: str | None, message: str) -> hints.Hint | None:
-    """What a throttled answer says about waiting and about its limit; None for other answers."""
-    if status != 429:
+    """What a throttled answer says about waiting and about its limit; None for other answers.
+
+    Throttled: a 429, or a 503 with ``Retry-After`` (Microsoft Graph throttles that way too, "503
+    Service Unavailable ... Retry-After", per its throttling guidance); a 503 without it is an
+    outage, not a quota.
+    """
+    if status != 429 and not (status == 503 and retry_after is not None):
         return None
     return hints.upstream_hint(retry_after, message, time.time())
 

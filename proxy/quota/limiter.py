@@ -483,14 +483,15 @@ class Limiter:
         hint: hints.Hint | None = None,
         quota: Quota | None = None,
     ) -> None:
-        """React to the API's answer: a 429 pauses the quota the request was admitted on (by
-        default the route's quota of a caller without a token) for every replica.
+        """React to the API's answer: a 429 — or a 503 that says when to come back (``hint``),
+        as Graph throttles too — pauses the quota the request was admitted on (by default the
+        route's quota of a caller without a token) for every replica.
 
         ``hint`` is what the answer said about waiting (``hints.upstream_hint``); a 429 without
         one backs off.
         """
         quota = quota or self.quota_for(route, NO_CLAIMS)
-        if status != 429:
+        if status != 429 and (status != 503 or hint is None):
             self._streak.pop(quota.key, None)
             return
         hint = hint or hints.NO_HINT

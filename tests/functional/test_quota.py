@@ -204,3 +204,22 @@ async def test_a_pause_holds_callers_already_waiting(make_stack: Any) -> None:
     assert (await first).status == 429
     assert second.status == 200
     assert elapsed >= 3.4  # the pause (3 s from t≈0.5 s), not the reserved slot at 2 s
+
+
+async def test_a_503_with_retry_after_pauses_the_route_as_graph_throttles(make_stack: Any) -> None:
+    """Graph throttles with 503 and Retry-After too: the route pauses; a bare 503 does not."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("100/1m", max_wait=0.0))
+    bare = await stack.client.get("/api/machines", headers={"X-Simulate": "status=503"})
+    assert bare.status == 503
+    assert (await stack.client.get("/api/machines")).status == 200
+    throttled = await stack.client.get(
+        "/api/machines",
+        headers={"X-Simulate": "graph-error=serviceNotAvailable:503;retry-after=2.5"},
+    )
+    assert throttled.status == 503
+    after = await stack.client.get("/api/machines")
+    assert after.status == 429
+    assert after.headers[PROXY_HEADER] == "TooManyRequests"
+    assert int(after.headers["Retry-After"]) >= 2
+    assert stack.sample("defender_proxy_upstream_pauses_active") == 1
+    assert (await _stats(stack))["requests"] == 3
