@@ -110,24 +110,41 @@ def _check(path: str) -> int:
 
 
 def _catalogue(path: str | None) -> int:
-    from proxy.config import ConfigError, effective_routes, load_settings, route_policies
+    from proxy.catalogue import CATALOGUES
+    from proxy.config import (
+        ConfigError,
+        effective_routes,
+        load_settings,
+        route_policies,
+        route_scopes,
+    )
     from proxy.routing import Router
 
     try:
-        throttle = load_settings(path).throttle
+        settings = load_settings(path)
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
-    policies = route_policies(throttle)
-    rows = [("route", "limits", "priority", "mode", "match")]
-    for spec in Router(effective_routes(throttle)).routes:
-        limits = ", ".join(str(limit) for limit in spec.limits)
-        priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
-        rows.append((spec.name, limits, priority, mode, "; ".join(spec.match) or "(anything else)"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        cells = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)]
-        print("  ".join([*cells, row[4]]))
+    throttle = settings.throttle
+    scopes = route_scopes(throttle)
+    listeners = settings.listeners
+    # One table per catalogue served, in the order the upstreams name them.
+    for index, name in enumerate(dict.fromkeys(u.catalogue for u in listeners)):
+        served = ", ".join(u.name for u in listeners if u.catalogue == name)
+        print(f"{chr(10) if index else ''}catalogue {name} (upstreams: {served})")
+        catalogue = CATALOGUES[name]
+        policies = route_policies(throttle, catalogue)
+        rows = [("route", "limits", "per", "priority", "mode", "match")]
+        for spec in Router(effective_routes(throttle, catalogue)).routes:
+            limits = ", ".join(str(limit) for limit in spec.limits)
+            priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
+            per = scopes.get(spec.name, "app")
+            match = "; ".join(spec.match) or "(anything else, per path family)"
+            rows.append((spec.name, limits, per, priority, mode, match))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            cells = [f"{cell:<{width}}" for cell, width in zip(row[:5], widths, strict=True)]
+            print("  ".join([*cells, row[5]]))
     return 0
 
 

@@ -147,3 +147,29 @@ def test_catalogue_lists_routes(capsys: Any) -> None:
     assert "advancedqueries.run" in out
     assert "45/1m" in out
     assert "other" in out
+
+
+def test_catalogue_prints_one_table_per_catalogue_served(capsys: Any, tmp_path: Any) -> None:
+    """With two upstreams, `catalogue` prints each one's table, and whose quota each route is."""
+    from proxy.cli import main
+
+    config = tmp_path / "two.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  - {name: mde, origin: https://api.security.microsoft.com, listen: 127.0.0.1:0}\n"
+        "  - {name: msgraph, origin: https://graph.microsoft.com, listen: 127.0.0.1:0}\n"
+        "throttle:\n"
+        "  routes: [{name: machines.list, per: shared}]\n",
+        encoding="utf-8",
+    )
+    assert main(["catalogue", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    defender, graph = out.split("\n\n")
+    assert defender.startswith("catalogue defender (upstreams: mde)")
+    assert graph.startswith("catalogue graph (upstreams: msgraph)")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line[0] != "c"}
+    assert rows["advancedqueries.run"][3] == "tenant"
+    assert rows["graph.runHuntingQuery"][2] == "tenant"
+    assert rows["machines.list"][3] == "shared"
+    assert "graph.security" not in defender
+    assert "machines.list" not in graph
