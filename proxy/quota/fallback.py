@@ -119,8 +119,18 @@ class FallbackStore(Generic[Shared]):
             except StoreUnavailable as exc:
                 self._failed(exc)
                 return False
+            except BaseException:
+                self._abandon(True)
+                raise
             self._recovered_at = self._clock()
         return True
+
+    def _abandon(self, probe: bool) -> None:
+        """A call to the shared store ended without an answer or a failure (its caller went
+        away: cancelled): it proves nothing either way, so when it was the probe, the next call
+        probes again. Left set, no call would ever try the shared store again."""
+        if probe:
+            self._probing = False
 
     async def _write_back(self) -> None:
         """Every quota's admissions from the last window, one call per quota, all at once."""
@@ -181,7 +191,7 @@ class FallbackStore(Generic[Shared]):
     ) -> Decision:
         """See ``QuotaStore.admit``."""
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 if not shadow and self._guarded(quota, started):
                     decision = await self._admit_both(quota, member, max_wait, reserve, not_before)
@@ -196,6 +206,9 @@ class FallbackStore(Generic[Shared]):
                         self.local.move(self._local_share(quota), member, slot)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
                 self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
@@ -257,11 +270,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.restore``: into the shared store, and the local share meanwhile."""
         await self.local.restore(self._local_share(quota), admissions)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 await self.shared.restore(quota, admissions)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
 
@@ -269,11 +285,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.release``; best effort on both stores."""
         await self.local.release(self._local_share(quota), member, unused=unused)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 await self.shared.release(quota, member, unused=unused)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
 
@@ -281,11 +300,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
         left = await self.local.pause(self._local_share(quota), seconds)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 left = await self.shared.pause(quota, seconds)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
         return left
