@@ -15,8 +15,9 @@ same instant:
 
 1. before its first call to the shared store after a fallback, a replica writes back everything
    it admitted in the last window, from the shared store or its local share (``restore``: one
-   round trip per quota; admissions the store still holds are not counted twice), so the store
-   does not admit on top of what the upstream already counted;
+   round trip per quota; admissions the store still holds are not counted twice), and every
+   pause still running here, so the store does not admit on top of what the upstream already
+   counted, nor into a Retry-After it asked for;
 2. for one window after its own recovery, a replica admits only where both its local share and
    the shared store allow: another replica still in fallback admits against its own share, which
    the shared store cannot see yet, and the two shares together stay within the limit.
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Generic, TypeVar
 
@@ -133,13 +134,17 @@ class FallbackStore(Generic[Shared]):
             self._probing = False
 
     async def _write_back(self) -> None:
-        """Every quota's admissions from the last window, one call per quota, all at once."""
-        calls = []
+        """Every quota's admissions from the last window, one call per quota, all at once, and
+        every pause still running here: a store that came back empty lost the upstream's
+        Retry-After with the rest, and the other replicas would admit into it."""
+        calls: list[Awaitable[object]] = []
         for quota, local in list(self._shares.values()):
             widest = max(w.width for w in quota.windows) / MICROS
             admissions = self.local.since(local, widest)
             if admissions:
                 calls.append(self.shared.restore(quota, admissions))
+            if (paused := self.local.paused_for(local)) > 0:
+                calls.append(self.shared.pause(quota, paused))
         # A call that fails is reported by gather after the others have ended: none is orphaned.
         results = await asyncio.gather(*calls, return_exceptions=True)
         for result in results:

@@ -188,3 +188,28 @@ async def test_a_probe_cancelled_mid_write_back_leaves_the_next_call_to_probe(
     assert (await store.admit(QUOTA, "after", 0.0, 0.0, False)).admitted
     assert (store.in_fallback, changes) == (False, [True, False])
     await store.close()
+
+
+async def test_a_pause_outlives_a_store_restarted_empty(redis_server: RedisServer) -> None:
+    """Redis restarted empty during an upstream's Retry-After: the replica that saw the 429
+    writes the pause back with its admissions, so another replica does not admit into it."""
+    clock = Clock()
+    changes: list[bool] = []
+    seen = _store(redis_server.url, clock, changes)
+    assert await seen.warm()
+    assert (await seen.admit(QUOTA, "before", 0.0, 0.0, False)).admitted
+    await seen.pause(QUOTA, 30.0)
+    await redis_server.stop()
+    await redis_server.start()  # no persistence: it comes back empty, the pause gone with it
+    assert not (await seen.admit(QUOTA, "lost", 0.0, 0.0, False)).admitted
+    assert changes == [True]
+    clock.now += 5.0  # the cooldown: the next call writes back, then uses Redis again
+    assert not (await seen.admit(QUOTA, "probe", 0.0, 0.0, False)).admitted
+    assert changes == [True, False]
+    other = _store(redis_server.url, Clock(), [])
+    assert await other.warm()
+    decision = await other.admit(QUOTA, "other", 0.0, 0.0, False)
+    assert not decision.admitted
+    assert 20.0 < decision.paused <= 30.0
+    await seen.close()
+    await other.close()
