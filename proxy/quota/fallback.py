@@ -217,6 +217,9 @@ class FallbackStore(Generic[Shared]):
             else:
                 self._succeeded(started)
                 self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
+                if decision.paused > 0:
+                    # Another replica's upstream 429 paused the route: a fallback keeps to it too.
+                    await self.local.pause(self._local_share(quota), decision.paused)
                 # A fallback seeds from this decision until a window after its queue's end.
                 self.local.keep(self._local_share(quota), started + max(0.0, decision.wait))
                 return decision

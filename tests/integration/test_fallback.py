@@ -213,3 +213,22 @@ async def test_a_pause_outlives_a_store_restarted_empty(redis_server: RedisServe
     assert 20.0 < decision.paused <= 30.0
     await seen.close()
     await other.close()
+
+
+async def test_a_fallback_honours_a_pause_another_replica_set(redis_server: RedisServer) -> None:
+    """A replica told by Redis that the route is paused (another replica saw the 429) keeps to
+    that pause when Redis goes away, instead of admitting from its local share at once."""
+    clock = Clock()
+    seen = _store(redis_server.url, clock, [])
+    told = _store(redis_server.url, clock, [])
+    assert await seen.warm()
+    assert await told.warm()
+    await seen.pause(QUOTA, 30.0)
+    assert (await told.admit(QUOTA, "told", 0.0, 0.0, False)).paused > 20.0
+    await redis_server.stop()
+    decision = await told.admit(QUOTA, "during", 0.0, 0.0, False)
+    assert told.in_fallback
+    assert not decision.admitted
+    assert decision.paused > 20.0
+    await seen.close()
+    await told.close()
