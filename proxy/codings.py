@@ -9,9 +9,11 @@ before the next is made). Only gzip and deflate are handled; ``CODINGS`` lists t
 
 ``deflate`` is the zlib format (RFC 9110 §8.4.1.2), but some servers send raw deflate: the first
 two bytes tell which, and the answer keeps the format it came in. A gzip body may hold several
-members; the answer holds one. A body that does not decode from its first chunk passes through
-unchanged (``passed``), whatever it was (nothing of it has been sent re-encoded yet); one that breaks later, or ends mid-stream, raises ``CodingError``: by then
-part of a re-encoded body has been sent, and the caller must not take what follows for whole.
+members, with zeros between or after them (skipped, as gzip(1) does); the answer holds one. A body
+that does not decode from its first chunk passes through unchanged (``passed``), whatever it was
+(nothing of it has been sent re-encoded yet); one that breaks later, or ends mid-stream, raises
+``CodingError``: by then part of a re-encoded body has been sent, and the caller must not take
+what follows for whole.
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ class Recoder:
             if decompressor.eof:
                 if self._coding != "gzip":
                     raise zlib.error("data after the end of the stream")
+                # Zeros may pad a gzip body after any member: gzip(1) and Python's gzip skip them.
+                data = data.lstrip(b"\0")
+                if not data:
+                    return
                 # The next gzip member.
                 decompressor = self._decompressor = zlib.decompressobj(self._wbits)
             plain = decompressor.decompress(data, self.step)

@@ -1,8 +1,8 @@
 """Which answers have their paging links rewritten, and the body pipeline that does it.
 
-Only a successful (2xx) answer with a body, typed JSON (``application/json`` or a ``+json`` type),
-in no coding or one that ``codings`` handles, is rewritten; every other answer passes byte for byte
-as before. An answer in another coding (``br``, ``zstd``, a chain of codings) passes unchanged, and
+Only a successful (2xx) answer with a whole body (not 204, 205 or a 206 slice), typed JSON
+(``application/json`` or a ``+json`` type), in no coding or one that ``codings`` handles, is
+rewritten; every other answer passes byte for byte as before. An answer in another coding (``br``, ``zstd``, a chain of codings) passes unchanged, and
 ``plan`` says so in a note for the request's log line.
 """
 
@@ -19,7 +19,9 @@ from proxy.codings import CODINGS, Recoder
 from proxy.links import Links, Rewriter, caller_origin
 
 _SHOWN_CODING: Final = re.compile(r"^[a-z0-9_.+-]{1,32}(?:, ?[a-z0-9_.+-]{1,32}){0,3}\Z")
-_BODILESS: Final = frozenset({204, 205})
+# No body to rewrite (204, 205), or a slice of one (206): a rewritten slice would no longer be
+# the bytes its Content-Range names, and a client joining slices would build a broken document.
+_UNREWRITTEN: Final = frozenset({204, 205, 206})
 
 
 def is_json(content_type: str | None) -> bool:
@@ -79,7 +81,7 @@ def plan(
     caller: str,
 ) -> tuple[Pipe | None, str]:
     """The pipe for this answer's body (None: it passes unchanged) and a note for the log line."""
-    if links is None or method == "HEAD" or not 200 <= status < 300 or status in _BODILESS:
+    if links is None or method == "HEAD" or not 200 <= status < 300 or status in _UNREWRITTEN:
         return None, ""
     if not is_json(headers.get("Content-Type")):
         return None, ""

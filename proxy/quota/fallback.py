@@ -15,8 +15,9 @@ same instant:
 
 1. before its first call to the shared store after a fallback, a replica writes back everything
    it admitted in the last window, from the shared store or its local share (``restore``: one
-   round trip per quota; admissions the store still holds are not counted twice), so the store
-   does not admit on top of what the upstream already counted;
+   round trip per quota; admissions the store still holds are not counted twice), and every
+   pause still running here, so the store does not admit on top of what the upstream already
+   counted, nor into a Retry-After it asked for;
 2. for one window after its own recovery, a replica admits only where both its local share and
    the shared store allow: another replica still in fallback admits against its own share, which
    the shared store cannot see yet, and the two shares together stay within the limit.
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Generic, TypeVar
 
@@ -119,17 +120,31 @@ class FallbackStore(Generic[Shared]):
             except StoreUnavailable as exc:
                 self._failed(exc)
                 return False
+            except BaseException:
+                self._abandon(True)
+                raise
             self._recovered_at = self._clock()
         return True
 
+    def _abandon(self, probe: bool) -> None:
+        """A call to the shared store ended without an answer or a failure (its caller went
+        away: cancelled): it proves nothing either way, so when it was the probe, the next call
+        probes again. Left set, no call would ever try the shared store again."""
+        if probe:
+            self._probing = False
+
     async def _write_back(self) -> None:
-        """Every quota's admissions from the last window, one call per quota, all at once."""
-        calls = []
+        """Every quota's admissions from the last window, one call per quota, all at once, and
+        every pause still running here: a store that came back empty lost the upstream's
+        Retry-After with the rest, and the other replicas would admit into it."""
+        calls: list[Awaitable[object]] = []
         for quota, local in list(self._shares.values()):
             widest = max(w.width for w in quota.windows) / MICROS
             admissions = self.local.since(local, widest)
             if admissions:
                 calls.append(self.shared.restore(quota, admissions))
+            if (paused := self.local.paused_for(local)) > 0:
+                calls.append(self.shared.pause(quota, paused))
         # A call that fails is reported by gather after the others have ended: none is orphaned.
         results = await asyncio.gather(*calls, return_exceptions=True)
         for result in results:
@@ -181,7 +196,7 @@ class FallbackStore(Generic[Shared]):
     ) -> Decision:
         """See ``QuotaStore.admit``."""
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 if not shadow and self._guarded(quota, started):
                     decision = await self._admit_both(quota, member, max_wait, reserve, not_before)
@@ -196,9 +211,15 @@ class FallbackStore(Generic[Shared]):
                         self.local.move(self._local_share(quota), member, slot)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
                 self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
+                if decision.paused > 0:
+                    # Another replica's upstream 429 paused the route: a fallback keeps to it too.
+                    await self.local.pause(self._local_share(quota), decision.paused)
                 # A fallback seeds from this decision until a window after its queue's end.
                 self.local.keep(self._local_share(quota), started + max(0.0, decision.wait))
                 return decision
@@ -257,11 +278,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.restore``: into the shared store, and the local share meanwhile."""
         await self.local.restore(self._local_share(quota), admissions)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 await self.shared.restore(quota, admissions)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
 
@@ -269,11 +293,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.release``; best effort on both stores."""
         await self.local.release(self._local_share(quota), member, unused=unused)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 await self.shared.release(quota, member, unused=unused)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
 
@@ -281,11 +308,14 @@ class FallbackStore(Generic[Shared]):
         """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
         left = await self.local.pause(self._local_share(quota), seconds)
         if await self._ready():
-            started = self._clock()
+            started, probe = self._clock(), self._probing
             try:
                 left = await self.shared.pause(quota, seconds)
             except StoreUnavailable as exc:
                 self._failed(exc)
+            except BaseException:
+                self._abandon(probe)
+                raise
             else:
                 self._succeeded(started)
         return left

@@ -205,6 +205,10 @@ class MemoryStore:
             return
         self.move(quota, member, None)
 
+    def paused_for(self, quota: Quota) -> float:
+        """Seconds ``quota`` stays paused from now (0 when it is not)."""
+        return max(0, self._paused.get(quota.key, 0) - self._now()) / MICROS
+
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``."""
         now = self._now()

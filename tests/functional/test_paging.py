@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 import requests
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.simulator import SimConfig, make_app
@@ -231,3 +232,31 @@ async def test_error_answers_keep_their_bytes_and_classification(stack: Stack) -
     line = stack.logs.lines("request")[0]
     assert line["code"] == "Forbidden"
     assert "links_rewritten" not in line
+
+
+async def test_a_partial_answer_keeps_its_bytes_and_range(
+    make_stack: Callable[..., Any], aiohttp_server: Callable[..., Any]
+) -> None:
+    """A 206 is a slice of a representation: rewriting it would break its Content-Range."""
+    origin: list[str] = []
+    body = b""
+
+    async def part(request: web.Request) -> web.Response:
+        nonlocal body
+        link = f"{origin[0]}/api/machines?$skip=5"
+        body = orjson.dumps({"value": [], "@odata.nextLink": link})
+        headers = {"Content-Range": f"bytes 0-{len(body) - 1}/{len(body) + 100}"}
+        return web.Response(status=206, body=body, content_type="application/json", headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/api/machines", part)
+    upstream = await aiohttp_server(app)
+    origin.append(f"http://127.0.0.1:{upstream.port}")
+    stack = await make_stack(upstream=origin[0])
+    response = await stack.client.get(
+        "/api/machines", headers={"Range": "bytes=0-", "Accept-Encoding": "identity"}
+    )
+    assert response.status == 206
+    assert await response.read() == body
+    assert response.headers["Content-Range"] == f"bytes 0-{len(body) - 1}/{len(body) + 100}"
+    assert "links_rewritten" not in stack.logs.lines("request")[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from proxy.quota.fallback import FallbackStore
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Decision, Quota, StoreUnavailable, as_windows
+from tests.redisproc import RedisServer
 
 
 class Clock:
@@ -146,3 +149,86 @@ async def test_fallback_starts_from_the_shared_headroom(redis_proc: Any) -> None
     local = [(await store.admit(QUOTA, f"l{i}", 0.0, 0.0, False)).admitted for i in range(3)]
     assert local == [True, False, False]
     await store.close()
+
+
+async def test_a_probe_cancelled_mid_write_back_leaves_the_next_call_to_probe(
+    redis_server: RedisServer,
+) -> None:
+    """The caller of the probe goes away while Redis has not answered its write-back: the
+    breaker's next call after the cooldown probes again and the shared quota comes back."""
+    clock = Clock()
+    changes: list[bool] = []
+    # A timeout far beyond the test's steps: the probe is cancelled, never timed out.
+    store = FallbackStore(
+        RedisStore(redis_server.url, timeout=10.0),
+        cooldown=5.0,
+        expected_replicas=3,
+        on_change=changes.append,
+        clock=clock,
+    )
+    assert await store.warm()
+    assert (await store.admit(QUOTA, "before", 0.0, 0.0, False)).admitted
+    store._failed(StoreUnavailable("ConnectionError", "simulated"))
+    clock.now += 5.0
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        probe = asyncio.ensure_future(store.admit(QUOTA, "probe", 0.0, 0.0, False))
+        for _ in range(100):  # until the probe is waiting on its write-back
+            if store._probing:
+                break
+            await asyncio.sleep(0)
+        assert store._probing
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    clock.now += 5.0
+    assert (await store.admit(QUOTA, "after", 0.0, 0.0, False)).admitted
+    assert (store.in_fallback, changes) == (False, [True, False])
+    await store.close()
+
+
+async def test_a_pause_outlives_a_store_restarted_empty(redis_server: RedisServer) -> None:
+    """Redis restarted empty during an upstream's Retry-After: the replica that saw the 429
+    writes the pause back with its admissions, so another replica does not admit into it."""
+    clock = Clock()
+    changes: list[bool] = []
+    seen = _store(redis_server.url, clock, changes)
+    assert await seen.warm()
+    assert (await seen.admit(QUOTA, "before", 0.0, 0.0, False)).admitted
+    await seen.pause(QUOTA, 30.0)
+    await redis_server.stop()
+    await redis_server.start()  # no persistence: it comes back empty, the pause gone with it
+    assert not (await seen.admit(QUOTA, "lost", 0.0, 0.0, False)).admitted
+    assert changes == [True]
+    clock.now += 5.0  # the cooldown: the next call writes back, then uses Redis again
+    assert not (await seen.admit(QUOTA, "probe", 0.0, 0.0, False)).admitted
+    assert changes == [True, False]
+    other = _store(redis_server.url, Clock(), [])
+    assert await other.warm()
+    decision = await other.admit(QUOTA, "other", 0.0, 0.0, False)
+    assert not decision.admitted
+    assert 20.0 < decision.paused <= 30.0
+    await seen.close()
+    await other.close()
+
+
+async def test_a_fallback_honours_a_pause_another_replica_set(redis_server: RedisServer) -> None:
+    """A replica told by Redis that the route is paused (another replica saw the 429) keeps to
+    that pause when Redis goes away, instead of admitting from its local share at once."""
+    clock = Clock()
+    seen = _store(redis_server.url, clock, [])
+    told = _store(redis_server.url, clock, [])
+    assert await seen.warm()
+    assert await told.warm()
+    await seen.pause(QUOTA, 30.0)
+    assert (await told.admit(QUOTA, "told", 0.0, 0.0, False)).paused > 20.0
+    await redis_server.stop()
+    decision = await told.admit(QUOTA, "during", 0.0, 0.0, False)
+    assert told.in_fallback
+    assert not decision.admitted
+    assert decision.paused > 20.0
+    await seen.close()
+    await told.close()

@@ -65,6 +65,14 @@ def test_gzip_members_are_all_read() -> None:
     assert gzip.decompress(_through(_recoder("gzip"), body, 50)) == EXPECTED
 
 
+@pytest.mark.parametrize("size", [1, 50, 1 << 20])
+def test_zero_padding_after_a_gzip_member_is_ignored(size: int) -> None:
+    """Zeros after a gzip member, as gzip(1) and Python's gzip skip them: the page still decodes."""
+    half = len(PAGE) // 2
+    body = gzip.compress(PAGE[:half]) + b"\0" * 3 + gzip.compress(PAGE[half:]) + b"\0" * 512
+    assert gzip.decompress(_through(_recoder("gzip"), body, size)) == EXPECTED
+
+
 def test_a_gzip_bomb_expands_one_step_at_a_time() -> None:
     """Gigabyte-ratio input: each step decodes at most STEP bytes and yields small pieces."""
     bomb = gzip.compress(b"\0" * (64 * STEP), compresslevel=9)
