@@ -43,6 +43,7 @@ from proxy.quota.schedule import Window
 from proxy.quota.store import MICROS, Decision, Quota, QuotaStore, StoreUnavailable
 
 Shared = TypeVar("Shared", bound=QuotaStore)
+_T = TypeVar("_T")
 
 
 class FallbackStore(Generic[Shared]):
@@ -274,51 +275,41 @@ class FallbackStore(Generic[Shared]):
             for point in range(points):
                 self.local.record_in(local, index, at + min(point * step, queued), others)
 
+    async def _on_shared(self, call: Callable[[], Awaitable[_T]]) -> tuple[bool, _T | None]:
+        """``call`` on the shared store when it may be used: (whether it answered, its answer).
+
+        A failure opens the breaker; a call abandoned otherwise (its caller cancelled) leaves the
+        next one to probe.
+        """
+        if not await self._ready():
+            return False, None
+        started, probe = self._clock(), self._probing
+        try:
+            answer = await call()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return False, None
+        except BaseException:
+            self._abandon(probe)
+            raise
+        self._succeeded(started)
+        return True, answer
+
     async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:
         """See ``QuotaStore.restore``: into the shared store, and the local share meanwhile."""
         await self.local.restore(self._local_share(quota), admissions)
-        if await self._ready():
-            started, probe = self._clock(), self._probing
-            try:
-                await self.shared.restore(quota, admissions)
-            except StoreUnavailable as exc:
-                self._failed(exc)
-            except BaseException:
-                self._abandon(probe)
-                raise
-            else:
-                self._succeeded(started)
+        await self._on_shared(lambda: self.shared.restore(quota, admissions))
 
     async def release(self, quota: Quota, member: str, *, unused: bool = False) -> None:
         """See ``QuotaStore.release``; best effort on both stores."""
         await self.local.release(self._local_share(quota), member, unused=unused)
-        if await self._ready():
-            started, probe = self._clock(), self._probing
-            try:
-                await self.shared.release(quota, member, unused=unused)
-            except StoreUnavailable as exc:
-                self._failed(exc)
-            except BaseException:
-                self._abandon(probe)
-                raise
-            else:
-                self._succeeded(started)
+        await self._on_shared(lambda: self.shared.release(quota, member, unused=unused))
 
     async def pause(self, quota: Quota, seconds: float) -> float:
         """See ``QuotaStore.pause``: the local share pauses too, so a fallback honours it."""
         left = await self.local.pause(self._local_share(quota), seconds)
-        if await self._ready():
-            started, probe = self._clock(), self._probing
-            try:
-                left = await self.shared.pause(quota, seconds)
-            except StoreUnavailable as exc:
-                self._failed(exc)
-            except BaseException:
-                self._abandon(probe)
-                raise
-            else:
-                self._succeeded(started)
-        return left
+        answered, shared = await self._on_shared(lambda: self.shared.pause(quota, seconds))
+        return shared if answered and shared is not None else left
 
     async def warm(self) -> bool:
         """Connect and load the scripts before the first request, so none pays for it.
