@@ -53,7 +53,7 @@ import math
 import os
 import time
 from bisect import insort
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,14 @@ def ceiling_pct(load: float) -> float:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _config(replicas: int, store: int, namespace: str, cooldown: str = "") -> str:
-    """The replicas' shared config; upstream, ports and JSON logs come from ``start_proxies``."""
+def replicas_config(
+    replicas: int, store: int, namespace: str, cooldown: str = "", routes: Sequence[str] = (ROUTE,)
+) -> str:
+    """The replicas' shared config, every route in ``routes`` at ``LIMIT``/``WINDOW``; upstream,
+    ports and JSON logs come from ``start_proxies``."""
+    limited = "".join(
+        f'    - name: {route}\n      limits: ["{LIMIT}/{WINDOW:g}s"]\n' for route in routes
+    )
     return f"""\
 shutdown_grace: 2s
 throttle:
@@ -174,9 +180,7 @@ throttle:
   fallback:
     expected_replicas: {replicas}
 {f"    cooldown: {cooldown}{chr(10)}" if cooldown else ""}  routes:
-    - name: {ROUTE}
-      limits: ["{LIMIT}/{WINDOW:g}s"]
-"""
+{limited}"""
 
 
 def start_replicas(
@@ -185,7 +189,7 @@ def start_replicas(
     """``count`` proxy processes sharing ``namespace`` in the Redis on port ``store``, each
     logging to ``workdir/<namespace>-<index>.log`` (``cooldown``: the breaker's, if given)."""
     logs = [workdir / f"{namespace}-{index}.log" for index in range(count)]
-    return start_proxies(sim, _config(count, store, namespace, cooldown), logs)
+    return start_proxies(sim, replicas_config(count, store, namespace, cooldown), logs)
 
 
 # -- measuring -------------------------------------------------------------------------------

@@ -42,7 +42,16 @@ from bench.common import (
     unwind_on_sigterm,
     write_json,
 )
-from bench.quota import LIMIT, MARGIN, MAX_IN_FLIGHT, MAX_WAIT, SECONDS, WINDOW, most_allowed
+from bench.quota import (
+    LIMIT,
+    MARGIN,
+    MAX_IN_FLIGHT,
+    MAX_WAIT,
+    SECONDS,
+    WINDOW,
+    most_allowed,
+    replicas_config,
+)
 from proxy.simulator.tokens import bearer
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -57,20 +66,10 @@ CYCLE = len(CALLERS) + len(TENANTS)
 
 
 def config(store: int, namespace: str) -> str:
-    limits = f'["{LIMIT}/{WINDOW:g}s"]'
-    return f"""\
-shutdown_grace: 2s
-throttle:
-  store: redis://127.0.0.1:{store}/0
-  namespace: {namespace}
-  max_wait: {MAX_WAIT:g}s
-  margin: {MARGIN * 1000:g}ms
-  fallback:
-    expected_replicas: {REPLICAS}
-  routes:
-    - {{name: machines.list, limits: {limits}}}
-    - {{name: advancedhunting.run, limits: {limits}}}
-"""
+    """The replicas' shared config: both routes at ``LIMIT``/``WINDOW``."""
+    return replicas_config(
+        REPLICAS, store, namespace, routes=("machines.list", "advancedhunting.run")
+    )
 
 
 def _call(index: int) -> tuple[str, str, str]:
