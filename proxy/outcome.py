@@ -63,6 +63,11 @@ class Outcome:
     answered: dict[str, int] = field(default_factory=dict)
     unknown_answers: int = 0
     links_rewritten: int = 0
+    #: why the request failed, in one word: the ``auth_cause`` of a 401 or 403, the quota a 429
+    #: hit (``calls``, ``cpu``, ``unknown``), the kind of a body hint on a 400; "" if none
+    cause: str = ""
+    #: the explanation's own log fields (``auth_cause``, ``missing_role``, ``hint`` …)
+    explained: dict[str, Any] = field(default_factory=dict)
 
 
 def caller_gone(outcome: Outcome, note: str) -> None:
@@ -144,6 +149,8 @@ class Recorder:
             fields["caller_request_id"] = outcome.caller_request_id
         if outcome.error:
             fields.update(outcome.error)
+        if outcome.explained:
+            fields.update(outcome.explained)
         if outcome.links_rewritten:
             fields["links_rewritten"] = outcome.links_rewritten
         if outcome.note:
