@@ -54,6 +54,8 @@ class Inner:
     route: RouteSpec
     #: the path family of an unmatched inner request (``routing.Routed.family``), else ""
     family: str = ""
+    #: the path it was routed by: the batch's version joined to its url, without the query
+    path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +152,11 @@ def _inner(index: int, item: Any, version: str, router: Router) -> Inner:
         # Graph resolves an inner url as a path of its own: it would count the request on the
         # route the dots lead to, not on the one its spelling names.
         raise _bad(f"request {index} of the $batch has {problem} in its url; they are refused")
-    routed = router.route(method.upper(), f"{version}/{path.lstrip('/')}")
+    routed_path = f"{version}/{path.lstrip('/')}"
+    routed = router.route(method.upper(), routed_path)
     if routed.spec.name == BATCH_ROUTE:
         raise _bad(f"request {index} of the $batch is itself a $batch; batches do not nest")
-    return Inner(ident, method.upper(), routed.spec, routed.family)
+    return Inner(ident, method.upper(), routed.spec, routed.family, routed_path)
 
 
 def _check_spelling(item: dict[str, Any], names: Mapping[str, str], what: str) -> None:

@@ -20,6 +20,7 @@ import time
 from aiohttp import web
 
 from proxy import batch, forward, guard, quota_headers
+from proxy.auth_cause import audiences_for
 from proxy.config import Settings
 from proxy.errors import (
     CallerGoneError,
@@ -31,7 +32,7 @@ from proxy.errors import (
     error_response,
     new_target,
 )
-from proxy.identity import read_claims
+from proxy.identity import Labels, read_claims
 from proxy.inner_answers import InnerAnswers
 from proxy.links import Links
 from proxy.logs import get_logger
@@ -86,7 +87,13 @@ class Proxy:
         self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
-        self._recorder = Recorder(self._name, metrics, self._cap)
+        self._recorder = Recorder(
+            self._name,
+            metrics,
+            self._cap,
+            audiences_for(self._upstream),
+            Labels(dict(settings.throttle.identities.names)),
+        )
         self._relay = Relay(
             self._recorder,
             InnerAnswers(self._recorder, limiter),

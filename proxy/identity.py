@@ -81,6 +81,8 @@ class Claims:
     scp: tuple[str, ...] = ()
     #: token version (``ver``): ``1.0`` or ``2.0``
     ver: str | None = None
+    #: whether the header held a bearer JWT whose payload decoded to a JSON object at all
+    readable: bool = False
 
 
 NO_CLAIMS: Final = Claims()
@@ -120,6 +122,7 @@ def _decoded(token: str) -> Claims:
         roles=_texts(payload.get("roles")),
         scp=_texts(scp.split(" ") if isinstance(scp := payload.get("scp"), str) else None),
         ver=ver if isinstance(ver := payload.get("ver"), str) and ver in _VERSIONS else None,
+        readable=True,
     )
 
 

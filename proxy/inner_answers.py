@@ -44,8 +44,12 @@ class InnerAnswers:
             return None
         return Scanner(self._recorder.cap)
 
-    async def record(self, found: list[InnerAnswer], outcome: Outcome) -> None:
-        """Count and log each inner answer like an outer one; an inner 429 pauses its route."""
+    async def record(
+        self, found: list[InnerAnswer], outcome: Outcome, authorization: str | None = None
+    ) -> None:
+        """Count and log each inner answer like an outer one; an inner 429 pauses its route; an
+        inner 401 or 403 is explained from the batch's ``authorization``, which its requests
+        travel on."""
         assert outcome.batch is not None
         recorder = self._recorder
         metrics = recorder.metrics
@@ -86,8 +90,21 @@ class InnerAnswers:
                 metrics.api_errors.labels(
                     route, status_label(answer.status), metrics.codes.label(info.code)
                 ).inc()
+                if answer.status in (401, 403):
+                    fields.update(
+                        recorder.auth_failure(
+                            answer.status,
+                            authorization,
+                            outcome.claims,
+                            inner.method,
+                            inner.path,
+                            route,
+                        )
+                    )
+            hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
+            if hint is not None:
+                fields.update(recorder.throttled(hint))
             recorder.log.write(fields)
             if self._limiter is not None:
                 quota = self._limiter.quota_for(route, outcome.claims, inner.family)
-                hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
                 await self._limiter.observe_answer(route, answer.status, hint, quota)

@@ -176,8 +176,19 @@ class Metrics:
         )
         self.upstream_throttled = Counter(
             "defender_proxy_upstream_throttled",
-            "429 answers from the API, by route and parsed reason (calls, cpu, unknown).",
-            ["route", "reason"],
+            "429 answers from the API (and 503s that say when to come back), by route and the "
+            "quota they hit as their body tells: calls (the call count), cpu (hunting's "
+            "processing resources) or unknown.",
+            ["route", "cause"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "defender_proxy_auth_failures",
+            "401 and 403 answers from the API, by route, status, the cause read from the token "
+            "the caller sent (no_token, not_bearer, malformed, expired, not_yet_valid, "
+            "wrong_audience, missing_role, token_ok) and the caller's app (a name from "
+            "throttle.identities.names, else other, or anonymous without one).",
+            ["route", "status", "cause", "app"],
             registry=r,
         )
         self.quota_learned_limit = Gauge(

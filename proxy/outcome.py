@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import batch, classify
+from proxy import auth_cause, batch, classify, hints
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
-from proxy.identity import NO_CLAIMS, Claims
+from proxy.identity import NO_CLAIMS, Claims, Labels
 from proxy.logs import RequestLog, scrub
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, BatchAdmission
+from proxy.units import Limit
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
 MAX_LOGGED_PATH: Final = 512
@@ -80,11 +82,49 @@ class Recorder:
     """One listener's record of its requests: the upstream's error answers classified, and the
     metrics and log line of each request. The inner answers of a batch write through ``log``."""
 
-    def __init__(self, name: str, metrics: Metrics, cap: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        metrics: Metrics,
+        cap: int,
+        audiences: frozenset[str] | None = None,
+        labels: Labels | None = None,
+    ) -> None:
         self.name = name
         self.metrics = metrics
         self.cap = cap
         self.log = RequestLog()
+        #: the token audiences of the upstream's API (``auth_cause.audiences_for``)
+        self.audiences = audiences
+        self.labels = labels or Labels({})
+
+    def auth_failure(
+        self,
+        status: int,
+        authorization: str | None,
+        claims: Claims,
+        method: str,
+        path: str,
+        route: str,
+    ) -> dict[str, Any]:
+        """Explain an upstream's 401 or 403 from the token sent with it: counted, and the log
+        fields that say why (``auth_cause`` and its figure)."""
+        explained = auth_cause.explain(
+            authorization, claims, method, path, self.audiences, time.time()
+        )
+        self.metrics.auth_failures.labels(
+            route, status_label(status), explained.cause, self.labels.of(claims.app)
+        ).inc()
+        return explained.fields()
+
+    @staticmethod
+    def throttled(hint: hints.Hint) -> dict[str, Any]:
+        """The log fields of a throttled answer: the quota it hit (``cause``: calls, cpu or
+        unknown) and the limit its body states, if it states one (``stated_limit``)."""
+        fields: dict[str, Any] = {"cause": hint.reason}
+        if hint.stated is not None:
+            fields["stated_limit"] = str(Limit(*hint.stated))
+        return fields
 
     def upstream_error(
         self,

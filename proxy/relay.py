@@ -73,9 +73,23 @@ class Relay:
             message = self._recorder.upstream_error(
                 headers, upstream.status, prefix, complete or failed, outcome
             )
+            if upstream.status in (401, 403):
+                explained = self._recorder.auth_failure(
+                    upstream.status,
+                    request.headers.get("Authorization"),
+                    outcome.claims,
+                    request.method,
+                    request.raw_path.partition("?")[0],
+                    outcome.route.name,
+                )
+                outcome.explained.update(explained)
+                outcome.cause = explained["auth_cause"]
+        hint = quota_headers.upstream_hint(upstream.status, headers.get("Retry-After"), message)
+        if hint is not None:
+            outcome.explained.update(self._recorder.throttled(hint))
+            outcome.cause = hint.reason
         if self._limiter is not None:
             admission = outcome.admission
-            hint = quota_headers.upstream_hint(upstream.status, headers.get("Retry-After"), message)
             await self._limiter.observe_answer(
                 outcome.route.name,
                 upstream.status,
@@ -128,7 +142,9 @@ class Relay:
             else:
                 failed = await _send(response, pipe.feed(raw), outcome, head=True) or failed
             if scanner is not None:
-                await self._inner.record(scanner.feed(raw), outcome)
+                await self._inner.record(
+                    scanner.feed(raw), outcome, request.headers.get("Authorization")
+                )
             if not failed and whole is None:
                 try:
                     while chunk := await upstream.read():
@@ -140,7 +156,9 @@ class Relay:
                             break
                         if scanner is not None:
                             # After the write: the caller's bytes are never held for the scan.
-                            await self._inner.record(scanner.feed(chunk), outcome)
+                            await self._inner.record(
+                                scanner.feed(chunk), outcome, request.headers.get("Authorization")
+                            )
                     else:
                         if pipe is not None:
                             failed = await _send(response, pipe.finish(), outcome)

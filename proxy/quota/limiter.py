@@ -516,7 +516,7 @@ class Limiter:
             route=route,
             pause_s=round(left, 3),
             hint=hint.source,
-            reason=hint.reason,
+            cause=hint.reason,
         )
 
     async def warm(self) -> None:

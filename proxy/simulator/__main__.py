@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a quota per route and per app + tenant of the bearer token (hunting: per tenant)",
     )
+    parser.add_argument(
+        "--check-tokens",
+        action="store_true",
+        help="check bearer tokens as the API does: 401 for a missing, expired or wrong-audience "
+        "token, 403 without the endpoint's permission (signatures are never checked)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         limits=tuple(args.limit),
         count_rejected=args.count_rejected,
         per_identity=args.per_identity,
+        check_tokens=args.check_tokens,
     )
 
 

@@ -1,8 +1,9 @@
 """The simulator's application: its configuration, its routes and the blocking ``serve``.
 
-Every request outside ``/_sim/`` goes through the quota first (a throttled request gets the 429,
-whatever it asked for; with ``per_identity``, the quota of its route and token, see ``keyed``),
-then through its ``X-Simulate`` directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
+Every request outside ``/_sim/`` has its token checked first with ``check_tokens`` (``auth``),
+then goes through the quota (a throttled request gets the 429, whatever it asked for; with
+``per_identity``, the quota of its route and token, see ``keyed``), then through its
+``X-Simulate`` directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
 endpoints; they are exempt from the quota and not counted.
 ``$batch`` (``batch``) counts each of its inner requests instead of itself. Lists page
 (``paging``) and Graph hunting answers with results (``hunting``) unless a directive chose otherwise.
@@ -20,7 +21,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.identity import read_claims
-from proxy.simulator import batch, behaviour, hunting, paging
+from proxy.simulator import auth, batch, behaviour, hunting, paging
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
@@ -48,6 +49,9 @@ class SimConfig:
     #: Items in each paged list, and a page's size when the request gives no ``$top``.
     list_size: int = 25
     page_size: int = 10
+    #: Check tokens as the API does (``auth``): 401 for one it cannot accept, 403 without the
+    #: endpoint's permission. Off: any token, or none, is served.
+    check_tokens: bool = False
 
 
 QUOTA: Final = web.AppKey("quota", KeyedQuota)
@@ -79,6 +83,16 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         return await batch.answer(request, request.app[QUOTA])
     quota = request.app[QUOTA]
     claims = read_claims(request.headers.get("Authorization"))
+    if request.app[CONFIG].check_tokens:
+        refused = auth.check(
+            request.method,
+            request.path,
+            request.headers.get("Authorization"),
+            claims,
+            request.headers.get("client-request-id"),
+        )
+        if refused is not None:
+            return _plain(refused)
     refusal = quota.admit(quota.key(request.method, request.path, claims))
     if refusal is not None:
         return _plain(

@@ -86,8 +86,15 @@ def code_for_status(status: int) -> str:
     return next((code for code, known in ERROR_TABLE.items() if known == status), "UnknownError")
 
 
-def graph_envelope(code: str, inner: str | None, request_id: str, client_request_id: str) -> bytes:
-    """The Microsoft Graph error envelope; ``inner`` adds the nested ``innerError.code``."""
+def graph_envelope(
+    code: str,
+    inner: str | None,
+    request_id: str,
+    client_request_id: str,
+    message: str | None = None,
+) -> bytes:
+    """The Microsoft Graph error envelope; ``inner`` adds the nested ``innerError.code``; the
+    message is ``message``, else one worded like Graph's for ``code``."""
     inner_error: dict[str, object] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         "request-id": request_id,
@@ -95,7 +102,8 @@ def graph_envelope(code: str, inner: str | None, request_id: str, client_request
     }
     if inner is not None:
         inner_error["innerError"] = {"code": inner}
-    message = _GRAPH_MESSAGES.get(code, f"{code}.")
+    if message is None:
+        message = _GRAPH_MESSAGES.get(code, f"{code}.")
     return orjson.dumps({"error": {"code": code, "message": message, "innerError": inner_error}})
 
 

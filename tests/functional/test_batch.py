@@ -127,7 +127,7 @@ async def test_an_inner_429_pauses_its_route_and_is_counted(
     assert status == 200
     assert sorted(r["status"] for r in body["responses"]) == [200, 200, 200, 429, 429]
     throttled = "defender_proxy_upstream_throttled_total"
-    assert stack.sample(throttled, route="graph.security", reason="calls") == 2
+    assert stack.sample(throttled, route="graph.security", cause="calls") == 2
     errors = "defender_api_errors_total"
     assert stack.sample(errors, route="graph.security", status="429", code="TooManyRequests") == 2
     inner_total = "defender_proxy_requests_total"
@@ -281,7 +281,7 @@ async def test_a_client_asking_for_gzip_still_has_its_inner_429s_read(
     assert [r["status"] for r in body["responses"]] == [429]
     assert asked == ["identity"]
     throttled = "defender_proxy_upstream_throttled_total"
-    assert stack.sample(throttled, route="graph.security", reason="unknown") == 1
+    assert stack.sample(throttled, route="graph.security", cause="unknown") == 1
 
 
 @pytest.mark.parametrize(

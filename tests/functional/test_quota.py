@@ -150,7 +150,7 @@ async def test_an_upstream_429_pauses_the_route(make_stack: Any) -> None:
     assert after.status == 429
     assert after.headers[PROXY_HEADER] == "TooManyRequests"
     assert int(after.headers["Retry-After"]) >= 3
-    labels = {"route": "machines.list", "reason": "calls"}
+    labels = {"route": "machines.list", "cause": "calls"}
     assert stack.sample("defender_proxy_upstream_throttled_total", **labels) == 1
     assert stack.sample("defender_proxy_upstream_pauses_active") == 1
     assert (await _stats(stack))["requests"] == 1
@@ -223,3 +223,29 @@ async def test_a_503_with_retry_after_pauses_the_route_as_graph_throttles(make_s
     assert int(after.headers["Retry-After"]) >= 2
     assert stack.sample("defender_proxy_upstream_pauses_active") == 1
     assert (await _stats(stack))["requests"] == 3
+
+
+async def test_an_upstream_429_says_which_quota_it_hit(make_stack: Any) -> None:
+    """The log line of an API 429 names the quota (calls or cpu) and the limit its body states."""
+    stack: Stack = await make_stack(quota=True, throttle=throttle("100/1m", max_wait=0.0))
+    hunting = {"X-Simulate": "hunting-429"}
+    async with stack.client.post("/api/advancedqueries/run", headers=hunting) as response:
+        assert response.status == 429
+    line = stack.logs.lines("request")[-1]
+    assert (line["cause"], line["stated_limit"]) == ("calls", "45/1m")
+    async with stack.client.post("/api/advancedhunting/run", headers={"X-Simulate": "cpu-429"}):
+        pass
+    line = stack.logs.lines("request")[-1]
+    assert line["cause"] == "cpu"
+    assert "stated_limit" not in line
+    labels = {"route": "advancedhunting.run", "cause": "cpu"}
+    assert stack.sample("defender_proxy_upstream_throttled_total", **labels) == 1
+
+
+async def test_a_429_is_explained_without_a_quota_too(make_stack: Any) -> None:
+    """With throttling off the API's 429 still gets its cause in the log line."""
+    stack: Stack = await make_stack()
+    async with stack.client.get("/api/machines", headers={"X-Simulate": "error=TooManyRequests"}):
+        pass
+    line = stack.logs.lines("request")[-1]
+    assert (line["status"], line["cause"], line["stated_limit"]) == (429, "calls", "100/1m")

@@ -319,7 +319,7 @@ async def test_upstream_429_pauses_the_other_replicas_too(
     assert held.status == 200
     assert 1.5 <= waited <= 2.2 + 0.5, waited
     name = "defender_proxy_upstream_throttled_total"
-    assert sample(texts[0], name, route="machines.list", reason="calls") == 1.0
+    assert sample(texts[0], name, route="machines.list", cause="calls") == 1.0
     assert (sample(texts[1], name) or 0) == 0  # B learned of the pause from Redis, not the API
     # The refused request never reached the API: the throttled one and the held one did.
     assert upstream["requests"] == 2, upstream

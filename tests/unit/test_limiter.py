@@ -110,7 +110,7 @@ async def test_a_pause_while_waiting_sends_the_caller_back_to_the_queue() -> Non
     assert admission.outcome == "waited"
     assert clock.slept[0] == 2.0
     assert clock.slept[1] >= 30.0 - 2.0  # the rest of the pause, measured on the same clock
-    labels = {"route": ROUTE, "reason": CALLS}
+    labels = {"route": ROUTE, "cause": CALLS}
     assert metrics.registry.get_sample_value("defender_proxy_upstream_throttled_total", labels) == 1
 
 
