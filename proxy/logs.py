@@ -35,8 +35,9 @@ _SECRET_KEYS: Final = frozenset(
 # Fields whose string value the proxy makes itself from a closed set; every other string is scrubbed,
 # so a field added later (the caller's request id, a note) is covered without being listed here.
 _OWN_KEYS: Final = frozenset(
-    {"event", "level", "timestamp", "logger", "logger_name", "route", "source", "quota"}
-)
+    {"event", "level", "timestamp", "logger", "logger_name", "route", "source", "quota",
+     "auth_cause", "missing_role", "stated_limit"}
+)  # fmt: skip
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 
