@@ -46,6 +46,7 @@ from proxy.outcome import (
     request_id,
 )
 from proxy.quota.limiter import Admission, BatchAdmission, Limiter, QuotaExceeded
+from proxy.recent_errors import RecentErrors
 from proxy.relay import Relay, ends_connection
 from proxy.routing import Router
 from proxy.upstream import Pool
@@ -64,6 +65,7 @@ class Proxy:
         limiter: Limiter | None = None,
         upstream: Upstream | None = None,
         scheme: str = "http",
+        errors: RecentErrors | None = None,
     ) -> None:
         self.settings = settings
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
@@ -86,7 +88,7 @@ class Proxy:
         self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
-        self._recorder = Recorder(self._name, metrics, self._cap)
+        self._recorder = Recorder(self._name, metrics, self._cap, errors)
         self._relay = Relay(
             self._recorder,
             InnerAnswers(self._recorder, limiter),

@@ -1,5 +1,5 @@
-"""The inner answers of a ``$batch``, as they are relayed: each counted, logged and taught to the
-quota like a whole answer of its own.
+"""The inner answers of a ``$batch``, as they are relayed: each counted, logged, kept among the
+recent errors when it is one, and taught to the quota like a whole answer of its own.
 
 Graph counts every request of a batch on its own, and throttles each on its own: a batch that comes
 back 200 may carry inner 429s. Were only the outer status looked at, those would go unseen by the
@@ -86,6 +86,18 @@ class InnerAnswers:
                 metrics.api_errors.labels(
                     route, status_label(answer.status), metrics.codes.label(info.code)
                 ).inc()
+                if recorder.errors is not None:
+                    recorder.errors.add(
+                        recorder.name,
+                        route,
+                        inner.method,
+                        answer.status,
+                        info.code,
+                        "",
+                        info.target,
+                        outcome.request_id,
+                        "batch",
+                    )
             recorder.log.write(fields)
             if self._limiter is not None:
                 quota = self._limiter.quota_for(route, outcome.claims, inner.family)
