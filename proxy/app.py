@@ -4,8 +4,9 @@ Each proxy port is served by aiohttp's low-level server (no router, no middlewar
 every method and target, absolute-form and ``*`` included, which the guard then refuses). Each
 upstream gets its own handler, connection pool and router; all of them share one limiter (one
 quota store) and one set of metrics, so a route has one quota whichever listener it came in on.
-The admin port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``) whose
-``cleanup_ctx`` owns the process's resources, so they live exactly as long as the admin app.
+The admin port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``,
+``/errors``) whose ``cleanup_ctx`` owns the process's resources, so they live exactly as long as
+the admin app. Every listener keeps its error answers in the one ring of recent errors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from proxy.handler import Proxy
 from proxy.metrics import Metrics
 from proxy.quota import make_store
 from proxy.quota.limiter import Limiter
+from proxy.recent_errors import RecentErrors, answer
 from proxy.routing import Router
 
 
@@ -38,6 +40,7 @@ PROXIES: web.AppKey[tuple[Proxy, ...]] = web.AppKey("proxies", tuple)
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
+ERRORS: web.AppKey[RecentErrors] = web.AppKey("errors", RecentErrors)
 
 
 def build(
@@ -68,8 +71,9 @@ def build(
         make_store(throttle, metrics),
         metrics,
     )
+    errors = RecentErrors(settings.limits.recent_errors)
     proxies = tuple(
-        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream)
+        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream, errors=errors)
         for upstream in listeners
     )
     admin = web.Application()
@@ -77,9 +81,11 @@ def build(
     admin[LIMITER] = limiter
     admin[METRICS] = metrics
     admin[STATE] = Lifecycle()
+    admin[ERRORS] = errors
     admin.router.add_get("/metrics", _metrics)
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
+    admin.router.add_get("/errors", _errors)
     admin.cleanup_ctx.append(_resources)
     admin.on_response_prepare.append(_server_header)
     return proxies, admin
@@ -138,3 +144,7 @@ async def _readyz(request: web.Request) -> web.Response:
     if request.app[STATE].draining or any(proxy.pool is None for proxy in proxies):
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready"})
+
+
+async def _errors(request: web.Request) -> web.Response:
+    return answer(request.app[ERRORS], request.query)

@@ -1,4 +1,4 @@
-"""The ``defender-proxy`` command: run, check-config, simulate, catalogue."""
+"""The ``defender-proxy`` command: run, check-config, simulate, catalogue, errors."""
 
 from __future__ import annotations
 
@@ -51,6 +51,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="YAML config file (default: $DEFENDER_PROXY_CONFIG, else the embedded defaults)",
     )
+
+    errors = commands.add_parser(
+        "errors",
+        help="print the recent error answers of a running proxy, newest first",
+        description="Fetch /errors from a running proxy's admin port and print its recent error "
+        "answers, newest first, with the tracking id (target) a Microsoft support case asks for.",
+    )
+    errors.add_argument(
+        "--admin",
+        metavar="URL",
+        help="the admin port, e.g. http://127.0.0.1:9464 (default: admin_listen of the config)",
+    )
+    errors.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file whose admin_listen to use (default: $DEFENDER_PROXY_CONFIG, "
+        "else the embedded defaults)",
+    )
+    errors.add_argument("--limit", metavar="K", help="only the K newest")
+    errors.add_argument("--status", metavar="STATUS", help="only answers with this status")
+    errors.add_argument("--route", metavar="NAME", help="only answers on this route")
+    errors.add_argument("--json", action="store_true", help="print the JSON as fetched")
     return parser
 
 
@@ -67,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_from_args(args)
     if args.command == "catalogue":
         return _catalogue(args.config)
+    if args.command == "errors":
+        from proxy.errors_command import show
+
+        return show(args.admin, args.config, args.limit, args.status, args.route, args.json)
     _parser().print_help()
     return 2
 

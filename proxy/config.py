@@ -109,7 +109,7 @@ class Tls:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Byte limits on what the proxy accepts and buffers."""
+    """Limits on what the proxy accepts, buffers and keeps."""
 
     max_body: int = 32 * 2**20
     error_body_cap: int = 2**20
@@ -122,6 +122,8 @@ class Limits:
     #: caller connections open at once on the proxy port; past it, new ones are closed at once.
     #: 0 (the default) derives the cap from the file-descriptor limit (see ``caller_connection_cap``)
     caller_connections: int = 0
+    #: error answers kept for the admin port's ``/errors`` (``proxy.recent_errors``); 0: none
+    recent_errors: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,8 @@ MAX_CALLER_CONNECTIONS: Final = 1 << 20
 MAX_UPSTREAM_CONNECTIONS: Final = 10_000
 MAX_EXPECTED_REPLICAS: Final = 1_000
 MAX_NETWORKS: Final = 1_000
+#: Records of recent errors kept (a few hundred bytes each): enough for a support case, and bounded.
+MAX_RECENT_ERRORS: Final = 10_000
 
 # One entry per key; a nested dict is a section (a mapping in YAML, a dataclass in Settings).
 _SCHEMA: Final[dict[str, _Spec]] = {
@@ -298,6 +302,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "request_buffer": _size(1, 64 * _MiB),
         "batch_body": _size(_KiB, 64 * _MiB),
         "caller_connections": _whole(1, MAX_CALLER_CONNECTIONS),
+        "recent_errors": _whole(0, MAX_RECENT_ERRORS),
     },
     "pool": {
         "max_connections": _whole(1, MAX_UPSTREAM_CONNECTIONS),

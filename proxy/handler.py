@@ -47,6 +47,7 @@ from proxy.outcome import (
     request_id,
 )
 from proxy.quota.limiter import Admission, BatchAdmission, Limiter, QuotaExceeded
+from proxy.recent_errors import RecentErrors
 from proxy.relay import Relay, ends_connection
 from proxy.routing import Router
 from proxy.upstream import Pool
@@ -65,6 +66,7 @@ class Proxy:
         limiter: Limiter | None = None,
         upstream: Upstream | None = None,
         scheme: str = "http",
+        errors: RecentErrors | None = None,
     ) -> None:
         self.settings = settings
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
@@ -91,8 +93,9 @@ class Proxy:
             self._name,
             metrics,
             self._cap,
-            audiences_for(self._upstream),
-            Labels(dict(settings.throttle.identities.names)),
+            errors,
+            audiences=audiences_for(self._upstream),
+            labels=Labels(dict(settings.throttle.identities.names)),
         )
         self._relay = Relay(
             self._recorder,

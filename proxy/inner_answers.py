@@ -1,5 +1,5 @@
-"""The inner answers of a ``$batch``, as they are relayed: each counted, logged and taught to the
-quota like a whole answer of its own.
+"""The inner answers of a ``$batch``, as they are relayed: each counted, logged, kept among the
+recent errors when it is one, and taught to the quota like a whole answer of its own.
 
 Graph counts every request of a batch on its own, and throttles each on its own: a batch that comes
 back 200 may carry inner 429s. Were only the outer status looked at, those would go unseen by the
@@ -74,7 +74,7 @@ class InnerAnswers:
                 "tid": outcome.claims.tid,
                 "app": outcome.claims.app,
             }
-            message = ""
+            message = cause = ""
             if answer.status >= 400:
                 info = classify.classify(
                     answer.body,
@@ -91,19 +91,32 @@ class InnerAnswers:
                     route, status_label(answer.status), metrics.codes.label(info.code)
                 ).inc()
                 if answer.status in (401, 403):
-                    fields.update(
-                        recorder.auth_failure(
-                            answer.status,
-                            authorization,
-                            outcome.claims,
-                            inner.method,
-                            inner.path,
-                            route,
-                        )
+                    explained = recorder.auth_failure(
+                        answer.status,
+                        authorization,
+                        outcome.claims,
+                        inner.method,
+                        inner.path,
+                        route,
                     )
+                    fields.update(explained)
+                    cause = str(explained["auth_cause"])
             hint = quota_headers.upstream_hint(answer.status, answer.retry_after, message)
             if hint is not None:
                 fields.update(recorder.throttled(hint))
+                cause = hint.reason
+            if answer.status >= 400 and recorder.errors is not None:
+                recorder.errors.add(
+                    recorder.name,
+                    route,
+                    inner.method,
+                    answer.status,
+                    fields.get("code", ""),
+                    cause,
+                    fields.get("target", ""),
+                    outcome.request_id,
+                    "batch",
+                )
             recorder.log.write(fields)
             if self._limiter is not None:
                 quota = self._limiter.quota_for(route, outcome.claims, inner.family)

@@ -26,6 +26,7 @@ from proxy.identity import NO_CLAIMS, Claims, Labels
 from proxy.logs import RequestLog, scrub
 from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, BatchAdmission
+from proxy.recent_errors import RecentErrors
 from proxy.units import Limit
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
@@ -80,13 +81,15 @@ def caller_gone(outcome: Outcome, note: str) -> None:
 
 class Recorder:
     """One listener's record of its requests: the upstream's error answers classified, and the
-    metrics and log line of each request. The inner answers of a batch write through ``log``."""
+    metrics and log line of each request. The inner answers of a batch write through ``log``.
+    Error answers are also kept in ``errors``, the process's ring of recent ones, when given."""
 
     def __init__(
         self,
         name: str,
         metrics: Metrics,
         cap: int,
+        errors: RecentErrors | None = None,
         audiences: frozenset[str] | None = None,
         labels: Labels | None = None,
     ) -> None:
@@ -94,6 +97,7 @@ class Recorder:
         self.metrics = metrics
         self.cap = cap
         self.log = RequestLog()
+        self.errors = errors
         #: the token audiences of the upstream's API (``auth_cause.audiences_for``)
         self.audiences = audiences
         self.labels = labels or Labels({})
@@ -156,8 +160,10 @@ class Recorder:
         return info.message
 
     def observe(self, outcome: Outcome, seconds: float) -> None:
-        """The request's metrics and its one log line."""
+        """The request's metrics, its one log line, and its record among the recent errors."""
         route = outcome.route.name
+        if outcome.status >= 400 and self.errors is not None:
+            self.errors.observe(self.name, outcome)
         self.metrics.observe_request(
             self.name,
             route,

@@ -145,6 +145,10 @@ NEAR_BOUNDS: dict[tuple[str, ...], tuple[Strategy, Strategy]] = {
     ("limits", "error_body_cap"): sizes(1, "64MiB", 64 << 20),
     ("limits", "max_header_size"): sizes(1024, "1MiB", 1 << 20),
     ("limits", "caller_connections"): counts(2**20),
+    ("limits", "recent_errors"): (
+        st.one_of(st.sampled_from([0, 10_000]), st.integers(0, 10_000)),
+        st.sampled_from([-1, 10_001, "200"]),
+    ),
     ("pool", "max_connections"): counts(10_000),
     ("pool", "keepalive"): durations("1h", 3600, positive=False),
     ("allow_from",): (
@@ -272,6 +276,8 @@ EDGES: list[tuple[str, object]] = [
     ("limits.max_header_size", "1KiB"),
     ("limits.max_header_size", "1MiB"),
     ("limits.caller_connections", 2**20),
+    ("limits.recent_errors", 0),
+    ("limits.recent_errors", 10_000),
     ("pool.max_connections", 10_000),
     ("pool.keepalive", 0),
     ("throttle.max_wait", "1h"),

@@ -516,6 +516,7 @@ LEAVES = [
     ("limits", "error_body_cap"),
     ("limits", "max_header_size"),
     ("limits", "batch_body"),
+    ("limits", "recent_errors"),
     ("pool", "max_connections"),
     ("pool", "keepalive"),
     ("throttle", "store"),

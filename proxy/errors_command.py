@@ -1,0 +1,147 @@
+"""The ``defender-proxy errors`` command: a running proxy's recent errors, as a table or as JSON.
+
+It fetches ``/errors`` from the admin port (``proxy.recent_errors``) with the standard library, so
+the command starts without aiohttp and works from any shell that reaches the port. The address is
+``--admin``, else the ``admin_listen`` of the config (``--config``, ``$DEFENDER_PROXY_CONFIG``, the
+embedded default), a wildcard host read as loopback. Whatever goes wrong (nothing listens, a refused
+query, an answer that is not the view's) is one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Final
+
+#: How long the fetch may take: the view is built in memory, so a slow answer is a wrong address.
+TIMEOUT: Final = 10.0
+# 10,000 records of a few hundred bytes each; anything much larger is not the view.
+_MAX_ANSWER: Final = 64 << 20
+# The admin port listens on every address by default; from the same host, loopback reaches it.
+_WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+COLUMNS: Final = ("time", "upstream", "route", "status", "code", "cause", "target")
+
+
+class _FetchError(Exception):
+    """The command cannot print the view; the message is its one line."""
+
+
+class _AddressError(Exception):
+    """The config names no admin address the command can use."""
+
+
+def show(
+    admin: str | None,
+    config: str | None,
+    limit: str | None,
+    status: str | None,
+    route: str | None,
+    as_json: bool,
+) -> int:
+    """Fetch the recent errors and print them; the exit code (1: not fetched, 2: bad config)."""
+    try:
+        base = admin if admin is not None else _configured_admin(config)
+    except _AddressError as exc:
+        print(f"defender-proxy errors: {exc}", file=sys.stderr)
+        return 2
+    query = {
+        name: value
+        for name, value in (("limit", limit), ("status", status), ("route", route))
+        if value is not None
+    }
+    try:
+        raw, view = fetch(base, query)
+    except _FetchError as exc:
+        print(f"defender-proxy errors: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        sys.stdout.write(raw.decode())
+        if not raw.endswith(b"\n"):
+            sys.stdout.write("\n")
+        return 0
+    print(table(view["errors"], view["size"]))
+    return 0
+
+
+def _configured_admin(path: str | None) -> str:
+    from proxy.config import Address, ConfigError, load_settings
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        raise _AddressError(f"invalid configuration:\n{exc}") from None
+    address = settings.admin_listen
+    if not address.port:
+        raise _AddressError(
+            f"admin_listen is {address} (any free port): give the port with --admin URL"
+        )
+    return f"http://{Address(_WILDCARDS.get(address.host, address.host), address.port)}"
+
+
+def fetch(base: str, query: dict[str, str]) -> tuple[bytes, dict[str, Any]]:
+    """The answer of ``/errors`` at the admin port ``base``: its bytes and its parsed view."""
+    if "://" not in base:
+        base = f"http://{base}"
+    url = f"{base.rstrip('/')}/errors"
+    if query:
+        url += f"?{urllib.parse.urlencode(query)}"
+    # The admin port is reached directly: an HTTP proxy from the environment has no business here.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=TIMEOUT) as response:
+            raw: bytes = response.read(_MAX_ANSWER)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            said = _message(exc.read(4096))
+        raise _FetchError(f"{url}: {exc.code} {said or exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise _FetchError(f"cannot reach the admin port at {base}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:  # a timeout, a reset, an unusable URL
+        raise _FetchError(f"cannot reach the admin port at {base}: {exc}") from None
+    try:
+        view = json.loads(raw)
+    except ValueError:
+        view = None
+    if not (
+        isinstance(view, dict)
+        and isinstance(view.get("errors"), list)
+        and isinstance(view.get("size"), int)
+    ):
+        raise _FetchError(f"{url}: not the answer of a defender-proxy admin port")
+    return raw, view
+
+
+def _message(body: bytes) -> str:
+    """The message of a Defender error envelope, or ""."""
+    try:
+        error = json.loads(body).get("error")
+        message = error.get("message", "")
+    except (ValueError, AttributeError):
+        return ""
+    return _cell(message) if isinstance(message, str) else ""
+
+
+def table(errors: list[Any], size: int) -> str:
+    """The records as a table, one row each in the order given (the view's: newest first)."""
+    if not errors:
+        return f"no recent errors (the proxy keeps the last {size})"
+    rows: list[tuple[str, ...]] = [COLUMNS]
+    for record in errors:
+        fields = record if isinstance(record, dict) else {}
+        rows.append(tuple(_cell(fields.get(column)) for column in COLUMNS))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    """A value as a table shows it: null as "-", anything unprintable (an escape sequence meant
+    for the terminal) as "?"."""
+    text = "-" if value is None else str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
