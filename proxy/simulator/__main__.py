@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a quota per route and per app + tenant of the bearer token (hunting: per tenant)",
     )
+    parser.add_argument(
+        "--check-bodies",
+        action="store_true",
+        help="answer 400 MissingRequiredParameter or InvalidRequestBody, as the API does, for a "
+        "documented endpoint's body that leaves out a required parameter or has a key it does "
+        "not document (names are case-sensitive)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         limits=tuple(args.limit),
         count_rejected=args.count_rejected,
         per_identity=args.per_identity,
+        check_bodies=args.check_bodies,
     )
 
 
