@@ -109,6 +109,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scrub
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.links
+	$(BIN)/python -m bench.body_keys
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)

@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from proxy import batch, forward, guard, quota_headers
+from proxy import batch, body_watch, forward, guard, quota_headers
 from proxy.auth_cause import audiences_for
 from proxy.config import Settings
 from proxy.errors import (
@@ -225,6 +225,8 @@ class Proxy:
         length = request.content_length
         body = None
         counter = forward.BodyCounter()
+        if raw is None:
+            outcome.body_watch = body_watch.watch(request, target)
         try:
             if raw is not None:
                 # A $batch body, read whole already: sent as the caller sent it.
@@ -236,6 +238,8 @@ class Proxy:
                 body = forward.limited_body(
                     request.content, self._max_body, counter, self._caller_timeout
                 )
+                if outcome.body_watch is not None:
+                    body = outcome.body_watch.tee(body)
                 # A body up to limits.request_buffer is read whole before an upstream connection
                 # is taken: a caller that uploads slowly, or stalls, holds only its own connection.
                 parts, whole = await forward.read_up_to(body, self._request_buffer)

@@ -5,7 +5,8 @@ Label values come from closed sets only: ``upstream`` is the name of a configure
 of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` a known Defender
 code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
 wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
-``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``).
+``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``);
+``kind`` on the body hints one of ``proxy.body_hints.KINDS``.
 No upstream or caller, however hostile, can grow the series without bound.
 """
 
@@ -241,6 +242,13 @@ class Metrics:
             "Paging links (@odata.nextLink, @odata.deltaLink) on the upstream's origin rewritten "
             "to the origin the caller used, by route.",
             ["route"],
+            registry=r,
+        )
+        self.body_hints = Counter(
+            "defender_proxy_body_hints",
+            "Hints given on a 400 the API may have answered for a typo in the request body, by "
+            "route and kind: case, misspelt, missing (a required parameter), not_object.",
+            ["route", "kind"],
             registry=r,
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)

@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import auth_cause, batch, classify, hints
+from proxy.body_watch import BodyWatch
 from proxy.catalogue import OTHER_ROUTE, RouteSpec
 from proxy.identity import NO_CLAIMS, Claims, Labels
 from proxy.logs import RequestLog, scrub
@@ -71,6 +72,8 @@ class Outcome:
     cause: str = ""
     #: the explanation's own log fields (``auth_cause``, ``missing_role``, ``hint`` …)
     explained: dict[str, Any] = field(default_factory=dict)
+    #: the request body's keys, watched for a 400's hints (``proxy.body_watch``)
+    body_watch: BodyWatch | None = None
 
 
 def caller_gone(outcome: Outcome, note: str) -> None:

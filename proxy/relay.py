@@ -84,6 +84,8 @@ class Relay:
                 )
                 outcome.explained.update(explained)
                 outcome.cause = explained["auth_cause"]
+            if outcome.body_watch is not None:
+                outcome.body_watch.explain(upstream.status, headers, outcome, self._metrics)
         hint = quota_headers.upstream_hint(upstream.status, headers.get("Retry-After"), message)
         if hint is not None:
             outcome.explained.update(self._recorder.throttled(hint))
@@ -223,7 +225,8 @@ def _caller_left(request: web.BaseRequest, upstream: Response, outcome: Outcome)
 class _Relayed(web.StreamResponse):
     """A relayed answer: its head is held until the first write, so both share one send, and it
     carries no header the upstream did not send beyond ``Date`` (added where missing, as RFC 9110
-    §6.6.1 asks), the RateLimit fields and the proxy's own framing."""
+    §6.6.1 asks), the RateLimit fields, a body hint (``proxy.body_watch``) and the proxy's own
+    framing."""
 
     _send_headers_immediately = False
 

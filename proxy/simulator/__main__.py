@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="check bearer tokens as the API does: 401 for a missing, expired or wrong-audience "
         "token, 403 without the endpoint's permission (signatures are never checked)",
     )
+    parser.add_argument(
+        "--check-bodies",
+        action="store_true",
+        help="answer 400 MissingRequiredParameter or InvalidRequestBody, as the API does, for a "
+        "documented endpoint's body that leaves out a required parameter or has a key it does "
+        "not document (names are case-sensitive)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         count_rejected=args.count_rejected,
         per_identity=args.per_identity,
         check_tokens=args.check_tokens,
+        check_bodies=args.check_bodies,
     )
 
 

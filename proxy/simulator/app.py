@@ -2,8 +2,9 @@
 
 Every request outside ``/_sim/`` has its token checked first with ``check_tokens`` (``auth``),
 then goes through the quota (a throttled request gets the 429, whatever it asked for; with
-``per_identity``, the quota of its route and token, see ``keyed``), then through its
-``X-Simulate`` directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
+``per_identity``, the quota of its route and token, see ``keyed``), then, with ``check_bodies``,
+through the API's check of a documented body (``body_check``), then through its ``X-Simulate``
+directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
 endpoints; they are exempt from the quota and not counted.
 ``$batch`` (``batch``) counts each of its inner requests instead of itself. Lists page
 (``paging``) and Graph hunting answers with results (``hunting``) unless a directive chose otherwise.
@@ -21,7 +22,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.identity import read_claims
-from proxy.simulator import auth, batch, behaviour, hunting, paging
+from proxy.simulator import auth, batch, behaviour, body_check, hunting, paging
 from proxy.simulator.directives import HEADER, DirectiveError, parse
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
@@ -34,7 +35,7 @@ _SHUTDOWN_GRACE: Final = 2.0
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """How the simulator throttles."""
+    """How the simulator throttles, pages and checks bodies."""
 
     #: Sliding-window quota applied to every request outside ``/_sim/``.
     limits: tuple[Limit, ...] = ()
@@ -52,6 +53,9 @@ class SimConfig:
     #: Check tokens as the API does (``auth``): 401 for one it cannot accept, 403 without the
     #: endpoint's permission. Off: any token, or none, is served.
     check_tokens: bool = False
+    #: Answer 400 for a body that leaves out a required parameter or has a key the endpoint does
+    #: not document, as the API does (``body_check``); off, every body is taken.
+    check_bodies: bool = False
 
 
 QUOTA: Final = web.AppKey("quota", KeyedQuota)
@@ -107,8 +111,13 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         directives = parse(";".join(request.headers.getall(HEADER, [])))
     except DirectiveError as exc:
         return _plain(behaviour.error_answer(400, "BadRequest", str(exc)))
+    config = request.app[CONFIG]
+    # A directive that chooses the answer wins: the body is then the directive's (echo reads it).
+    if config.check_bodies and directives.answer is None:
+        refused = await body_check.refusal(request)
+        if refused is not None:
+            return _plain(refused)
     if HEADER not in request.headers:
-        config = request.app[CONFIG]
         page = paging.answer(request, config.origin, config.list_size, config.page_size)
         if page is not None:
             return page
