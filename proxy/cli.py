@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         "catalogue",
         help="print the effective route table and its limits",
         description="Print the effective route table: the built-in catalogue with the config's "
-        "throttle.routes applied (first match wins), each route's limits, priority and mode.",
+        "throttle.routes applied (first match wins), each route's limits, priority, mode and the "
+        "least privileged permission of each documented endpoint in it.",
     )
     catalogue.add_argument(
         "--config",
@@ -144,6 +145,7 @@ def _catalogue(path: str | None) -> int:
         route_policies,
         route_scopes,
     )
+    from proxy.reference import ENDPOINTS
     from proxy.routing import Router
 
     try:
@@ -153,6 +155,11 @@ def _catalogue(path: str | None) -> int:
         return 2
     throttle = settings.throttle
     scopes = route_scopes(throttle)
+    # What a route's endpoints want, least privileged first: the first permission of each
+    # documented endpoint in it, once each, in the reference table's order.
+    wanted: dict[str, dict[str, None]] = {}
+    for endpoint in ENDPOINTS:
+        wanted.setdefault(endpoint.route, {})[endpoint.permissions[0]] = None
     listeners = settings.listeners
     # One table per catalogue served, in the order the upstreams name them.
     for index, name in enumerate(dict.fromkeys(u.catalogue for u in listeners)):
@@ -160,17 +167,18 @@ def _catalogue(path: str | None) -> int:
         print(f"{chr(10) if index else ''}catalogue {name} (upstreams: {served})")
         catalogue = CATALOGUES[name]
         policies = route_policies(throttle, catalogue)
-        rows = [("route", "limits", "per", "priority", "mode", "match")]
+        rows = [("route", "limits", "per", "priority", "mode", "permissions", "match")]
         for spec in Router(effective_routes(throttle, catalogue)).routes:
             limits = ", ".join(str(limit) for limit in spec.limits)
             priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
             per = scopes.get(spec.name, "app")
+            permissions = ", ".join(wanted.get(spec.name, ())) or "-"
             match = "; ".join(spec.match) or "(anything else, per path family)"
-            rows.append((spec.name, limits, per, priority, mode, match))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+            rows.append((spec.name, limits, per, priority, mode, permissions, match))
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
         for row in rows:
-            cells = [f"{cell:<{width}}" for cell, width in zip(row[:5], widths, strict=True)]
-            print("  ".join([*cells, row[5]]))
+            cells = [f"{cell:<{width}}" for cell, width in zip(row[:6], widths, strict=True)]
+            print("  ".join([*cells, row[6]]))
     return 0
 
 

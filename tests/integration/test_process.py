@@ -149,6 +149,31 @@ def test_catalogue_lists_routes(capsys: Any) -> None:
     assert "other" in out
 
 
+def test_catalogue_prints_each_routes_permissions(capsys: Any, tmp_path: Any) -> None:
+    """`catalogue` has a permissions column before the match: each endpoint's first permission."""
+    from proxy.cli import main
+
+    config = tmp_path / "both.yaml"  # an origin of neither family: both catalogues in one table
+    config.write_text("upstream: http://127.0.0.1:9000\n", encoding="utf-8")
+    assert main(["catalogue", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("route "))
+    assert header.split() == ["route", "limits", "per", "priority", "mode", "permissions", "match"]
+    # The column starts where its header does; the match column stays last.
+    start, end = header.index("permissions"), header.index("match")
+    rows = {line.split()[0]: line for line in lines if line and line != header and line[0] != "c"}
+    column = {name: row[start:end].strip() for name, row in rows.items()}
+    assert column["machines.isolate"] == "Machine.Isolate"
+    assert column["machines.related"] == (
+        "Alert.Read.All, User.Read.All, Software.Read.All, SecurityRecommendation.Read.All"
+    )
+    assert column["indicators.submit"] == "Ti.ReadWrite"
+    assert column["graph.runHuntingQuery"] == "ThreatHunting.Read.All"
+    assert column["other"] == "-"
+    assert column["graph.batch"] == "-"
+    assert rows["machines.isolate"].endswith("POST /api/machines/{id}/isolate")
+
+
 def test_catalogue_prints_one_table_per_catalogue_served(capsys: Any, tmp_path: Any) -> None:
     """With two upstreams, `catalogue` prints each one's table, and whose quota each route is."""
     from proxy.cli import main
