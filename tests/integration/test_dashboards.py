@@ -2,10 +2,13 @@
 
 The proxy CLI runs in front of the simulator with a small quota on ``machines.list``, so its
 traffic makes the proxy wait and refuse as well as forward 200s, 401s, 403s, 404s, an HTML 502,
-a reset connection and the API's own 429. Prometheus scrapes the admin port every second with the
-``namespace`` and ``pod`` labels a Kubernetes scrape adds. Every panel's expression, its variables
-substituted, must then parse and return data; every metric a dashboard or an alert rule names must
-be in the proxy's exposition.
+a reset connection and the API's own 429. The simulator checks tokens as the API does: that
+traffic carries a token it accepts, and beside it go tokens it refuses (expired, minted for
+Graph, without the endpoint's role, none at all) from an app the config names and from one it
+does not, so the panels of 401/403 by cause and app have data. Prometheus scrapes the admin port
+every second with the ``namespace`` and ``pod`` labels a Kubernetes scrape adds. Every panel's
+expression, its variables substituted, must then parse and return data; every metric a dashboard
+or an alert rule names must be in the proxy's exposition.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import math
 import re
 import shutil
 import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ import yaml
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.simulator.app import SimConfig, make_app
+from proxy.simulator.tokens import bearer
 from tests.procs import start_cli
 from tests.prom import Matcher, PrometheusServer, selectors
 
@@ -59,6 +65,12 @@ _LABEL_VALUES = re.compile(r"^label_values\((?:(.*),\s*)?(\w+)\)$", re.S)
 # A comparison with a number: "> 0.2", ">= 3"; not "> 5 * rate(…)", a factor.
 _ABOVE = re.compile(r">=?\s*(?:bool\s+)?(\d+(?:\.\d+)?(?:e[+-]?\d+)?)(?![\d.]|\s*[*/])", re.I)
 
+TID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+#: the app throttle.identities.names calls soar, and one it does not name (labelled other)
+SOAR = "4a5f4f6e-8b9c-4d0e-9f1a-2b3c4d5e6f70"
+UNNAMED = "aaaaaaaa-0000-0000-0000-000000000009"
+DEFENDER_AUD = "https://api.securitycenter.microsoft.com"
+GRAPH_AUD = "https://graph.microsoft.com"
 # A quota of 5 per second on machines.list: a burst of 12 gets 5 at once, 5 after ~1.1 s (within
 # max_wait) and 2 refusals. max_pause caps the pause an API 429 causes, so the next round's 429
 # reaches the API again and the throttled counter moves under rate().
@@ -74,21 +86,43 @@ throttle:
   max_pause: 1s
   routes:
     - {{name: machines.list, limits: ["5/1s"]}}
+  identities:
+    names: {{soar: {soar}}}
 """
-# (method, path, X-Simulate): one of each answer the panels show, on several routes.
+# (method, path, X-Simulate, the status it gets): one of each answer the panels show, on several
+# routes, with a token the simulator accepts. The 401s and 403s here are the API's own on such a
+# token (token_ok); the reset is the proxy's 502.
 MIX = (
-    ("GET", "/api/machines/1", ""),
-    ("GET", "/api/machines/2", ""),
-    ("GET", "/api/alerts", ""),
-    ("GET", "/api/alerts/1", "error=Unauthorized"),
-    ("GET", "/api/machines/1", "error=Unauthorized"),
-    ("GET", "/api/machines/2", "error=Forbidden"),
-    ("POST", "/api/machines/3/isolate", "error=Forbidden"),
-    ("GET", "/api/machines/4", "error=NotFound"),
-    ("GET", "/api/alerts", "body=html;status=502"),
-    ("GET", "/api/alerts/2", "reset"),
+    ("GET", "/api/machines/1", "", 200),
+    ("GET", "/api/machines/2", "", 200),
+    ("GET", "/api/alerts", "", 200),
+    ("GET", "/api/alerts/1", "error=Unauthorized", 401),
+    ("GET", "/api/machines/1", "error=Unauthorized", 401),
+    ("GET", "/api/machines/2", "error=Forbidden", 403),
+    ("POST", "/api/machines/3/isolate", "error=Forbidden", 403),
+    ("GET", "/api/machines/4", "error=NotFound", 404),
+    ("GET", "/api/alerts", "body=html;status=502", 502),
+    ("GET", "/api/alerts/2", "reset", 502),
     # Its own route: the pause it causes holds nothing else.
-    ("POST", "/api/advancedqueries/run", "hunting-429"),
+    ("POST", "/api/advancedqueries/run", "hunting-429", 429),
+)
+# (method, path, app, cause, the status it gets): tokens the simulator refuses, off machines.list
+# so that the burst's quota is the burst's alone.
+REFUSED = (
+    ("GET", "/api/alerts", SOAR, "expired", 401),
+    ("GET", "/api/machines/1", SOAR, "wrong_audience", 401),
+    ("POST", "/api/machines/3/isolate", SOAR, "missing_role", 403),
+    ("POST", "/api/machines/4/isolate", UNNAMED, "missing_role", 403),
+    ("GET", "/api/alerts/3", None, "no_token", 401),
+)
+# The (cause, app) label pairs the traffic makes, each at least once a round.
+CAUSES = (
+    ("token_ok", "soar"),
+    ("expired", "soar"),
+    ("wrong_audience", "soar"),
+    ("missing_role", "soar"),
+    ("missing_role", "other"),
+    ("no_token", "anonymous"),
 )
 BURST = 12
 
@@ -198,21 +232,56 @@ def _selector_problems(
     ]
 
 
-async def _traffic(session: aiohttp.ClientSession, port: int) -> Counter[int]:
-    """One round of the mix, then the burst over machines.list; the statuses seen."""
-    seen: Counter[int] = Counter()
+def _authorization(app: str | None, cause: str) -> str | None:
+    """A token of ``app`` that the API refuses for ``cause`` ("" for one it accepts); None for
+    ``no_token``."""
+    if app is None or cause == "no_token":
+        return None
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "aud": DEFENDER_AUD,
+        "exp": now + 3600,
+        "nbf": now - 600,
+        "roles": ["Machine.Isolate"],
+    }
+    if cause == "expired":
+        claims["exp"] = now - 600
+    elif cause == "wrong_audience":
+        claims["aud"] = GRAPH_AUD
+    elif cause == "missing_role":
+        claims["roles"] = ["Machine.Read.All"]
+    else:
+        assert not cause, cause
+    return bearer(TID, app, **claims)
 
-    async def call(method: str, path: str, directive: str) -> None:
+
+async def _traffic(session: aiohttp.ClientSession, port: int) -> Counter[int]:
+    """One round of the mix and the refused tokens, then the burst over machines.list; the
+    statuses seen. Every request of the mix and the refusals gets the status it is listed with."""
+    seen: Counter[int] = Counter()
+    unexpected: list[str] = []
+    sound = _authorization(SOAR, "")
+
+    async def call(
+        method: str, path: str, directive: str, authorization: str | None, status: int | None
+    ) -> None:
         headers = {"X-Simulate": directive} if directive else {}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         async with session.request(
             method, f"http://127.0.0.1:{port}{path}", headers=headers
         ) as response:
             await response.read()
             seen[response.status] += 1
+        if status is not None and response.status != status:
+            unexpected.append(f"{method} {path} {directive!r}: {response.status}, not {status}")
 
-    for method, path, directive in MIX:
-        await call(method, path, directive)
-    await asyncio.gather(*(call("GET", "/api/machines", "") for _ in range(BURST)))
+    for method, path, directive, status in MIX:
+        await call(method, path, directive, sound, status)
+    for method, path, app, cause, status in REFUSED:
+        await call(method, path, "", _authorization(app, cause), status)
+    await asyncio.gather(*(call("GET", "/api/machines", "", sound, None) for _ in range(BURST)))
+    assert not unexpected, unexpected
     return seen
 
 
@@ -333,6 +402,13 @@ def test_auth_error_panel_draws_the_alert_thresholds(status: str) -> None:
             assert drawn == expected, panel["title"]
 
 
+@pytest.fixture
+async def simulator(aiohttp_server: Callable[..., Any]) -> TestServer:
+    """The stand-in API checking tokens as the real one does."""
+    server: TestServer = await aiohttp_server(make_app(SimConfig(check_tokens=True)))
+    return server
+
+
 @dataclass
 class Scraped:
     """Prometheus after it has scraped the proxy through two rounds of traffic."""
@@ -359,7 +435,7 @@ async def scraped(
         assert checked.returncode == 0, checked.stdout + checked.stderr
     job = _job(rules)
     config = tmp_path / "proxy.yaml"
-    config.write_text(PROXY_CONFIG.format(port=simulator.port))
+    config.write_text(PROXY_CONFIG.format(port=simulator.port, soar=SOAR))
     process = await start_cli("run", "--config", str(config))
     prometheus = PrometheusServer(tmp_path, unused_tcp_port)
     drain: asyncio.Task[None] | None = None
@@ -402,6 +478,10 @@ async def scraped(
             ("defender_proxy_upstream_failures_total", {"kind": "reset"}),
         ):
             assert _sum(exposition, name, **labels) >= 2, (name, labels)
+        # Every refusal was explained from its token, under its app's label.
+        for cause, app in CAUSES:
+            labels = {"cause": cause, "app": app}
+            assert _sum(exposition, "defender_proxy_auth_failures_total", **labels) >= 2, labels
         yield Scraped(prometheus, exposition, rules)
     finally:
         await prometheus.stop()

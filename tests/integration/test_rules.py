@@ -20,8 +20,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from proxy import series
+from proxy import auth_cause, hints, series
 from proxy.metrics import Metrics
+from tests.prom import selectors
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -31,6 +32,13 @@ PROMETHEUS_RULE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
 SEVERITIES = {"critical", "warning"}
 _SELECTOR = re.compile(r"\b(defender_\w+)(?:\{([^}]*)\})?")
 _MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
+#: Labels whose values come from a closed set the proxy defines: (metric, label) -> the set.
+_CLOSED = {
+    ("defender_proxy_auth_failures_total", "cause"): frozenset(auth_cause.CAUSES),
+    ("defender_proxy_upstream_throttled_total", "cause"): frozenset(
+        {hints.CALLS, hints.CPU, hints.UNKNOWN}
+    ),
+}
 
 
 def _promtool() -> str:
@@ -126,6 +134,22 @@ def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
             assert metric in exported, f"{alert['alert']}: the proxy exports no {metric}"
             labels = set(_MATCHER.findall(matchers))
             assert labels <= exported[metric], f"{alert['alert']}: {metric} has no {labels}"
+
+
+def test_rules_match_only_label_values_the_proxy_counts() -> None:
+    """A cause a rule matches on is one the proxy counts: a misspelt one would never fire."""
+    checked = 0
+    for alert in _alerts():
+        for metric, matchers in selectors(alert["expr"]):
+            for label, op, value in matchers:
+                closed = _CLOSED.get((metric, label))
+                if closed is None:
+                    continue
+                assert op in ("=", "=~"), f"{alert['alert']}: {metric}{{{label}{op}...}}"
+                wanted = set(value.split("|")) if op == "=~" else {value}
+                assert wanted <= closed, f"{alert['alert']}: {metric} has no {label} {wanted}"
+                checked += 1
+    assert checked, "no rule matches a cause"
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
