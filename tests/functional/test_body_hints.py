@@ -288,3 +288,26 @@ async def test_an_undocumented_endpoint_gets_no_hint(stack: Stack) -> None:
     assert response.status == 400
     assert HEADER not in response.headers
     assert "hint" not in stack.logs.lines("request")[0]
+
+
+@pytest.mark.parametrize("typo", [False, True], ids=["correct-body", "typo"])
+async def test_the_upstreams_own_proxy_headers_never_reach_the_caller(
+    stack: Stack, typo: bool
+) -> None:
+    """An upstream's X-Defender-Proxy-* headers are dropped: only the proxy speaks in its name."""
+    endpoint = DOCUMENTED[0]
+    method, path = example(endpoint)
+    name = _first_required_or_first(endpoint)
+    doc = correct(endpoint) | ({wrong_case(name): "x"} if typo else {})
+    simulate = (
+        "error=InvalidRequestBody;set-header=X-Defender-Proxy-Hint:forged"
+        ";set-header=X-Defender-Proxy-Error:Forged"
+    )
+    response = await stack.client.request(
+        method, path, data=orjson.dumps(doc), headers={"X-Simulate": simulate}
+    )
+    await response.read()
+    assert response.status == 400
+    assert "X-Defender-Proxy-Error" not in response.headers
+    hints = response.headers.getall(HEADER, [])
+    assert hints == ([f"body parameter '{wrong_case(name)}' should be '{name}'"] if typo else [])
