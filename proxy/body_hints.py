@@ -51,6 +51,11 @@ MAX_NAME: Final = 64
 #: Hints given for one body, and characters in the text of all of them.
 MAX_HINTS: Final = 16
 MAX_TEXT: Final = 1024
+#: Unknown keys of one body compared with the documented names for a typo. Each comparison is a
+#: difflib match against every name (some 0.2 ms for the longest table, a body of keys shaped
+#: to pass difflib's quick checks), so 256 of them would stall the event loop for tens of
+#: milliseconds on a 7 KiB body; a typo is among a body's first few unknown keys anyway.
+MAX_FUZZY: Final = 32
 SEPARATOR: Final = "; "
 
 _SHAPES: Final = {
@@ -74,9 +79,11 @@ def triggers(status: int, code: str) -> bool:
     return status == 400 and code in TRIGGERS
 
 
-def compare(seen: BodyKeys, params: Sequence[Param]) -> list[Hint]:
+def compare(seen: BodyKeys, params: Sequence[Param], fold_case: bool = False) -> list[Hint]:
     """The hints for a body whose keys and shape are ``seen``, sent to an endpoint documenting
-    ``params``: first the body's shape, then each key in the order sent, then the missing."""
+    ``params``: first the body's shape, then each key in the order sent, then the missing. With
+    ``fold_case`` (an API that matches names without regard to case: ``Endpoint.folds_case``), a
+    key in another case is the parameter itself: no hint, and not missing."""
     if not params:
         return []
     hints: list[Hint] = []
@@ -85,6 +92,7 @@ def compare(seen: BodyKeys, params: Sequence[Param]) -> list[Hint]:
     exact = {param.name for param in params}
     folded = {param.name.casefold(): param.name for param in params}
     explained: set[str] = set()
+    fuzzy = 0
     for key in seen.keys:
         if len(hints) >= MAX_HINTS:
             return hints
@@ -92,9 +100,13 @@ def compare(seen: BodyKeys, params: Sequence[Param]) -> list[Hint]:
             continue
         name = folded.get(key.casefold())
         if name is not None:
-            hints.append(Hint(CASE, f"body parameter {shown(key)} should be {shown(name)}"))
+            if not fold_case:
+                hints.append(Hint(CASE, f"body parameter {shown(key)} should be {shown(name)}"))
             explained.add(name)
             continue
+        if fuzzy >= MAX_FUZZY:
+            continue
+        fuzzy += 1
         close = difflib.get_close_matches(key.casefold(), folded, n=1, cutoff=CUTOFF)
         if close:
             name = folded[close[0]]

@@ -56,7 +56,8 @@ class BodyWatch:
         """On a 400 that a typo may cause: the hints into the outcome, the metric and ``headers``."""
         if not body_hints.triggers(status, outcome.error.get("code", "")):
             return
-        hints = body_hints.compare(self.keys.result(), self.endpoint.body)
+        endpoint = self.endpoint
+        hints = body_hints.compare(self.keys.result(), endpoint.body, endpoint.folds_case)
         if not hints:
             return
         text = body_hints.joined(hints)

@@ -109,12 +109,15 @@ def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
     """The upstream's response headers as the caller should see them, without their framing.
 
     The caller's framing is set by the relay: ``Content-Length`` from ``response_length``, else
-    chunked.
+    chunked. Headers in the proxy's own namespace (``X-Defender-Proxy-*``) are dropped: a caller
+    takes ``X-Defender-Proxy-Error`` for an answer the proxy made and ``X-Defender-Proxy-Hint``
+    for the proxy's reading of its body, so an upstream (or whatever sits in front of it) may
+    not say either.
     """
     return CIMultiDict(
         [
             (name.decode("latin-1"), value.decode("utf-8", "replace"))
-            for name, value in _end_to_end(raw, _RESPONSE_DROPPED)
+            for name, value in _end_to_end(raw, _RESPONSE_DROPPED, _PROXY_PREFIX)
         ]
     )
 

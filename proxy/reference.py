@@ -47,6 +47,13 @@ class Endpoint:
     permissions: tuple[str, ...]
     body: tuple[Param, ...] = ()
 
+    @property
+    def folds_case(self) -> bool:
+        """Whether the API matches this endpoint's body names without regard to case. Microsoft
+        Graph does: its own SDK sends ``query`` and ``timespan`` to runHuntingQuery, whose page
+        writes ``Query`` and ``Timespan``. The Defender API's names are case-sensitive."""
+        return self.match[0].partition(" ")[2].startswith("/v1.0/")
+
 
 def _p(*names: str) -> tuple[Param, ...]:
     """Body parameters, as names or strings of names separated by spaces; a name ending in ``!``

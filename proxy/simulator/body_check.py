@@ -5,7 +5,9 @@ parameters ``proxy.reference`` documents, a JSON object without a required param
 exactly) is answered 400 ``MissingRequiredParameter``, naming it, and one with a key the endpoint
 does not document (a typo, a name in the wrong case), or a body that is not a JSON object, 400
 ``InvalidRequestBody``; each in the Defender envelope with a fresh tracking id. A body over
-``MAX_CHECKED`` is not checked.
+``MAX_CHECKED`` is not checked. Microsoft Graph matches names without regard to case
+(``Endpoint.folds_case``: its SDK sends ``query`` where the page writes ``Query``), so for its
+endpoints the check does too.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ async def refusal(
         return _invalid()
     if not isinstance(doc, dict):
         return _invalid()
+    fold = str.casefold if endpoint.folds_case else str
+    sent = {fold(key) for key in doc}
     for param in endpoint.body:
-        if param.required and param.name not in doc:
+        if param.required and fold(param.name) not in sent:
             code = "MissingRequiredParameter"
             return behaviour.error_answer(400, code, f"Parameter '{param.name}' is missing.")
-    documented = {param.name for param in endpoint.body}
-    if any(key not in documented for key in doc):
+    documented = {fold(param.name) for param in endpoint.body}
+    if any(key not in documented for key in sent):
         return _invalid()
     return None
 

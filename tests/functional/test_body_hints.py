@@ -30,6 +30,8 @@ from tests.conftest import Stack
 HINTS = "defender_proxy_body_hints_total"
 DOCUMENTED = [endpoint for endpoint in ENDPOINTS if endpoint.body]
 WITH_REQUIRED = [endpoint for endpoint in DOCUMENTED if any(p.required for p in endpoint.body)]
+#: The endpoints whose API matches body names case-sensitively (the Defender API's; Graph folds).
+CASE_SENSITIVE = [endpoint for endpoint in DOCUMENTED if not endpoint.folds_case]
 _PARAM = re.compile(r"\{[^}]*\}")
 #: What a test's caller may legitimately see differ between two answers of the simulator.
 _PER_ANSWER = {"date", "x-sim-target"}
@@ -78,7 +80,7 @@ def _longest(endpoint: Endpoint) -> str:
 
 def _cases() -> list[Any]:
     cases = []
-    for endpoint in DOCUMENTED:
+    for endpoint in CASE_SENSITIVE:
         name = _first_required_or_first(endpoint)
         cases.append(
             pytest.param(
@@ -90,6 +92,7 @@ def _cases() -> list[Any]:
                 id=f"{endpoint.route}-case",
             )
         )
+    for endpoint in DOCUMENTED:
         name = _longest(endpoint)
         cases.append(
             pytest.param(
@@ -191,7 +194,7 @@ async def test_values_in_the_body_are_never_written(stack: Stack, endpoint: Endp
     await response.read()
     assert response.status == 400
     hint = response.headers[HEADER]
-    assert f"'{wrong_case(name)}'" in hint
+    assert f"'{misspelt(_longest(endpoint))}'" in hint
     written = [hint, stack.logs.text, stack.proxy.metrics.exposition().decode()]
     for secret in planted:
         assert all(secret not in text for text in written)
@@ -216,8 +219,8 @@ async def test_only_the_three_body_codes_on_a_400_bring_hints(
 ) -> None:
     """A Graph 400 (BadRequest, invalidRequest) or another code gets no hint for the same typo."""
     method, path = example(endpoint)
-    name = _first_required_or_first(endpoint)
-    doc = {key: "x" for key in correct(endpoint) if key != name} | {wrong_case(name): "x"}
+    name = _longest(endpoint)
+    doc = {key: "x" for key in correct(endpoint) if key != name} | {misspelt(name): "x"}
     response = await stack.client.request(
         method, path, data=orjson.dumps(doc), headers={"X-Simulate": simulate}
     )
@@ -243,7 +246,9 @@ async def test_the_body_goes_upstream_unchanged(stack: Stack, endpoint: Endpoint
         assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
-@pytest.mark.parametrize("endpoint", WITH_REQUIRED, ids=lambda e: e.route)
+@pytest.mark.parametrize(
+    "endpoint", [e for e in WITH_REQUIRED if e in CASE_SENSITIVE], ids=lambda e: e.route
+)
 async def test_a_streamed_body_is_read_up_to_the_scan_bound_only(
     stack: Stack, endpoint: Endpoint
 ) -> None:
@@ -288,3 +293,42 @@ async def test_an_undocumented_endpoint_gets_no_hint(stack: Stack) -> None:
     assert response.status == 400
     assert HEADER not in response.headers
     assert "hint" not in stack.logs.lines("request")[0]
+
+
+@pytest.mark.parametrize("typo", [False, True], ids=["correct-body", "typo"])
+async def test_the_upstreams_own_proxy_headers_never_reach_the_caller(
+    stack: Stack, typo: bool
+) -> None:
+    """An upstream's X-Defender-Proxy-* headers are dropped: only the proxy speaks in its name."""
+    endpoint = DOCUMENTED[0]
+    method, path = example(endpoint)
+    name = _first_required_or_first(endpoint)
+    doc = correct(endpoint) | ({wrong_case(name): "x"} if typo else {})
+    simulate = (
+        "error=InvalidRequestBody;set-header=X-Defender-Proxy-Hint:forged"
+        ";set-header=X-Defender-Proxy-Error:Forged"
+    )
+    response = await stack.client.request(
+        method, path, data=orjson.dumps(doc), headers={"X-Simulate": simulate}
+    )
+    await response.read()
+    assert response.status == 400
+    assert "X-Defender-Proxy-Error" not in response.headers
+    hints = response.headers.getall(HEADER, [])
+    assert hints == ([f"body parameter '{wrong_case(name)}' should be '{name}'"] if typo else [])
+
+
+async def test_the_graph_sdks_own_spelling_is_accepted_and_never_hinted(stack: Stack) -> None:
+    """runHuntingQuery as the Graph SDK writes it (``query``, ``timespan``; the page writes
+    ``Query``) passes the simulator's body check, and a body 400 on it gets no case hint."""
+    path = "/v1.0/security/microsoft.graph.security.runHuntingQuery"
+    body = orjson.dumps({"query": "DeviceInfo | take 1", "timespan": "P1D"})
+    response = await stack.client.post(path, data=body)
+    await response.read()
+    assert response.status == 200
+    response = await stack.client.post(
+        path, data=body, headers={"X-Simulate": "error=InvalidInput"}
+    )
+    await response.read()
+    assert response.status == 400
+    assert HEADER not in response.headers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from proxy import body_keys
 from proxy.body_hints import (
     CASE,
     CUTOFF,
+    MAX_FUZZY,
     MAX_NAME,
     MAX_TEXT,
     MISSING,
@@ -23,7 +25,7 @@ from proxy.body_hints import (
     triggers,
 )
 from proxy.body_keys import BodyKeys
-from proxy.reference import ENDPOINTS, Param
+from proxy.reference import ENDPOINTS, REFERENCE, Param
 
 ISOLATE = (Param("Comment", True), Param("IsolationType"))
 SHAPES = {
@@ -180,3 +182,34 @@ def test_every_hint_is_safe_and_shows_only_names_near_a_documented_one(
         near = difflib.get_close_matches(key.casefold(), names, n=1, cutoff=CUTOFF)
         if not near:
             assert all(shown(key) not in hint.text for hint in hints)
+
+
+def test_graph_matches_names_in_any_case_so_a_case_difference_is_no_hint() -> None:
+    """Graph's own SDK sends ``query`` where the page writes ``Query``: no case hint, not missing;
+    the Defender API's names stay case-sensitive."""
+    hunting = REFERENCE.find("POST", "/v1.0/security/runHuntingQuery")
+    assert hunting is not None
+    assert hunting.folds_case
+    assert compare(obj("query", "timespan", "workspaceId"), hunting.body, fold_case=True) == []
+    assert compare(obj("timespan"), hunting.body, fold_case=True) == [
+        Hint(MISSING, "required body parameter 'Query' is missing")
+    ]
+    assert compare(obj("Qeury"), hunting.body, fold_case=True)[0].kind == MISSPELT
+    isolate = REFERENCE.find("POST", "/api/machines/1/isolate")
+    assert isolate is not None
+    assert not isolate.folds_case
+
+
+def test_only_the_first_unknown_keys_are_compared_for_a_typo(monkeypatch: Any) -> None:
+    """A body of many unknown keys costs at most MAX_FUZZY fuzzy comparisons, not one per key."""
+    calls: list[str] = []
+    real = difflib.get_close_matches
+
+    def counted(word: str, *args: Any, **kwargs: Any) -> list[str]:
+        calls.append(word)
+        return real(word, *args, **kwargs)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    keys = [f"unrelated{n:03d}" for n in range(256)]
+    assert compare(obj("Comment", *keys), ISOLATE) == []
+    assert len(calls) == MAX_FUZZY

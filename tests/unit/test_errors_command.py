@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy import cli
+from proxy import cli, errors_command
 from proxy.errors_command import show, table
 
 RECORD = {
@@ -108,3 +108,73 @@ async def test_an_answer_that_is_not_the_view_is_one_line_and_exit_one(
     assert err.splitlines() == [
         f"defender-proxy errors: {base}/errors: not the answer of a defender-proxy admin port"
     ]
+
+
+async def _raw_admin(answer: bytes, pace: float = 0.0) -> tuple[asyncio.Server, str]:
+    """A port that answers any request with ``answer`` as given, a byte each ``pace`` seconds
+    when ``pace`` is set."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            if not pace:
+                writer.write(answer)
+            for index in range(len(answer) if pace else 0):
+                writer.write(answer[index : index + 1])
+                await writer.drain()
+                await asyncio.sleep(pace)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+_VIEW_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+HOSTILE = {
+    "bad-status-line": b"garbage \x1b]0;owned\x07\x1b[2J\r\n\r\n",
+    "escapes-in-reason": b"HTTP/1.1 500 \x1b[2J\x1b]0;owned\x07\r\nContent-Length: 0\r\n\r\n",
+    "short-body": b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n{",
+    "utf-16-json": _VIEW_HEAD + '{"errors": [], "size": 1}'.encode("utf-16"),
+    "deep-json": _VIEW_HEAD + b'{"errors": ' + b"[" * 100_000,
+    "c1-and-bidi-in-json": _VIEW_HEAD
+    + '{"errors": [{"code": "\u009b2J\u202eX"}], "size": 1, "x": "\u009b2J"}'.encode(),
+}
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+@pytest.mark.parametrize("answer", HOSTILE.values(), ids=HOSTILE.keys())
+async def test_a_hostile_answer_never_raises_nor_reaches_the_terminal_raw(
+    capsys: Any, answer: bytes, as_json: bool
+) -> None:
+    """A broken status line, escapes in the reason, a short body, UTF-16, deep nesting or C1/bidi
+    characters: exit 0 or 1, nothing raised, and only printable characters on stdout and stderr."""
+    server, base = await _raw_admin(answer)
+    async with server:
+        code = await asyncio.to_thread(show, base, None, None, None, None, as_json)
+    out, err = capsys.readouterr()
+    assert code in (0, 1)
+    for text in (out, err):
+        assert all(line.isprintable() for line in text.splitlines()), repr(text)
+        assert "Traceback" not in text
+
+
+async def test_an_answer_trickled_past_the_timeout_is_given_up(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout bounds the whole fetch, not each read: a view sent a byte at a time, each
+    within the timeout, is exit 1 with one line once the timeout has passed."""
+    monkeypatch.setattr(errors_command, "TIMEOUT", 0.3)
+    body = b'{"errors": [], "size": 1}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    server, base = await _raw_admin(answer, pace=0.05)
+    async with server:
+        code = await asyncio.to_thread(show, base, None, None, None, None, False)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1
