@@ -242,7 +242,13 @@ def _authorization(app: str | None, cause: str) -> str | None:
         "aud": DEFENDER_AUD,
         "exp": now + 3600,
         "nbf": now - 600,
-        "roles": ["Machine.Isolate"],
+        # What the mix's endpoints need (proxy/reference.py), as an app granted them has.
+        "roles": [
+            "Machine.Isolate",
+            "Machine.Read.All",
+            "Alert.Read.All",
+            "AdvancedQuery.Read.All",
+        ],
     }
     if cause == "expired":
         claims["exp"] = now - 600
@@ -417,6 +423,8 @@ class Scraped:
     #: the proxy's /metrics after the last round
     exposition: str
     rules: list[dict[str, Any]]
+    #: the proxy's port, for traffic of a test's own
+    port: int
 
 
 @pytest.fixture
@@ -482,7 +490,7 @@ async def scraped(
         for cause, app in CAUSES:
             labels = {"cause": cause, "app": app}
             assert _sum(exposition, "defender_proxy_auth_failures_total", **labels) >= 2, labels
-        yield Scraped(prometheus, exposition, rules)
+        yield Scraped(prometheus, exposition, rules, port)
     finally:
         await prometheus.stop()
         await process.stop()
@@ -518,3 +526,39 @@ async def test_every_panel_returns_data_from_a_real_prometheus(scraped: Scraped)
             if rule["health"] != "ok":
                 problems.append(f"{RULES.name}: {rule['name']}: {rule.get('lastError')}")
     assert not problems, "\n".join(problems)
+
+
+#: The alert that names each cause, and the labels it fires with beside the scrape's own.
+CAUSE_ALERTS = {
+    "expired": ("DefenderApiTokenExpired", {"app": "soar"}),
+    "wrong_audience": ("DefenderApiWrongAudience", {"app": "soar"}),
+    "missing_role": ("DefenderApiRoleMissing", {"app": "soar", "route": "machines.isolate"}),
+}
+
+
+async def test_each_cause_alert_goes_off_on_the_proxys_own_series(scraped: Scraped) -> None:
+    """Refusals of one app's tokens for a cause, scraped from the real proxy, set the alert that
+    names that cause pending (then firing once its ``for`` has run), with the app and route."""
+    assert {alert for alert, _ in CAUSE_ALERTS.values()} <= {
+        rule.get("alert") for rule in scraped.rules
+    }
+    paths = {"expired": ("GET", "/api/alerts"), "wrong_audience": ("GET", "/api/machines/1")}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for _ in range(6):
+            for cause in CAUSE_ALERTS:
+                method, path = paths.get(cause, ("POST", "/api/machines/3/isolate"))
+                headers = {"Authorization": _authorization(SOAR, cause) or ""}
+                url = f"http://127.0.0.1:{scraped.port}{path}"
+                async with session.request(method, url, headers=headers) as response:
+                    assert response.status in (401, 403)
+    wanted = dict(CAUSE_ALERTS.values())
+    found: dict[str, dict[str, str]] = {}
+    async with asyncio.timeout(30):
+        while set(found) != set(wanted):
+            for series in await scraped.prometheus.query("ALERTS"):
+                found.setdefault(series["metric"]["alertname"], series["metric"])
+            found = {name: labels for name, labels in found.items() if name in wanted}
+            await asyncio.sleep(0.5)
+    for alert, labels in wanted.items():
+        assert {key: found[alert].get(key) for key in labels} == labels, found[alert]
+        assert found[alert]["namespace"] == SCRAPE_LABELS["namespace"]
