@@ -62,6 +62,8 @@ MALFORMED: Final = "malformed"
 EMPTY: Final = "empty"
 #: nothing of the body read yet (the upstream answered first), or only blanks
 UNREAD: Final = "unread"
+#: Every shape a body can be found in.
+SHAPES: Final = frozenset({OBJECT, ARRAY, SCALAR, MALFORMED, EMPTY, UNREAD})
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,9 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from multidict import CIMultiDict
-
-from proxy.errors import new_target
 from proxy.identity import Claims
 from proxy.reference import REFERENCE
-from proxy.simulator import bodies
-from proxy.simulator.behaviour import JSON, TARGET_HEADER, Answer, error_answer
+from proxy.simulator.behaviour import Answer, error_answer, graph_error_answer
 
 #: The audiences each API accepts, as the resource's URI or its application id.
 DEFENDER_AUDIENCES: Final = frozenset(
@@ -81,16 +77,4 @@ def _refuse(graph: bool, status: int, message: str, client_request_id: str | Non
     if not graph:
         return error_answer(status, "Unauthorized" if status == 401 else "Forbidden", message)
     code = "InvalidAuthenticationToken" if status == 401 else "Forbidden"
-    request_id = new_target()
-    client_id = bodies.client_request_id(client_request_id)
-    headers = CIMultiDict(
-        {
-            "Content-Type": JSON,
-            TARGET_HEADER: request_id,
-            "request-id": request_id,
-            "client-request-id": client_id,
-        }
-    )
-    return Answer(
-        status, headers, bodies.graph_envelope(code, None, request_id, client_id, message)
-    )
+    return graph_error_answer(status, code, client_request_id, message=message)

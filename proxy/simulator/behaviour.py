@@ -168,7 +168,18 @@ def _status_only(status: int) -> Answer:
 
 
 def _graph_error(d: Directives, client_request_id: str | None) -> Answer:
-    code, status = d.value, d.status or 500
+    return graph_error_answer(d.status or 500, d.value, client_request_id, d.inner)
+
+
+def graph_error_answer(
+    status: int,
+    code: str,
+    client_request_id: str | None,
+    inner: str | None = None,
+    message: str | None = None,
+) -> Answer:
+    """Graph's envelope with a fresh ``request-id`` (echoed in ``X-Sim-Target``) and the caller's
+    ``client-request-id``, or one made up, as Graph answers."""
     request_id = new_target()
     client_id = bodies.client_request_id(client_request_id)
     headers = CIMultiDict(
@@ -179,7 +190,8 @@ def _graph_error(d: Directives, client_request_id: str | None) -> Answer:
             "client-request-id": client_id,
         }
     )
-    return Answer(status, headers, bodies.graph_envelope(code, d.inner, request_id, client_id))
+    envelope = bodies.graph_envelope(code, inner, request_id, client_id, message)
+    return Answer(status, headers, envelope)
 
 
 def _body(d: Directives) -> Answer:

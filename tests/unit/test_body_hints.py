@@ -28,14 +28,7 @@ from proxy.body_keys import BodyKeys
 from proxy.reference import ENDPOINTS, REFERENCE, Param
 
 ISOLATE = (Param("Comment", True), Param("IsolationType"))
-SHAPES = {
-    body_keys.OBJECT,
-    body_keys.ARRAY,
-    body_keys.SCALAR,
-    body_keys.MALFORMED,
-    body_keys.EMPTY,
-    body_keys.UNREAD,
-}
+SHAPES = body_keys.SHAPES
 
 
 def obj(*keys: str, complete: bool = True) -> BodyKeys:

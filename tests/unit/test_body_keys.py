@@ -21,14 +21,7 @@ PROPERTY = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-SHAPES = {
-    body_keys.OBJECT,
-    body_keys.ARRAY,
-    body_keys.SCALAR,
-    body_keys.MALFORMED,
-    body_keys.EMPTY,
-    body_keys.UNREAD,
-}
+SHAPES = body_keys.SHAPES
 
 _LEAVES = st.one_of(
     st.none(),

@@ -421,7 +421,8 @@ async def test_slow_delays_the_answer(client: Client) -> None:
     started = loop.time()
     resp, _ = await call(client, "slow=200ms; error=NotFound")
     assert resp.status == 404
-    assert loop.time() - started >= 0.2
+    # A loop may run a timer a little early (asyncio by up to its clock's resolution).
+    assert loop.time() - started >= 0.19
 
 
 async def test_stall_body_sends_headers_then_pauses_mid_body(client: Client) -> None:
