@@ -286,6 +286,16 @@ async def _traffic(session: aiohttp.ClientSession, port: int) -> Counter[int]:
         await call(method, path, directive, sound, status)
     for method, path, app, cause, status in REFUSED:
         await call(method, path, "", _authorization(app, cause), status)
+    # A body parameter in the wrong case, which the API refuses: the proxy's hint on the 400.
+    async with session.post(
+        f"http://127.0.0.1:{port}/api/machines/5/isolate",
+        json={"comment": "isolate"},
+        headers={"Authorization": sound or "", "X-Simulate": "error=InvalidRequestBody"},
+    ) as response:
+        await response.read()
+        seen[response.status] += 1
+        if response.status != 400 or "X-Defender-Proxy-Hint" not in response.headers:
+            unexpected.append(f"the body typo: {response.status}, {dict(response.headers)}")
     await asyncio.gather(*(call("GET", "/api/machines", "", sound, None) for _ in range(BURST)))
     assert not unexpected, unexpected
     return seen
@@ -486,6 +496,8 @@ async def scraped(
             ("defender_proxy_upstream_failures_total", {"kind": "reset"}),
         ):
             assert _sum(exposition, name, **labels) >= 2, (name, labels)
+        hints = {"route": "machines.isolate", "kind": "case"}
+        assert _sum(exposition, "defender_proxy_body_hints_total", **hints) >= 2
         # Every refusal was explained from its token, under its app's label.
         for cause, app in CAUSES:
             labels = {"cause": cause, "app": app}
