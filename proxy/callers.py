@@ -13,7 +13,10 @@ an hour; a few thousand slow or silent connections then hold every file descript
   connection has a request in progress, the new one is closed at once.
 
 Requests aiohttp cannot parse are answered here too: a 400 in the Defender envelope and one scrubbed
-log line, where aiohttp would echo the offending bytes and log a traceback.
+log line, where aiohttp would echo the offending bytes and log a traceback. A connection that opens
+with HTTP/2's preface (``curl --http2-prior-knowledge``, an h2c client) gets HTTP/2's own refusal:
+an empty SETTINGS frame, then GOAWAY with ``HTTP_1_1_REQUIRED`` (RFC 9113 §3.4, §7), so the client
+says why instead of failing to read an HTTP/1.1 answer.
 """
 
 from __future__ import annotations
@@ -116,6 +119,21 @@ class _Lingering:
             self._timer.cancel()
 
 
+#: What an HTTP/2 connection with prior knowledge starts with (RFC 9113 §3.4), up to the point
+#: where no HTTP/1.1 request line can be the same.
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
+#: HTTP/2 frames (RFC 9113 §4.1, §6.5, §6.8): an empty SETTINGS, as every server's first frame
+#: must be, then GOAWAY for stream 0 with error code 0xd, HTTP_1_1_REQUIRED, and a reason.
+_GOAWAY_REASON: Final = b"this port speaks HTTP/1.1 only"
+H2_REFUSAL: Final = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    + (8 + len(_GOAWAY_REASON)).to_bytes(3, "big")
+    + b"\x07\x00\x00\x00\x00\x00"
+    + b"\x00\x00\x00\x00\x00\x00\x00\x0d"
+    + _GOAWAY_REASON
+)
+
+
 class CallerConnection(web.RequestHandler):
     """One caller connection: aiohttp's handler plus the request-head deadline."""
 
@@ -131,6 +149,8 @@ class CallerConnection(web.RequestHandler):
         self._payload: StreamReader | None = None
         #: when the connection began to wait for its current request head (monotonic)
         self.waiting_since = 0.0
+        #: no byte has come in yet: the first ones may be HTTP/2's preface
+        self._fresh = True
 
     # The deadline for a request head
 
@@ -146,6 +166,11 @@ class CallerConnection(web.RequestHandler):
         self._close = True
 
     def data_received(self, data: bytes) -> None:
+        if self._fresh:
+            self._fresh = False
+            if data.startswith(H2_PREFACE):
+                self._refuse_h2()
+                return
         super().data_received(data)
         if self._messages:  # a whole head (or a parse error) is queued: the deadline is met
             self._disarm_head()
@@ -160,6 +185,14 @@ class CallerConnection(web.RequestHandler):
             if self._head_timer is None and waiter is not None and not waiter.done():
                 self._arm_head()  # the first bytes of a head on an idle kept-alive connection
             self._head_bytes = True
+
+    def _refuse_h2(self) -> None:
+        """Answer an HTTP/2 preface in HTTP/2: SETTINGS, GOAWAY HTTP_1_1_REQUIRED, then close."""
+        self._disarm_head()
+        transport = self.transport
+        if transport is not None:
+            transport.write(H2_REFUSAL)
+            transport.close()
 
     def _body_broken(self) -> None:
         """The parser failed inside a request body (a broken chunk, say): aiohttp queues a 400 for

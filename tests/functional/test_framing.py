@@ -370,3 +370,43 @@ async def test_a_chunk_size_broken_at_the_start_of_a_read_is_refused(
     writer.close()
     assert answer.status == 400
     assert orjson.loads(answer.body)["error"]["code"] == "BadRequest"
+
+
+async def _read_to_end(port: int, raw: bytes) -> bytes:
+    """Everything the proxy sends on a fresh connection after ``raw``, until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+async def test_an_http2_preface_gets_goaway_http_1_1_required(served: tuple[Stack, int]) -> None:
+    """A prior-knowledge HTTP/2 client gets HTTP/2 frames it can read: SETTINGS, then GOAWAY with
+    HTTP_1_1_REQUIRED (0xd) and a reason, and the connection closes; nothing reaches upstream."""
+    stack, port = served
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    answer = await _read_to_end(port, preface)
+    frames = []
+    while answer:
+        length = int.from_bytes(answer[:3], "big")
+        kind, payload = answer[3], answer[9 : 9 + length]
+        frames.append((kind, int.from_bytes(answer[5:9], "big"), payload))
+        answer = answer[9 + length :]
+    assert [(kind, stream) for kind, stream, _ in frames] == [(0x4, 0), (0x7, 0)]
+    assert frames[0][2] == b""
+    goaway = frames[1][2]
+    assert int.from_bytes(goaway[4:8], "big") == 0xD
+    assert b"HTTP/1.1" in goaway[8:]
+    assert stack.logs.lines("request") == []
+
+
+async def test_a_request_line_like_the_preface_is_still_parsed(served: tuple[Stack, int]) -> None:
+    """Only the exact preface is refused in HTTP/2; a PRI request of HTTP/1.1 gets the envelope."""
+    _, port = served
+    answer = await _read_to_end(port, b"PRI * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b" 400 Bad Request" in answer.partition(b"\r\n")[0]
+    assert b"X-Defender-Proxy-Error: BadRequest" in answer
