@@ -331,7 +331,6 @@ PARSER_CASES = _params([
     ("nul-in-target", _get(b"/api/\x00alerts")),
     ("utf8-in-target", _get("/api/maé".encode())),
     ("bare-lf-line-ends", b"GET /api/alerts HTTP/1.1\nHost: proxy\n\n"),
-    ("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
     # Oversized: a request line and a header field over max_header_size (8 KiB), and more header
     # fields than aiohttp takes (128). aiohttp answers 400 for each, not 414 or 431.
     ("request-line-20KB", _get(b"/api/" + b"a" * 20_000)),
@@ -360,6 +359,18 @@ async def test_parser_answers_malformed_requests_with_400(hostile: Hostile, raw:
     """What aiohttp's parser cannot read gets one clean 400, then the connection closes."""
     answers, upstream_seen = await hostile.run(raw)
     assert [a.status for a in answers] == [400]
+    assert upstream_seen == 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_http2_preface_is_refused_in_http2_and_nothing_behind_it_is_read(
+    hostile: Hostile,
+) -> None:
+    """HTTP/2's preface gets no HTTP/1.1 answer (its refusal is HTTP/2 frames), and an HTTP/1.1
+    request sent behind it is never parsed, answered or forwarded."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    answers, upstream_seen = await hostile.run(preface + _get(b"/api/alerts"))
+    assert answers == []
     assert upstream_seen == 0
 
 
