@@ -179,6 +179,14 @@ class Identities:
     def __len__(self) -> int:
         return len(self._held)
 
+    def resize(self, most: int) -> None:
+        """Give at most ``most`` identities places of their own at once from now on. Those held
+        keep their places; past a lowered bound, new ones share ``overflow`` until enough of them
+        have been let go, as they would at the bound."""
+        self._most = most
+        self._held.resize(most)
+        self._overflow.resize(most)
+
     def key(self, claims: Claims, scope: str, *, now: float = 0.0, until: float = math.inf) -> str:
         """The identity ``claims`` have under ``scope`` ("" for ``shared``), held until ``until``
         (the default: for good); identities held until ``now`` or before are forgotten first."""

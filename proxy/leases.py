@@ -52,6 +52,11 @@ class Leases(Generic[K]):
         """When ``key`` is let go (None: not held)."""
         return self._until.get(key)
 
+    def resize(self, most: float) -> None:
+        """Hold at most ``most`` keys at once from now on; keys already held past it stay held
+        until their time, and no new key is held until they are fewer than ``most``."""
+        self._most = most
+
     def hold(self, key: K, until: float) -> bool:
         """Hold ``key`` at least until ``until``; False (and nothing held) if it is not held yet
         and ``most`` keys already are. Call ``sweep`` first: this forgets nothing by itself."""
@@ -112,6 +117,10 @@ class Overflow:
         self._keys: set[Hashable] = set()
         #: the time until which the overflow holds admissions (a window after its last slot)
         self.until = -math.inf
+
+    def resize(self, most: int) -> None:
+        """Record at most ``most`` keys from now on (the bound of the table it serves)."""
+        self._most = most
 
     def busy(self, now: float) -> bool:
         """Whether the overflow still holds admissions at ``now``; clears the record if not."""

@@ -125,6 +125,10 @@ class _Family(Generic[Child]):
             child = self._children[key] = self._new()
         return child
 
+    def remove(self, *values: str) -> None:
+        """Drop the series of these label values, if there is one (a scrape no longer shows it)."""
+        self._children.pop(tuple(str(v) for v in values), None)
+
     def items(self) -> list[tuple[tuple[str, ...], Child]]:
         """The series so far, as (label values, child)."""
         return list(self._children.items())

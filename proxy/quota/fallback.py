@@ -70,8 +70,9 @@ class FallbackStore(Generic[Shared]):
         self._probing = False
         #: when this replica last came back to the shared store (None: it never left it)
         self._recovered_at: float | None = None
-        # the last shared decision per quota: (when, admissions left per window, its wait)
-        self._last_seen: dict[str, tuple[float, tuple[int, ...], float]] = {}
+        # the last shared decision per quota: (when, admissions left per window, its wait, and
+        # the windows it was for: a reload may change them before a fallback seeds from it)
+        self._last_seen: dict[str, tuple[float, tuple[int, ...], float, tuple[Window, ...]]] = {}
         self._seeded: set[str] = set()
         #: quota key → (the quota, this replica's share of it)
         self._shares: dict[str, tuple[Quota, Quota]] = {}
@@ -217,7 +218,12 @@ class FallbackStore(Generic[Shared]):
                 raise
             else:
                 self._succeeded(started)
-                self._last_seen[quota.key] = (started, decision.remaining, decision.wait)
+                self._last_seen[quota.key] = (
+                    started,
+                    decision.remaining,
+                    decision.wait,
+                    quota.windows,
+                )
                 if decision.paused > 0:
                     # Another replica's upstream 429 paused the route: a fallback keeps to it too.
                     await self.local.pause(self._local_share(quota), decision.paused)
@@ -264,8 +270,13 @@ class FallbackStore(Generic[Shared]):
         seen = self._last_seen.get(quota.key)
         if seen is None:
             return
-        at, remaining, queued = seen
-        for index, (window, left) in enumerate(zip(local.windows, remaining, strict=True)):
+        at, remaining, queued, windows = seen
+        # What the decision saw used, by window width: the limits may have changed since.
+        used = {w.width: w.limit - left for w, left in zip(windows, remaining, strict=True)}
+        for index, (window, full) in enumerate(zip(local.windows, quota.windows, strict=True)):
+            if full.width not in used:
+                continue  # a window the decision did not have: nothing is known of its use
+            left = max(0, full.limit - used[full.width])
             share_left = -(-left // self._replicas)  # ceil: this replica's part of what is left
             others = max(0, window.limit - share_left - self.local.used(local, index, at))
             if not others:

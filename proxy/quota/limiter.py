@@ -20,6 +20,10 @@ its slot, and a pause until it ends. A request holds them for a window from the 
 far less than a window, and the slot it gives is held from its answer on. Past that the quota holds
 nothing in any window, and the limiter forgets it (``proxy.leases``): the tables hold the callers
 of the last window, not every caller since the start.
+
+A reload changes the policy in place (``reconfigure``): the store and what it holds stay, so a
+slot already given is kept, and admissions asked from then on are decided by the new limits
+against the same logs.
 """
 
 from __future__ import annotations
@@ -30,29 +34,19 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, replace
 
 from proxy import hints
 from proxy.catalogue import OTHER, RouteSpec
-from proxy.config import Throttle, route_scopes
+from proxy.config import Throttle
 from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
 from proxy.leases import Leases
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota.families import Families
 from proxy.quota.learned import LearnedLimits
-from proxy.quota.store import (
-    MICROS,
-    Decision,
-    Quota,
-    QuotaStore,
-    as_windows,
-    quota_key,
-    window_name,
-)
-
-OUTCOMES: Final = ("admitted", "waited", "refused", "shadow_waited", "shadow_refused")
+from proxy.quota.policies import RoutePolicy, RouteSeries, route_table
+from proxy.quota.store import Decision, Quota, QuotaStore, quota_key
 
 
 def fresh_member(member: str) -> str:
@@ -106,18 +100,6 @@ class BatchAdmission:
 
 
 @dataclass(frozen=True, slots=True)
-class _RoutePolicy:
-    quota: Quota
-    names: tuple[str, ...]
-    bulk: bool
-    shadow: bool
-    #: whose quota: ``app`` (app + tenant), ``tenant`` or ``shared`` (the deployment's)
-    scope: str
-    #: seconds an admission stays in some window of the route: the widest, margin included
-    horizon: float
-
-
-@dataclass(frozen=True, slots=True)
 class _Held:
     """A quota made for one identity or path family, and what holding it holds."""
 
@@ -127,15 +109,6 @@ class _Held:
     #: the identity ("" for ``shared``) and the path family ("" but for ``other``)
     identity: str
     family: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Children:
-    """A route's metric children, looked up once."""
-
-    remaining: tuple[Any, ...]
-    outcomes: dict[str, Any]
-    wait: Any
 
 
 class Limiter:
@@ -159,23 +132,11 @@ class Limiter:
         self._rng = rng or random.Random()
         self._clock = clock
         self._sleep = sleep
-        self._routes: dict[str, _RoutePolicy] = {}
-        scopes = route_scopes(throttle)
-        for spec in routes:
-            priority, mode = policies.get(spec.name, ("interactive", throttle.mode))
-            quota = Quota(
-                quota_key(throttle.namespace, spec.name),
-                as_windows([(lim.count, lim.window) for lim in spec.limits], throttle.margin),
-            )
-            names = tuple(window_name(lim.window) for lim in spec.limits)
-            self._routes[spec.name] = _RoutePolicy(
-                quota,
-                names,
-                priority == "bulk",
-                mode == "shadow",
-                scopes.get(spec.name, "shared"),
-                max((w.width for w in quota.windows), default=0) / MICROS,
-            )
+        self._routes = route_table(throttle, routes, policies)
+        #: the policies of routes the last reload took away, for requests routed before it
+        self._retired: dict[str, RoutePolicy] = {}
+        # `other`'s limits are the catalogue's (the config may set only its priority, mode and
+        # scope) and the margin never changes while the process runs: its families' windows stay.
         other = self._routes.get(OTHER)
         self._families = (
             None
@@ -190,7 +151,7 @@ class Limiter:
         self._quotas: dict[tuple[str, str], _Held] = {}
         self._by_key: dict[str, _Held] = {}
         self._held: Leases[tuple[str, str]] = Leases(on_forget=self._forget)
-        self._children: dict[tuple[str, str, str], _Children] = {}
+        self._series = RouteSeries(metrics, self._routes)
         self._streak: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -205,10 +166,53 @@ class Limiter:
         self._paused_until = {k: until for k, until in self._paused_until.items() if until > now}
         return float(len(self._paused_until))
 
+    def reconfigure(
+        self,
+        throttle: Throttle,
+        routes: tuple[RouteSpec, ...],
+        policies: Mapping[str, tuple[str, str]],
+    ) -> None:
+        """Take a reload's settings in place: the route table, each route's limits, priority,
+        mode and scope, ``mode``, ``max_wait``, ``max_pause``, ``bulk_reserve`` and
+        ``identities``; ``store``, ``namespace``, ``margin`` and the rest of the store's
+        settings stay as they were at start (they name its keys or make the store itself).
+
+        Nothing is awaited, so no admission sees half of it. The store keeps every log: a slot
+        already given (a waiter's) is kept and taken at its time, a window keeps its key while
+        its width does, and every admission asked from now on is decided by the new limits
+        against what the windows already hold. Identities, families and pauses are kept.
+        """
+        throttle = replace(
+            throttle, namespace=self._throttle.namespace, margin=self._throttle.margin
+        )
+        table = route_table(throttle, routes, policies)
+        self._retired = {name: policy for name, policy in self._routes.items() if name not in table}
+        self._routes = table
+        self._throttle = throttle
+        # Quotas made per identity carry their route's windows: from now on, the new ones.
+        for pair, held in list(self._quotas.items()):
+            policy = None if held.family else table.get(pair[0])
+            if policy is None or held.quota.windows == policy.quota.windows:
+                continue
+            fresh = replace(held, quota=Quota(held.quota.key, policy.quota.windows))
+            self._quotas[pair] = fresh
+            if self._by_key.get(held.quota.key) is held:
+                self._by_key[held.quota.key] = fresh
+        self._identities.resize(throttle.identities.max)
+        self._labels = Labels(dict(throttle.identities.names))
+        self._series.retable(table)
+        self._learned = LearnedLimits(routes, self._metrics)
+
+    def _policy(self, route: str) -> RoutePolicy:
+        """The policy of ``route``; a route the last reload took away keeps its policy for the
+        requests routed before it, and one gone for longer has ``other``'s."""
+        policy = self._routes.get(route) or self._retired.get(route)
+        return policy if policy is not None else self._routes[OTHER]
+
     def _quota_of(
         self,
         route: str,
-        policy: _RoutePolicy,
+        policy: RoutePolicy,
         claims: Claims,
         family: str = "",
     ) -> Quota:
@@ -279,13 +283,13 @@ class Limiter:
     def quota_for(self, route: str, claims: Claims, family: str = "") -> Quota:
         """The quota a request on ``route`` (and path ``family``, for ``other``) from the caller
         ``claims`` name is admitted on."""
-        return self._quota_of(route, self._routes[route], claims, family)
+        return self._quota_of(route, self._policy(route), claims, family)
 
     def _deadline(self, max_wait: float | None) -> float:
         limit = self._throttle.max_wait
         return limit if max_wait is None else min(limit, max_wait)
 
-    def _reserve(self, policy: _RoutePolicy, bulk: bool | None) -> float:
+    def _reserve(self, policy: RoutePolicy, bulk: bool | None) -> float:
         is_bulk = policy.bulk if bulk is None else bulk
         return self._throttle.bulk_reserve if is_bulk else 0.0
 
@@ -305,7 +309,7 @@ class Limiter:
         interactive priority (None: the route's). The slot is taken in the quota of the caller
         ``claims`` name (and of the path ``family``, for ``other``).
         """
-        policy = self._routes[route]
+        policy = self._policy(route)
         deadline = self._deadline(max_wait)
         quota = self._quota_of(route, policy, claims, family)
         reserve = self._reserve(policy, bulk)
@@ -317,9 +321,8 @@ class Limiter:
             self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
         self._store_timer.observe(decided)
         labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
-        children = self._children.get(labels) or self._children_of(labels, policy)
-        for gauge, left in zip(children.remaining, decision.remaining, strict=True):
-            gauge.set(left)
+        children = self._series.of(labels, policy)
+        children.show(decision.remaining)
         if policy.shadow:
             if decision.wait <= 0:
                 outcome = "admitted"
@@ -347,19 +350,6 @@ class Limiter:
         children.wait.observe(decision.wait)
         children.outcomes[outcome].inc()
         return Admission(quota, decision, outcome, decision.wait, decided)
-
-    def _children_of(self, labels: tuple[str, str, str], policy: _RoutePolicy) -> _Children:
-        # Made on the first admission of a route (and identity labels), so that routes nobody
-        # calls add no series; the identity labels are bounded by throttle.identities.names.
-        m = self._metrics
-        route, tenant, app = labels
-        children = _Children(
-            tuple(m.quota_remaining.labels(route, name, tenant, app) for name in policy.names),
-            {o: m.admissions.labels(route, o, tenant, app) for o in OUTCOMES},
-            m.admission_wait.labels(route),
-        )
-        self._children[labels] = children
-        return children
 
     def _release_later(self, quota: Quota, member: str) -> None:
         task = asyncio.get_running_loop().create_task(self.store.release(quota, member))
@@ -390,12 +380,14 @@ class Limiter:
         deadline = self._deadline(max_wait)
         tenant, app = self._labels.of(claims.tid), self._labels.of(claims.app)
         held: list[tuple[str, Quota, str]] = []
-        # Per route, what the batch's last decision on it left: the gauge a refusal corrects.
+        # Per route, the policy the batch is admitted on (one, whatever a reload does meanwhile)
+        # and what the batch's last decision on it left: the gauge a refusal corrects.
+        taken: dict[str, RoutePolicy] = {}
         shown: dict[str, tuple[int, ...]] = {}
         latest = 0.0
         decided = 0.0
         for index, route in enumerate(routes):
-            policy = self._routes[route]
+            policy = taken.setdefault(route, self._policy(route))
             family = families[index] if index < len(families) else ""
             quota = self._quota_of(route, policy, claims, family)
             inner = f"{member}.{index}"
@@ -409,10 +401,8 @@ class Limiter:
                 self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
             decided += took
             self._store_timer.observe(took)
-            labels = (route, tenant, app)
-            children = self._children.get(labels) or self._children_of(labels, policy)
-            for gauge, left in zip(children.remaining, decision.remaining, strict=True):
-                gauge.set(left)
+            children = self._series.of((route, tenant, app), policy)
+            children.show(decision.remaining)
             shown[route] = decision.remaining
             if policy.shadow:
                 if decision.wait <= 0:
@@ -423,12 +413,11 @@ class Limiter:
                 continue
             if not decision.admitted:
                 await self._give_back(held)
-                self._show_given_back(held, shown, tenant, app)
+                self._show_given_back(held, taken, shown, tenant, app)
                 for other in routes:
-                    policy = self._routes[other]
+                    policy = taken.get(other) or self._policy(other)
                     if not policy.shadow:
-                        labels = (other, tenant, app)
-                        children = self._children.get(labels) or self._children_of(labels, policy)
+                        children = self._series.of((other, tenant, app), policy)
                         children.outcomes["refused"].inc()
                 raise QuotaExceeded(route, deadline, decision, batch_index=index)
             held.append((route, quota, inner))
@@ -451,7 +440,7 @@ class Limiter:
                 )
         outcome = "waited" if latest > 0 else "admitted"
         for route, _, _ in held:
-            children = self._children[(route, tenant, app)]
+            children = self._series.of((route, tenant, app), taken[route])
             children.wait.observe(latest)
             children.outcomes[outcome].inc()
         return BatchAdmission(outcome, latest, decided, len(held))
@@ -459,6 +448,7 @@ class Limiter:
     def _show_given_back(
         self,
         held: Sequence[tuple[str, Quota, str]],
+        taken: Mapping[str, RoutePolicy],
         shown: dict[str, tuple[int, ...]],
         tenant: str,
         app: str,
@@ -467,9 +457,8 @@ class Limiter:
         # given back as used: without this a refused batch leaves its routes showing 0 left.
         given = Counter(route for route, _, _ in held)
         for route, count in given.items():
-            children = self._children[(route, tenant, app)]
-            for gauge, left in zip(children.remaining, shown[route], strict=True):
-                gauge.set(left + count)
+            children = self._series.of((route, tenant, app), taken[route])
+            children.show([left + count for left in shown[route]])
 
     async def _give_back(self, held: Sequence[tuple[str, Quota, str]]) -> None:
         # Awaited, not left to a task: the 429 goes out only once no slot of the batch is held.

@@ -6,6 +6,11 @@ A key is kept while it can still change a decision: until a window (the widest o
 its latest admission or reservation, or the end of its pause. Then its logs, members and pause are
 dropped (``proxy.leases``), as Redis lets its keys expire (PEXPIREAT): memory follows the callers
 of the last window, not every caller since the start. A dropped key is one that reads as empty.
+
+A quota's windows may change while its logs are kept (a reload changed the route's limits): a
+window of the same width keeps its log, whatever its limit now, and a window of a new width starts
+from the log of the widest window there was, which holds every admission any window still counts.
+So a lowered limit applies to what was already admitted, and nothing admitted is forgotten.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class MemoryStore:
         self._clock = clock
         self._on_forget = on_forget
         self._logs: dict[str, list[list[int]]] = {}
+        #: per quota, the width (µs) of each of its logs, in order
+        self._widths: dict[str, tuple[int, ...]] = {}
         #: per quota, member → slot of the admissions still in a window (and a few that left)
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
@@ -51,6 +58,7 @@ class MemoryStore:
 
     def _forget(self, key: str) -> None:
         self._logs.pop(key, None)
+        self._widths.pop(key, None)
         self._members.pop(key, None)
         self._paused.pop(key, None)
         if self._on_forget is not None:
@@ -69,10 +77,14 @@ class MemoryStore:
     def _load(self, quota: Quota, now: int) -> list[list[int]]:
         self._held.sweep(now)
         logs = self._logs.get(quota.key)
-        if logs is None or len(logs) != len(quota.windows):
+        widths = tuple(w.width for w in quota.windows)
+        if logs is None:
             logs = [[] for _ in quota.windows]
             self._logs[quota.key] = logs
+            self._widths[quota.key] = widths
             self._held.hold(quota.key, now)
+        elif self._widths[quota.key] != widths:
+            logs = self._reshaped(quota.key, logs, widths)
         for log, window in zip(logs, quota.windows, strict=True):
             # Entries at or before now - width are outside every window that ends from now on;
             # the arithmetic skips them by itself, so they are dropped in batches, not per call.
@@ -87,6 +99,17 @@ class MemoryStore:
             for name in [m for m, at in members.items() if at <= horizon]:
                 del members[name]
         return logs
+
+    def _reshaped(
+        self, key: str, logs: list[list[int]], widths: tuple[int, ...]
+    ) -> list[list[int]]:
+        """The logs of ``key`` for windows of ``widths``, from those it had for other ones."""
+        had = dict(zip(self._widths[key], logs, strict=True))
+        widest = had[max(had)]
+        reshaped = [had[width] if width in had else list(widest) for width in widths]
+        self._logs[key] = reshaped
+        self._widths[key] = widths
+        return reshaped
 
     async def admit(
         self,

@@ -232,3 +232,23 @@ async def test_a_fallback_honours_a_pause_another_replica_set(redis_server: Redi
     assert decision.paused > 20.0
     await seen.close()
     await told.close()
+
+
+async def test_a_fallback_after_a_reload_seeds_window_by_window(redis_server: RedisServer) -> None:
+    """A fallback that begins after a reload changed a quota's limits seeds from what the last
+    shared decision saw used, window by window of the same width (a new window from nothing)."""
+    clock = Clock()
+    store = _store(redis_server.url, clock, [])
+    before = Quota("dp:{test:reload}", as_windows([(9, 60.0)], 0.0))
+    other = RedisStore(redis_server.url, timeout=1.0)
+    for i in range(5):  # the other replicas used 5 of 9
+        await other.admit(before, f"other{i}", 0.0, 0.0, False)
+    await other.close()
+    assert (await store.admit(before, "mine", 0.0, 0.0, False)).remaining == (3,)
+    after = Quota(before.key, as_windows([(12, 60.0), (100, 3600.0)], 0.0))
+    await redis_server.stop()
+    local = [(await store.admit(after, f"l{i}", 0.0, 0.0, False)).admitted for i in range(3)]
+    assert store.in_fallback
+    # 6 of the minute used, 6 of the new 12 left: this replica's share of them is 2, of its 4.
+    assert local == [True, True, False]
+    await store.close()
