@@ -318,6 +318,12 @@ class CallerServer(web.Server):
         self.metrics = metrics
         metrics.caller_connection_sources.add(lambda: len(self._connections))
 
+    def retune(self, caller_timeout: float, cap: int) -> None:
+        """Use a new ``timeouts.caller`` and connection cap from now on: for deadlines armed and
+        connections made after the call (none is closed because a lowered cap is passed)."""
+        self.caller_timeout = caller_timeout
+        self.cap = cap
+
     def __call__(self) -> CallerConnection:
         return CallerConnection(self, loop=self._loop, **self._kwargs)
 

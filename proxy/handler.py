@@ -10,12 +10,17 @@ answer when any step refuses or fails. What follows has modules of its own, so t
 here in one place: ``proxy.relay`` takes the upstream's answer to the caller (and
 ``proxy.inner_answers`` the inner answers of a batch on the way), and ``proxy.outcome`` holds what
 the request did and writes its one record.
+
+What a listener takes from the settings is one immutable ``Setup`` (router, limits, caps, the
+relay and recorder made from them). A request reads it once, at its start, and keeps it to its
+end; a reload (``Proxy.reconfigure``) swaps in a new one for the requests that start after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -54,6 +59,23 @@ from proxy.upstream import Pool
 from proxy.upstreams import Upstream
 
 
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Everything one listener's requests take from the settings, as of one load of them."""
+
+    settings: Settings
+    router: Router
+    ratelimit: quota_headers.RateLimitFields
+    recorder: Recorder
+    relay: Relay
+    #: the networks callers may come from (None: any)
+    allowed: guard.Networks | None
+    max_body: int
+    caller_timeout: float
+    request_buffer: int
+    batch_body: int
+
+
 class Proxy:
     """One listener's request handler and the state it needs: its upstream's origin, pool and
     router. The limiter and the metrics may be shared with the process's other listeners."""
@@ -68,13 +90,10 @@ class Proxy:
         scheme: str = "http",
         errors: RecentErrors | None = None,
     ) -> None:
-        self.settings = settings
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
         self.scheme = scheme
         self.metrics = metrics
-        self.router = router or Router()
         self.limiter = limiter
-        self._ratelimit = quota_headers.RateLimitFields(self.router.routes)
         #: the upstream this listener forwards to (default: the settings' first)
         self.upstream = upstream or settings.listeners[0]
         self.pool: Pool | None = None
@@ -82,29 +101,67 @@ class Proxy:
         metrics.in_flight_sources.add(lambda: self.in_flight)
         self._upstream = self.upstream.origin
         self._name = self.upstream.name
-        self._cap = settings.limits.error_body_cap
-        self._max_body = settings.limits.max_body
-        self._caller_timeout = settings.timeouts.caller
-        self._request_buffer = settings.limits.request_buffer
-        self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
-        self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
+        self._errors = errors
         self._log = get_logger("access")
-        self._recorder = Recorder(
+        self.setup = self._setup(settings, router or Router())
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force for requests that start now."""
+        return self.setup.settings
+
+    @property
+    def router(self) -> Router:
+        """The router in force for requests that start now."""
+        return self.setup.router
+
+    def _setup(self, settings: Settings, router: Router) -> Setup:
+        limits = settings.limits
+        ratelimit = quota_headers.RateLimitFields(router.routes)
+        recorder = Recorder(
             self._name,
-            metrics,
-            self._cap,
-            errors,
+            self.metrics,
+            limits.error_body_cap,
+            self._errors,
             audiences=audiences_for(self._upstream),
             labels=Labels(dict(settings.throttle.identities.names)),
         )
-        self._relay = Relay(
-            self._recorder,
-            InnerAnswers(self._recorder, limiter),
-            limiter,
-            self._ratelimit,
+        relay = Relay(
+            recorder,
+            InnerAnswers(recorder, self.limiter),
+            self.limiter,
+            ratelimit,
             Links(self._upstream) if settings.rewrite_links else None,
-            scheme,
+            self.scheme,
         )
+        return Setup(
+            settings,
+            router,
+            ratelimit,
+            recorder,
+            relay,
+            guard.networks(settings.allow_from) if settings.allow_from else None,
+            limits.max_body,
+            settings.timeouts.caller,
+            limits.request_buffer,
+            min(limits.batch_body, limits.max_body),
+        )
+
+    def reconfigure(self, settings: Settings, upstream: Upstream, router: Router) -> None:
+        """Serve the requests that start from now on with ``settings``, this listener's entry
+        ``upstream`` in them and ``router``; those in flight finish with what they started with.
+
+        The listener itself (its name, origin, address, catalogue) and its pool's size and TLS
+        stay as they were at start (``proxy.reload`` keeps what needs a restart). The pool takes
+        the new timeouts for the waits that begin after the call.
+        """
+        if (upstream.name, upstream.origin) != (self.upstream.name, self._upstream):
+            raise ValueError(f"listener {self.upstream.name!r} cannot change its upstream")
+        self.upstream = upstream
+        self.setup = self._setup(settings, router)
+        if self.pool is not None:
+            timeouts = settings.timeouts
+            self.pool.retime(timeouts.connect, timeouts.read, timeouts.pool)
 
     async def start(self) -> None:
         """Open the upstream connection pool."""
@@ -125,6 +182,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request on the proxy port."""
         started = time.perf_counter()
+        setup = self.setup
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = request_id(request)
@@ -133,23 +191,23 @@ class Proxy:
                 credentials = request.headers.getall("Authorization", ())
                 guard.check_credentials(credentials)
                 outcome.claims = read_claims(credentials[0] if credentials else None)
-                if self._allowed is not None:
-                    guard.check_caller(request.remote, self._allowed)
+                if setup.allowed is not None:
+                    guard.check_caller(request.remote, setup.allowed)
                 version = request.version
                 codings = request.headers.getall("Transfer-Encoding", None)
                 guard.check_framing(
                     (version.major, version.minor), None if codings is None else ",".join(codings)
                 )
                 target = guard.upstream_target(request.method, request.raw_path, self._upstream)
-                routed = self.router.route(request.method, target.partition("?")[0])
+                routed = setup.router.route(request.method, target.partition("?")[0])
                 outcome.route, outcome.family = routed.spec, routed.family
-                guard.check_body_size(request.content_length, self._max_body)
+                guard.check_body_size(request.content_length, setup.max_body)
                 raw = None
                 if outcome.route.name == batch.BATCH_ROUTE:
-                    raw = await self._read_batch(request, target, outcome)
+                    raw = await self._read_batch(setup, request, target, outcome)
                 if self.limiter is not None:
-                    outcome.admission = await self._admit(request, outcome)
-                return await self._forward(request, target, outcome, raw)
+                    outcome.admission = await self._admit(setup, request, outcome)
+                return await self._forward(setup, request, target, outcome, raw)
             except ProxyError as exc:
                 return self._answer(exc, outcome, request)
             except CallerGoneError:
@@ -171,10 +229,10 @@ class Proxy:
                 )
         finally:
             self.in_flight -= 1
-            self._recorder.observe(outcome, time.perf_counter() - started)
+            setup.recorder.observe(outcome, time.perf_counter() - started)
 
     async def _admit(
-        self, request: web.BaseRequest, outcome: Outcome
+        self, setup: Setup, request: web.BaseRequest, outcome: Outcome
     ) -> Admission | BatchAdmission:
         assert self.limiter is not None
         asked = quota_headers.control(request.headers)
@@ -198,19 +256,21 @@ class Proxy:
                 outcome.family,
             )
         except QuotaExceeded as exc:
-            raise self._ratelimit.refusal(exc) from None
+            raise setup.ratelimit.refusal(exc) from None
 
-    async def _read_batch(self, request: web.BaseRequest, target: str, outcome: Outcome) -> bytes:
+    async def _read_batch(
+        self, setup: Setup, request: web.BaseRequest, target: str, outcome: Outcome
+    ) -> bytes:
         """Read a ``$batch`` body whole (up to ``limits.batch_body``) and check it."""
         counter = forward.BodyCounter()
         try:
             raw, outcome.batch = await batch.read(
                 request,
                 target.partition("?")[0],
-                self.router,
-                self._batch_body,
-                self._max_body,
-                self._caller_timeout,
+                setup.router,
+                setup.batch_body,
+                setup.max_body,
+                setup.caller_timeout,
                 counter,
             )
         finally:
@@ -218,7 +278,12 @@ class Proxy:
         return raw
 
     async def _forward(
-        self, request: web.BaseRequest, target: str, outcome: Outcome, raw: bytes | None = None
+        self,
+        setup: Setup,
+        request: web.BaseRequest,
+        target: str,
+        outcome: Outcome,
+        raw: bytes | None = None,
     ) -> web.StreamResponse:
         assert self.pool is not None, "Proxy.start() was not awaited"
         # The framing sent upstream is the proxy's own: the length its parser read, or chunked.
@@ -236,13 +301,13 @@ class Proxy:
                 if request.headers.get("Expect", "").lower() == "100-continue":
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = forward.limited_body(
-                    request.content, self._max_body, counter, self._caller_timeout
+                    request.content, setup.max_body, counter, setup.caller_timeout
                 )
                 if outcome.body_watch is not None:
                     body = outcome.body_watch.tee(body)
                 # A body up to limits.request_buffer is read whole before an upstream connection
                 # is taken: a caller that uploads slowly, or stalls, holds only its own connection.
-                parts, whole = await forward.read_up_to(body, self._request_buffer)
+                parts, whole = await forward.read_up_to(body, setup.request_buffer)
                 if whole:
                     length = sum(map(len, parts))
                     body = forward.replay(parts) if length else None
@@ -263,7 +328,7 @@ class Proxy:
         outcome.source = "upstream"
         outcome.status = upstream.status
         try:
-            return await self._relay.relay(request, upstream, outcome)
+            return await setup.relay.relay(request, upstream, outcome)
         finally:
             upstream.release()
 

@@ -1,5 +1,8 @@
 """Logging, configured once: structlog, JSON lines to stdout in containers, a console format on a TTY.
 
+The format is chosen once, at start; the level may change while the process runs (``set_level``,
+on a reload), for every logger at once.
+
 The proxy writes one canonical line per request (``event="request"``) and a few lifecycle lines.
 Nothing secret reaches a line, in either format: keys that name secrets are dropped whatever their
 value, and every other string (the path, the upstream's message, target and codes, notes, exception
@@ -24,7 +27,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from proxy.scrubber import REDACTED, scrub
 
-__all__ = ["REDACTED", "RequestLog", "configure", "get_logger", "scrub"]
+__all__ = ["REDACTED", "RequestLog", "configure", "get_logger", "scrub", "set_level"]
 
 # Keys that name secrets: their value is dropped whatever it is.
 _SECRET_KEYS: Final = frozenset(
@@ -91,12 +94,31 @@ class _Clock:
         return f"{self._prefix}.{int((stamp - second) * 1_000_000):06d}Z"
 
 
+#: The level of each logging method structlog's bound loggers have.
+_METHOD_LEVELS: Final = {
+    "debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO, "warning": logging.WARNING,
+    "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+    "critical": logging.CRITICAL, "fatal": logging.CRITICAL,
+}  # fmt: skip
+
+
+def _below_level(_: WrappedLogger, method_name: str, event: EventDict) -> EventDict:
+    """Drop a line below the level now set: the level changes on a reload (``set_level``), and
+    loggers made before that keep their wrapper, so the wrapper cannot be where lines are cut."""
+    if _METHOD_LEVELS.get(method_name, logging.INFO) < _level:
+        raise structlog.DropEvent
+    return event
+
+
 def _json_line(clock: _Clock) -> Processor:
     """Level, timestamp, redaction and rendering in one step: the access line's whole chain."""
     levels = {"warn": "warning", "exception": "error"}
     dumps = orjson.dumps
+    below = _METHOD_LEVELS
 
     def render(logger: WrappedLogger, method_name: str, event: EventDict) -> bytes:
+        if below.get(method_name, logging.INFO) < _level:
+            raise structlog.DropEvent
         event["level"] = levels.get(method_name, method_name)
         event["timestamp"] = clock.now()
         return dumps(_redact(logger, method_name, event), default=str)
@@ -119,20 +141,28 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
         factory = _LinesFactory(_Lines(out))
     else:
         processors = [
+            _below_level,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.dev.ConsoleRenderer(colors=out.isatty()),
         ]
         factory = structlog.PrintLoggerFactory(file=out)
-    global _level
-    _level = logging.getLevelNamesMapping()[level.upper()]
+    set_level(level)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_level),
+        # Every method passes the wrapper; the first processor cuts by the level of the moment.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def set_level(level: str) -> None:
+    """Write lines of ``level`` (``debug`` … ``error``) and above from now on, from every logger,
+    those made before the call included."""
+    global _level
+    _level = logging.getLevelNamesMapping()[level.upper()]
 
 
 class _Lines:
@@ -220,17 +250,16 @@ class RequestLog:
     Made after ``configure``: it takes the configuration of the moment, as a cached logger does.
     """
 
-    __slots__ = ("_enabled", "_processors", "_sink")
+    __slots__ = ("_processors", "_sink")
 
     def __init__(self) -> None:
         config = structlog.get_config()
         self._processors: tuple[Processor, ...] = tuple(config["processors"])
         self._sink: Any = config["logger_factory"]("access")
-        self._enabled = _level <= logging.INFO
 
     def write(self, fields: dict[str, Any]) -> None:
         """Write one ``request`` line with ``fields`` (the dict is consumed)."""
-        if not self._enabled:
+        if _level > logging.INFO:
             return
         event: Any = fields
         event["event"] = "request"

@@ -94,6 +94,11 @@ class RecentErrors:
         self._clock = clock
         self._ring: deque[ErrorRecord] = deque(maxlen=size)
 
+    def resize(self, size: int) -> None:
+        """Keep the last ``size`` from now on: the newest of those kept stay (none for 0)."""
+        self.size = size
+        self._ring = deque(self._ring, maxlen=size)
+
     def observe(self, upstream: str, outcome: Outcome) -> None:
         """Keep the request's record if it was answered with an error (``Recorder.observe``)."""
         if outcome.status < 400 or not self.size:

@@ -46,7 +46,8 @@ class TCPConnector:
         self.host = host
         self.port = port
         self._ssl = ssl_context
-        self._timeout = timeout
+        #: seconds for the name, TCP and TLS together (a reload may change it between connects)
+        self.timeout = timeout
 
     async def __call__(self, conn: Connection) -> None:
         """Connect ``conn``: name, TCP, TLS, all within the one connect timeout."""
@@ -54,7 +55,7 @@ class TCPConnector:
         phase = "connecting"
         transport: asyncio.Transport | None = None
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 transport = await self._tcp(loop, conn)
                 if self._ssl is not None:
                     phase = "in the TLS handshake"
@@ -63,7 +64,7 @@ class TCPConnector:
         except TimeoutError:
             if transport is not None:
                 transport.abort()
-            raise ConnectTimeout(f"timed out {phase} ({self._timeout:g}s)") from None
+            raise ConnectTimeout(f"timed out {phase} ({self.timeout:g}s)") from None
         except BaseException:
             if transport is not None:
                 transport.abort()

@@ -116,6 +116,16 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
+    def retime(self, connect: float, read: float, pool: float) -> None:
+        """Use these timeouts (seconds) from now on: for connections made and waits begun after
+        the call; a wait already begun keeps its deadline."""
+        self.connect_timeout = connect
+        self.read_timeout = read
+        self.pool_timeout = pool
+        self.retry_after = max(1, math.ceil(pool))
+        if isinstance(self._connector, TCPConnector):
+            self._connector.timeout = connect
+
     @property
     def open_connections(self) -> int:
         """Connections open now, idle or busy."""

@@ -136,3 +136,28 @@ def test_lines_queued_on_a_stopped_loop_are_not_lost() -> None:
         "inside",
         "after",
     ]
+
+
+def test_a_level_set_later_applies_to_loggers_already_used() -> None:
+    """set_level (a reload) changes what every logger writes, one used before it included, and
+    whether the request line is written, in both formats."""
+    for log_format in ("json", "console"):
+        stream = io.StringIO()
+        logs.configure(log_format, "info", stream)
+        early = logs.get_logger("early")
+        request_line = logs.RequestLog()
+        try:
+            early.info("before")
+            logs.set_level("warning")
+            early.info("hidden")
+            request_line.write({"status": 200})
+            early.warning("shown")
+            logs.set_level("debug")
+            early.debug("detail")
+        finally:
+            logs.set_level("info")
+        text = stream.getvalue()
+        for seen in ("before", "shown", "detail"):
+            assert seen in text, (log_format, text)
+        assert "hidden" not in text
+        assert "request" not in text
