@@ -4,8 +4,9 @@ Every request outside ``/_sim/`` has its token checked first with ``check_tokens
 then goes through the quota (a throttled request gets the 429, whatever it asked for; with
 ``per_identity``, the quota of its route and token, see ``keyed``), then, with ``check_bodies``,
 through the API's check of a documented body (``body_check``), then through its ``X-Simulate``
-directives. ``/_sim/stats`` and ``/_sim/reset`` are the control
-endpoints; they are exempt from the quota and not counted.
+directives. ``/_sim/stats``, ``/_sim/requests`` (the ``journal`` of the last requests, each with
+its ``client-request-id``) and ``/_sim/reset`` are the control endpoints; they are exempt from the
+quota and not counted.
 ``$batch`` (``batch``) counts each of its inner requests instead of itself. Lists page
 (``paging``) and Graph hunting answers with results (``hunting``) unless a directive chose otherwise.
 """
@@ -24,6 +25,7 @@ from aiohttp import web
 from proxy.identity import read_claims
 from proxy.simulator import auth, batch, behaviour, body_check, hunting, paging
 from proxy.simulator.directives import HEADER, DirectiveError, parse
+from proxy.simulator.journal import Entry, Journal
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
 from proxy.units import Limit
@@ -60,6 +62,7 @@ class SimConfig:
 
 QUOTA: Final = web.AppKey("quota", KeyedQuota)
 CONFIG: Final = web.AppKey("config", SimConfig)
+JOURNAL: Final = web.AppKey("journal", Journal)
 DEFAULT_CONFIG: Final = SimConfig()
 
 
@@ -68,7 +71,9 @@ def make_app(config: SimConfig = DEFAULT_CONFIG) -> web.Application:
     app = web.Application()
     app[QUOTA] = KeyedQuota(config.limits, config.count_rejected, config.clock, config.per_identity)
     app[CONFIG] = config
+    app[JOURNAL] = Journal()
     app.router.add_get("/_sim/stats", _stats)
+    app.router.add_get("/_sim/requests", _requests)
     app.router.add_post("/_sim/reset", _reset)
     app.router.add_route("*", "/{tail:.*}", _answer)
     return app
@@ -84,6 +89,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         )
     if batch.is_batch(request.method, request.path):
         # Graph counts the requests inside a batch, each on its own, and not the batch.
+        _journal(request, throttled=False)
         return await batch.answer(request, request.app[QUOTA])
     quota = request.app[QUOTA]
     claims = read_claims(request.headers.get("Authorization"))
@@ -96,8 +102,10 @@ async def _answer(request: web.Request) -> web.StreamResponse:
             request.headers.get("client-request-id"),
         )
         if refused is not None:
+            _journal(request, throttled=False)
             return _plain(refused)
     refusal = quota.admit(quota.key(request.method, request.path, claims))
+    _journal(request, throttled=refusal is not None)
     if refusal is not None:
         return _plain(
             behaviour.error_answer(
@@ -130,8 +138,25 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[QUOTA].stats())
 
 
+async def _requests(request: web.Request) -> web.Response:
+    return web.json_response(request.app[JOURNAL].as_json())
+
+
+def _journal(request: web.Request, *, throttled: bool) -> None:
+    request.app[JOURNAL].add(
+        Entry(
+            request.app[CONFIG].clock(),
+            request.headers.get("client-request-id", ""),
+            request.method,
+            request.path,
+            throttled,
+        )
+    )
+
+
 async def _reset(request: web.Request) -> web.Response:
     request.app[QUOTA].reset()
+    request.app[JOURNAL].clear()
     return web.json_response({"reset": True})
 
 

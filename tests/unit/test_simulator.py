@@ -17,6 +17,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from proxy.codes import ERROR_TABLE
 from proxy.simulator import SimConfig, make_app
+from proxy.simulator.journal import Entry, Journal
 from proxy.units import Limit
 
 Client = TestClient[Any, Any]
@@ -610,6 +611,44 @@ async def test_sim_reset_clears_stats_and_quota(aiohttp_client: AiohttpClient) -
         }
     resp, _ = await call(client)
     assert resp.status == 200
+
+
+async def test_the_journal_lists_each_request_with_its_id_and_time(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """/_sim/requests lists every request in order of arrival: its time, client-request-id,
+    method, path and whether the quota throttled it; /_sim/ is not listed; reset clears it."""
+    clock = FakeClock()
+    client = await aiohttp_client(make_app(SimConfig(limits=(Limit(1, 60.0),), clock=clock)))
+    for request_id in ("first", "second"):
+        clock.now += 1.5
+        headers = {"client-request-id": request_id}
+        async with client.get("/api/machines/m1", headers=headers) as resp:
+            await resp.read()
+    async with client.get("/_sim/requests") as listed:
+        journal = await listed.json()
+    assert journal == {
+        "requests": [
+            {"at": 1001.5, "id": "first", "method": "GET", "path": "/api/machines/m1",
+             "throttled": False},
+            {"at": 1003.0, "id": "second", "method": "GET", "path": "/api/machines/m1",
+             "throttled": True},
+        ]
+    }  # fmt: skip
+    async with client.post("/_sim/reset"):
+        pass
+    async with client.get("/_sim/requests") as listed:
+        assert await listed.json() == {"requests": []}
+
+
+def test_the_journal_keeps_only_the_newest() -> None:
+    """Past its size the journal drops its oldest entries: memory stays bounded."""
+    journal = Journal(size=3)
+    for index in range(5):
+        journal.add(Entry(float(index), f"r{index}", "GET", "/api/alerts", False))
+    listed = journal.as_json()["requests"]
+    assert isinstance(listed, list)
+    assert [entry["id"] for entry in listed] == ["r2", "r3", "r4"]
 
 
 async def test_unknown_control_path_is_not_forwarded_to_the_fake_api(client: Client) -> None:
