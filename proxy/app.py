@@ -20,6 +20,7 @@ from proxy.catalogue import CATALOGUES, RouteSpec
 from proxy.config import Settings, effective_routes, route_policies
 from proxy.errors import SERVER_NAME
 from proxy.handler import Proxy
+from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota import make_store
 from proxy.quota.limiter import Limiter
@@ -50,31 +51,13 @@ def build(
     that owns their resources."""
     metrics = metrics or Metrics()
     throttle = settings.throttle
-    listeners = settings.listeners
-    # Routers hold no state: upstreams with one catalogue share its router.
-    routers = {
-        name: Router(effective_routes(throttle, CATALOGUES[name]))
-        for name in dict.fromkeys(upstream.catalogue for upstream in listeners)
-    }
-    # One limiter knows every route served. A name means one route in every catalogue (`other`
-    # included), so the quota of a route is one whichever listener a request came in on.
-    routes: dict[str, RouteSpec] = {}
-    policies: dict[str, tuple[str, str]] = {}
-    for name, router in routers.items():
-        for spec in router.routes:
-            routes.setdefault(spec.name, spec)
-        policies.update(route_policies(throttle, CATALOGUES[name]))
-    limiter = Limiter(
-        throttle,
-        tuple(routes.values()),
-        policies,
-        make_store(throttle, metrics),
-        metrics,
-    )
+    routers = routers_for(settings)
+    routes, policies = quota_routes(settings, routers)
+    limiter = Limiter(throttle, routes, policies, make_store(throttle, metrics), metrics)
     errors = RecentErrors(settings.limits.recent_errors)
     proxies = tuple(
         Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream, errors=errors)
-        for upstream in listeners
+        for upstream in settings.listeners
     )
     admin = web.Application()
     admin[PROXIES] = proxies
@@ -89,6 +72,49 @@ def build(
     admin.cleanup_ctx.append(_resources)
     admin.on_response_prepare.append(_server_header)
     return proxies, admin
+
+
+def routers_for(settings: Settings) -> dict[str, Router]:
+    """A router per catalogue the listeners serve, by catalogue name."""
+    # Routers hold no state: upstreams with one catalogue share its router.
+    return {
+        name: Router(effective_routes(settings.throttle, CATALOGUES[name]))
+        for name in dict.fromkeys(upstream.catalogue for upstream in settings.listeners)
+    }
+
+
+def quota_routes(
+    settings: Settings, routers: dict[str, Router]
+) -> tuple[tuple[RouteSpec, ...], dict[str, tuple[str, str]]]:
+    """Every route the ``routers`` know, once by name, and each one's (priority, mode): what
+    the process's one limiter admits on."""
+    # A name means one route in every catalogue (`other` included), so the quota of a route is
+    # one whichever listener a request came in on.
+    routes: dict[str, RouteSpec] = {}
+    policies: dict[str, tuple[str, str]] = {}
+    for name, router in routers.items():
+        for spec in router.routes:
+            routes.setdefault(spec.name, spec)
+        policies.update(route_policies(settings.throttle, CATALOGUES[name]))
+    return tuple(routes.values()), policies
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Warn of each listener that any caller who can reach it may use: one beyond loopback while
+    ``allow_from`` is empty (at start, and on a reload that empties ``allow_from``)."""
+    if settings.allow_from:
+        return
+    for upstream in settings.listeners:
+        if upstream.listen.host not in _LOOPBACK:
+            get_logger("lifecycle").warning(
+                "the proxy port is open beyond loopback and allow_from is empty: "
+                "any caller that can reach it may use the tenant's quota",
+                listen=str(upstream.listen),
+                upstream=upstream.name,
+            )
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def proxy_server(proxy: Proxy) -> CallerServer:

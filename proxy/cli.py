@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -102,13 +103,16 @@ def _run(path: str | None) -> int:
     from proxy.config import ConfigError, load_settings
     from proxy.serve import run
 
+    # SIGHUP reloads once the proxy is up; until then it must not end the process (its default),
+    # and the settings read next are the file's newest anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         settings = load_settings(path)
     except ConfigError as exc:
         print(f"defender-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
-    return run(settings)
+    return run(settings, path)
 
 
 def _check(path: str) -> int:

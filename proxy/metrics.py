@@ -6,7 +6,8 @@ of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` 
 code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
 wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
 ``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``);
-``kind`` on the body hints one of ``proxy.body_hints.KINDS``.
+``kind`` on the body hints one of ``proxy.body_hints.KINDS``; ``result`` on the reloads one of
+``RELOAD_RESULTS``.
 No upstream or caller, however hostile, can grow the series without bound.
 """
 
@@ -28,6 +29,8 @@ from proxy import __version__, classify, codes, series
 _disable_created: Callable[[], None] = prometheus_client.disable_created_metrics  # untyped there
 _disable_created()
 
+#: The results of a reload (``proxy.reload``): the values of ``defender_proxy_reloads_total``'s label.
+RELOAD_RESULTS: Final = ("ok", "unchanged", "invalid")
 #: How many codes outside the known set get their own label value before the rest become ``other``.
 MAX_DYNAMIC_CODES: Final = 100
 OTHER: Final = "other"
@@ -249,6 +252,22 @@ class Metrics:
             "Hints given on a 400 the API may have answered for a typo in the request body, by "
             "route and kind: case, misspelt, missing (a required parameter), not_object.",
             ["route", "kind"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "defender_proxy_reloads",
+            "Reloads of the config file on SIGHUP, by result: ok (settings applied), unchanged "
+            "(valid, but nothing that can change without a restart differed), invalid (refused; "
+            "the running settings stay).",
+            ["result"],
+            registry=r,
+        )
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+        self.config_loaded = Gauge(
+            "defender_proxy_config_loaded_timestamp_seconds",
+            "When the settings in force were last read and found valid (Unix time): at start, "
+            "and at every reload that was not refused.",
             registry=r,
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)

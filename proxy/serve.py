@@ -1,6 +1,7 @@
-"""Running the proxy as a process: a listener per upstream and the admin port, signals, and a
-graceful drain.
+"""Running the proxy as a process: a listener per upstream and the admin port, signals, a
+reload, and a graceful drain.
 
+On SIGHUP the config file is read again and what can change live is applied (``proxy.reload``).
 On SIGTERM or SIGINT ``/readyz`` turns 503 at once, every proxy port stops accepting connections,
 requests in flight on all of them get up to ``shutdown_grace`` (together, not one after another)
 to finish, and the process exits 0.
@@ -12,6 +13,7 @@ import asyncio
 import gc
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,19 +21,38 @@ from aiohttp import web
 from proxy import app as wiring
 from proxy import logs
 from proxy.config import Settings, redact_url
+from proxy.reload import Reloader
 
 
-async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None = None) -> int:
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[int, int], None] | None = None,
+    path: str | None = None,
+) -> int:
     """Serve until a signal arrives, then drain; returns the exit code.
 
     ``on_ready`` gets the first proxy port and the admin port once every listener is bound.
+    ``path`` is the config file ``settings`` came from, read again on SIGHUP (None: the one
+    ``DEFENDER_PROXY_CONFIG`` names, if any).
     """
     log = logs.get_logger("lifecycle")
     proxies, admin = wiring.build(settings)
+    admin[wiring.METRICS].config_loaded.set(time.time())
+    servers = [wiring.proxy_server(proxy) for proxy in proxies]
+    reloader = Reloader(
+        path,
+        settings,
+        list(zip(proxies, servers, strict=True)),
+        admin[wiring.LIMITER],
+        admin[wiring.ERRORS],
+        admin[wiring.METRICS],
+    )
+    # From here a SIGHUP reloads (a reload before the ports are bound changes what they serve).
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     admin_runner = web.AppRunner(admin, access_log=None)
     proxy_runners = [
-        web.ServerRunner(wiring.proxy_server(proxy), shutdown_timeout=settings.shutdown_grace)
-        for proxy in proxies
+        web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace) for server in servers
     ]
     await admin_runner.setup()
     for runner in proxy_runners:
@@ -71,14 +92,7 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
     )
-    for upstream in settings.listeners:
-        if upstream.listen.host not in _LOOPBACK and not settings.allow_from:
-            log.warning(
-                "the proxy port is open beyond loopback and allow_from is empty: "
-                "any caller that can reach it may use the tenant's quota",
-                listen=str(upstream.listen),
-                upstream=upstream.name,
-            )
+    wiring.warn_if_open(settings)
     if not settings.tls.verify:
         log.warning("TLS verification of the upstream is OFF: tls.verify is false")
     # What start-up made (modules, settings, routes, metrics) lives as long as the process: out of
@@ -89,10 +103,11 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         on_ready(bound[0], admin_port)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    await reloader.wait()
 
     admin[wiring.STATE].draining = True
     admin[wiring.METRICS].ready.set(0)
@@ -102,9 +117,6 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     await admin_runner.cleanup()
     log.info("stopped")
     return 0
-
-
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 async def _cleanup(runners: list[web.ServerRunner]) -> None:
@@ -123,8 +135,8 @@ def _port(runner: web.BaseRunner) -> int:
     return 0
 
 
-def run(settings: Settings) -> int:
-    """Run the proxy on uvloop where it is available."""
+def run(settings: Settings, path: str | None = None) -> int:
+    """Run the proxy on uvloop where it is available; ``path`` as for ``serve``."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if sys.platform != "win32":
         try:
@@ -134,4 +146,4 @@ def run(settings: Settings) -> int:
         else:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(settings))
+        return runner.run(serve(settings, path=path))

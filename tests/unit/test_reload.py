@@ -1,0 +1,117 @@
+"""Which keys a reload applies and which need a restart: the comparison of two settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import Settings, parse_settings
+from proxy.reload import RESTART_ONLY, Changes, applicable, diff
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+LIVE = [
+    ("log_level: debug", "log_level"),
+    ("timeouts: {connect: 2s}", "timeouts.connect"),
+    ("timeouts: {read: 10s}", "timeouts.read"),
+    ("timeouts: {pool: 1s}", "timeouts.pool"),
+    ("timeouts: {caller: 5s}", "timeouts.caller"),
+    ("limits: {max_body: 1MiB}", "limits.max_body"),
+    ("limits: {error_body_cap: 64KiB}", "limits.error_body_cap"),
+    ("limits: {request_buffer: 1KiB}", "limits.request_buffer"),
+    ("limits: {batch_body: 2MiB}", "limits.batch_body"),
+    ("limits: {caller_connections: 50}", "limits.caller_connections"),
+    ("limits: {recent_errors: 0}", "limits.recent_errors"),
+    ("allow_from: [10.0.0.0/8]", "allow_from"),
+    ("rewrite_links: false", "rewrite_links"),
+    ("throttle: {mode: shadow}", "throttle.mode"),
+    ("throttle: {max_wait: 5s}", "throttle.max_wait"),
+    ("throttle: {max_pause: 1m}", "throttle.max_pause"),
+    ("throttle: {bulk_reserve: 0.5}", "throttle.bulk_reserve"),
+    ("throttle: {routes: [{name: machines.get, limits: [50/1m]}]}", "throttle.routes"),
+    ("throttle: {routes: [{name: machines.get, per: tenant}]}", "throttle.routes"),
+    ("throttle: {routes: [{name: machines.get, priority: bulk}]}", "throttle.routes"),
+    ("throttle: {identities: {max: 10}}", "throttle.identities.max"),
+    (
+        "throttle: {identities: {names: {contoso: 72f988bf-86f1-41af-91ab-2d7cd011db47}}}",
+        "throttle.identities.names",
+    ),
+]
+RESTART = [
+    ("upstream: http://127.0.0.1:9", "upstream"),
+    ("listen: 127.0.0.1:9999", "listen"),
+    (
+        "upstreams: [{name: a, origin: 'http://127.0.0.1:9', listen: '127.0.0.1:9998'}]",
+        "upstreams",
+    ),
+    ("admin_listen: 127.0.0.1:9997", "admin_listen"),
+    ("log_format: console", "log_format"),
+    ("shutdown_grace: 1s", "shutdown_grace"),
+    ("tls: {verify: false}", "tls.verify"),
+    ("pool: {max_connections: 5}", "pool.max_connections"),
+    ("pool: {keepalive: 1s}", "pool.keepalive"),
+    ("timeouts: {caller_keepalive: 5s}", "timeouts.caller_keepalive"),
+    ("limits: {max_header_size: 32KiB}", "limits.max_header_size"),
+    ("throttle: {store: 'redis://127.0.0.1:6379/0'}", "throttle.store"),
+    ("throttle: {namespace: other}", "throttle.namespace"),
+    ("throttle: {store_timeout: 1s}", "throttle.store_timeout"),
+    ("throttle: {margin: 1s}", "throttle.margin"),
+    ("throttle: {fallback: {cooldown: 1s}}", "throttle.fallback.cooldown"),
+    ("throttle: {fallback: {expected_replicas: 5}}", "throttle.fallback.expected_replicas"),
+]
+DEFAULTS = parse_settings(None, environ={})
+
+
+def settings(text: str) -> Settings:
+    return parse_settings(yaml.safe_load(text), environ={})
+
+
+@pytest.mark.parametrize(("text", "key"), LIVE, ids=[key for _, key in LIVE])
+def test_a_key_that_changes_live_is_applied(text: str, key: str) -> None:
+    """Each of these keys differs as one that a reload applies, and the settings applied hold it."""
+    loaded = settings(text)
+    assert diff(DEFAULTS, loaded) == Changes((key,), ())
+    assert applicable(DEFAULTS, loaded) == loaded
+
+
+@pytest.mark.parametrize(("text", "key"), RESTART, ids=[key for _, key in RESTART])
+def test_a_key_that_needs_a_restart_is_named_and_kept(text: str, key: str) -> None:
+    """Each of these keys is named as needing a restart, and the settings applied keep the
+    running value."""
+    loaded = settings(text)
+    assert diff(DEFAULTS, loaded) == Changes((), (key,))
+    assert applicable(DEFAULTS, loaded) == DEFAULTS
+
+
+def test_both_kinds_at_once_apply_only_the_live_ones() -> None:
+    """A file changing a live key and two restart-only ones: the live one applies, the running
+    listen address and store stay, and both are named."""
+    loaded = settings(
+        "listen: 127.0.0.1:9999\nlog_level: warning\n"
+        "throttle: {store: 'redis://127.0.0.1:6379/0', max_wait: 2s}\n"
+    )
+    assert diff(DEFAULTS, loaded) == Changes(
+        ("log_level", "throttle.max_wait"), ("listen", "throttle.store")
+    )
+    kept = applicable(DEFAULTS, loaded)
+    assert (kept.listen, kept.throttle.store) == (DEFAULTS.listen, "memory")
+    assert (kept.log_level, kept.throttle.max_wait) == ("warning", 2.0)
+
+
+def test_the_same_settings_differ_in_nothing() -> None:
+    """A file read again unchanged: nothing to apply, nothing to name."""
+    text = "log_level: warning\nthrottle: {routes: [{name: machines.get, limits: [5/1s]}]}\n"
+    assert diff(settings(text), settings(text)) == Changes((), ())
+
+
+def test_the_readme_names_every_key_that_needs_a_restart() -> None:
+    """The README's reload section lists exactly the keys that need a restart."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Reload without restart", 1)[1].split("\n## ", 1)[0]
+    listed = re.search(r"Needs a restart[^:]*:(.*?)\n\n", section, re.S)
+    assert listed is not None, "no 'Needs a restart' paragraph"
+    named = re.findall(r"`([a-z_.]+)`", listed.group(1))
+    assert sorted(named) == sorted(RESTART_ONLY)
