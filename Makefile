@@ -110,6 +110,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.links
 	$(BIN)/python -m bench.body_keys
+	$(BIN)/python -m bench.reload
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)
