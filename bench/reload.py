@@ -47,7 +47,8 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 RATE = 200.0
 
 
-def _routes(added: int, limit: str) -> str:
+def config(added: int, limit: str) -> str:
+    """The proxy's config: machines.get limited to ``limit`` and ``added`` routes of its own."""
     lines = ["throttle:", "  margin: 200ms", "  routes:"]
     lines.append(f"    - {{name: machines.get, limits: ['{limit}']}}")
     lines += [
@@ -95,7 +96,7 @@ async def _time_to_apply(simulator: Service, workdir: Path) -> dict[str, dict[st
     figures: dict[str, dict[str, float]] = {}
     for added in (0, 199, 999):
         log = workdir / f"apply-{added}.log"
-        proxy = start_proxy(simulator.port, config=_routes(added, "100/1m"), log=log)
+        proxy = start_proxy(simulator.port, config=config(added, "100/1m"), log=log)
         with services(proxy):
             async with aiohttp.ClientSession() as session:
                 pings: list[float] = []
@@ -105,7 +106,7 @@ async def _time_to_apply(simulator: Service, workdir: Path) -> dict[str, dict[st
                 offset = 0
                 for index in range(ROUNDS):
                     limit = f"{101 - index % 2}/1m"
-                    seconds, offset = await _reload(proxy, _routes(added, limit), offset)
+                    seconds, offset = await _reload(proxy, config(added, limit), offset)
                     took.append(seconds * 1000)
                 pinger.cancel()
         figures[str(added + 1)] = {
@@ -143,7 +144,7 @@ async def _steady(simulator: Service, proxy: Service, reloads: bool, run: str) -
             while True:
                 await asyncio.sleep(0.5)
                 limit = "99999/1s" if sent % 2 == 0 else "100000/1s"
-                _, offset = await _reload(proxy, _routes(0, limit), offset)
+                _, offset = await _reload(proxy, config(0, limit), offset)
                 sent += 1
 
         signaller = asyncio.create_task(signals()) if reloads else None
@@ -177,7 +178,7 @@ def _busiest(times: list[float], ends: list[float], window: float = 2.0) -> int:
 async def _lowered(workdir: Path) -> dict[str, Any]:
     simulator = start_simulator(None, "6/2s")
     log = workdir / "lowered.log"
-    proxy = start_proxy(simulator.port, config=_routes(0, "6/2s"), log=log)
+    proxy = start_proxy(simulator.port, config=config(0, "6/2s"), log=log)
     with services(simulator, proxy):
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -194,7 +195,7 @@ async def _lowered(workdir: Path) -> dict[str, Any]:
                 if len(await _journal(session, simulator)) >= 6:
                     break
                 await asyncio.sleep(0.02)
-            took, _ = await _reload(proxy, _routes(0, "3/2s"), 0)
+            took, _ = await _reload(proxy, config(0, "3/2s"), 0)
             second = [asyncio.create_task(one(f"second-{i}")) for i in range(9)]
             statuses = Counter(await asyncio.gather(*first, *second))
             journal = await _journal(session, simulator)
@@ -221,7 +222,7 @@ async def _run(workdir: Path) -> dict[str, Any]:
     simulator = start_simulator()
     with services(simulator):
         applied = await _time_to_apply(simulator, workdir)
-        proxy = start_proxy(simulator.port, config=_routes(0, "100000/1s"), log=workdir / "s.log")
+        proxy = start_proxy(simulator.port, config=config(0, "100000/1s"), log=workdir / "s.log")
         with services(proxy):
             quiet = await _steady(simulator, proxy, reloads=False, run="quiet")
             reloaded = await _steady(simulator, proxy, reloads=True, run="reloaded")
