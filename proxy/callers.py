@@ -319,8 +319,9 @@ class CallerServer(web.Server):
         metrics.caller_connection_sources.add(lambda: len(self._connections))
 
     def retune(self, caller_timeout: float, cap: int) -> None:
-        """Use a new ``timeouts.caller`` and connection cap from now on: for deadlines armed and
-        connections made after the call (none is closed because a lowered cap is passed)."""
+        """Use a new ``timeouts.caller`` and connection cap from now on: for the deadlines armed
+        and the connections made after the call. A lowered cap closes no connection by itself;
+        past it, each new connection takes the place of an idle one, as at the cap."""
         self.caller_timeout = caller_timeout
         self.cap = cap
 
