@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import dataclasses
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -110,7 +111,8 @@ async def test_a_bug_costs_one_request_not_the_process(stack: Stack, monkeypatch
         def match(self, method: str, path: str) -> Any:
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(stack.proxy, "router", Broken())
+    broken = dataclasses.replace(stack.proxy.setup, router=cast(Any, Broken()))
+    monkeypatch.setattr(stack.proxy, "setup", broken)
     response = await stack.client.get("/api/machines")
     assert response.status == 500
     assert (await response.json())["error"]["code"] == "InternalServerError"
