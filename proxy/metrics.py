@@ -8,6 +8,10 @@ wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota 
 ``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``);
 ``kind`` on the body hints one of ``proxy.body_hints.KINDS``.
 No upstream or caller, however hostile, can grow the series without bound.
+
+Beside the proxy's own, the registry carries prometheus_client's standard ``process_*`` (RSS, open
+file descriptors, CPU seconds), ``python_info`` and ``python_gc_*`` collectors, so the readings a
+soak takes from outside the process are on every replica's admin port too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from collections.abc import Callable
 from typing import Final
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
 
 from proxy import __version__, classify, codes, series
@@ -253,6 +265,10 @@ class Metrics:
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
+        # Read at each scrape from /proc and the interpreter: nothing is kept between scrapes.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
         # Label children cached per label tuple: the label sets are closed, so these stay small.
         self._request_children: dict[tuple[str, str, str, int, str], series.CounterChild] = {}
