@@ -47,6 +47,11 @@ class Outcome:
     method: str
     path: str
     request_id: str
+    #: the origin-form target sent upstream, once the guard has passed it
+    target: str = ""
+    #: the origin an absolute-form target naming the listener named ("" otherwise): paging
+    #: links are rewritten to it rather than to ``Host``
+    caller_origin: str = ""
     route: RouteSpec = OTHER_ROUTE
     #: for ``other``, the path family that keys its quota (``Router.route``)
     family: str = ""
