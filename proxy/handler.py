@@ -160,7 +160,12 @@ class Proxy:
             except asyncio.CancelledError:
                 # aiohttp cancels the handler when the caller's connection is lost.
                 if outcome.status in (0, 200) and outcome.source == "proxy":
-                    caller_gone(outcome, "caller disconnected before the answer")
+                    caller_gone(
+                        outcome,
+                        "caller disconnected while waiting for its quota slot"
+                        if outcome.queued is not None
+                        else "caller disconnected before the answer",
+                    )
                 raise
             except Exception as exc:
                 self._log.error("unexpected error", error=repr(exc), exc_info=True)
@@ -196,6 +201,7 @@ class Proxy:
     ) -> Admission | BatchAdmission:
         assert self.limiter is not None
         asked = quota_headers.control(request.headers)
+        started = time.perf_counter()
         try:
             if outcome.batch is not None:
                 inners = outcome.batch.requests
@@ -217,6 +223,11 @@ class Proxy:
             )
         except QuotaExceeded as exc:
             raise self._ratelimit.refusal(exc) from None
+        except asyncio.CancelledError:
+            # The caller left while queued for its slot (the limiter gives the slot back): its
+            # line says so, and for how long it had waited, which its own timeout decided.
+            outcome.queued = time.perf_counter() - started
+            raise
 
     async def _read_batch(self, request: web.BaseRequest, target: str, outcome: Outcome) -> bytes:
         """Read a ``$batch`` body whole (up to ``limits.batch_body``) and check it."""
