@@ -112,6 +112,11 @@ class Proxy:
         """Open the upstream connection pool."""
         self.pool = forward.make_pool(self.settings, self._upstream)
 
+    async def probe(self) -> None:
+        """Connect to the upstream once and hang up (``Pool.probe``): can it be reached?"""
+        assert self.pool is not None, "Proxy.start() was not awaited"
+        await self.pool.probe()
+
     async def close_pool(self) -> None:
         """Close the upstream connection pool (a shared limiter stays open)."""
         if self.pool is not None:
