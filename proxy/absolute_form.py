@@ -28,9 +28,10 @@ request is; so nothing here can reach another origin.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from proxy.errors import RefusalError
@@ -64,7 +65,7 @@ class Listener:
 
     def seen_from(self, local: tuple[str, int] | None) -> Listener:
         """The listener as one connection reached it."""
-        return replace(self, local=local)
+        return Listener(self.origin, self.scheme, self.host, self.port, local)
 
     def base_url(self) -> str:
         """The URL a client should use as its base: ``scheme://address[:port]``, or "" if the
@@ -81,6 +82,8 @@ class Listener:
         return f"{self.scheme}://{shown}:{port}"
 
 
+# The listener's own addresses come again on every such request; a caller's junk only churns it.
+@functools.lru_cache(maxsize=256)
 def _normal(host: str) -> str:
     """An IP literal in its one canonical text (IPv4-mapped IPv6 as IPv4), a name lowercased."""
     try:
@@ -127,6 +130,7 @@ def _is_own_host(host: str, listener: Listener) -> bool:
     return address.is_loopback and (family == 6 or address.version == 4)
 
 
+@functools.lru_cache(maxsize=256)
 def _is_loopback(host: str | None) -> bool:
     if host is None:
         return False
