@@ -158,6 +158,13 @@ class Metrics:
             "1 while the proxy accepts new requests, 0 while it drains.",
             registry=r,
         )
+        self.upstream_reachable = Gauge(
+            "defender_proxy_upstream_reachable",
+            "1 while the upstream can be reached (a TCP and TLS connect every 10s), 0 after 3 "
+            "failed checks in a row, 1 again after one success.",
+            ["upstream"],
+            registry=r,
+        )
         self.admissions = series.Counter(
             "defender_proxy_admissions",
             "Quota decisions by route and outcome: admitted (at once), waited (after a wait), "
