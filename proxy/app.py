@@ -6,11 +6,14 @@ upstream gets its own handler, connection pool and router; all of them share one
 quota store) and one set of metrics, so a route has one quota whichever listener it came in on.
 The admin port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``,
 ``/errors``) whose ``cleanup_ctx`` owns the process's resources, so they live exactly as long as
-the admin app. Every listener keeps its error answers in the one ring of recent errors.
+the admin app: the pools, the quota store, and the task that checks every upstream's reachability
+(``proxy.reachability``). Every listener keeps its error answers in the one ring of recent errors.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -24,6 +27,7 @@ from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quota import make_store
 from proxy.quota.limiter import Limiter
+from proxy.reachability import CHECK_INTERVAL, Watch
 from proxy.recent_errors import RecentErrors, answer
 from proxy.routing import Router
 
@@ -42,13 +46,15 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
 ERRORS: web.AppKey[RecentErrors] = web.AppKey("errors", RecentErrors)
+WATCH: web.AppKey[Watch] = web.AppKey("watch", Watch)
 
 
 def build(
-    settings: Settings, metrics: Metrics | None = None
+    settings: Settings, metrics: Metrics | None = None, check_interval: float = CHECK_INTERVAL
 ) -> tuple[tuple[Proxy, ...], web.Application]:
     """The proxy handlers, one per upstream in ``settings.listeners`` order, and the admin app
-    that owns their resources."""
+    that owns their resources; each upstream's reachability is checked every
+    ``check_interval`` seconds."""
     metrics = metrics or Metrics()
     throttle = settings.throttle
     routers = routers_for(settings)
@@ -65,6 +71,11 @@ def build(
     admin[METRICS] = metrics
     admin[STATE] = Lifecycle()
     admin[ERRORS] = errors
+    admin[WATCH] = Watch(
+        [(proxy.upstream.name, proxy.upstream.origin, proxy.probe) for proxy in proxies],
+        metrics.upstream_reachable,
+        check_interval,
+    )
     admin.router.add_get("/metrics", _metrics)
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
@@ -145,9 +156,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     for proxy in proxies:
         await proxy.start()
     await limiter.warm()
+    checks = asyncio.create_task(app[WATCH].run())
     metrics.ready.set(1)
     yield
     metrics.ready.set(0)
+    checks.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await checks
     for proxy in proxies:
         await proxy.close_pool()
     await limiter.close()
@@ -166,10 +181,12 @@ async def _healthz(_: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     # Ready only while every listener has its pool: a half-started process takes no traffic.
+    # Whether the upstreams can be reached is reported, not a condition (proxy.reachability).
     proxies = request.app[PROXIES]
+    upstreams = request.app[WATCH].views()
     if request.app[STATE].draining or any(proxy.pool is None for proxy in proxies):
-        return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "draining", "upstreams": upstreams}, status=503)
+    return web.json_response({"status": "ready", "upstreams": upstreams})
 
 
 async def _errors(request: web.Request) -> web.Response:

@@ -36,7 +36,12 @@ class ProxyError(Exception):
     """A request ends with an answer made by the proxy."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -44,6 +49,9 @@ class ProxyError(Exception):
         self.message = message
         #: extra response headers (Retry-After on a quota refusal)
         self.headers = headers
+        #: the status line's reason phrase, when the standard one would not tell enough: all
+        #: that some clients show of a refused CONNECT (ASCII text made by the proxy only)
+        self.reason = reason
 
 
 class RefusalError(ProxyError):
@@ -97,10 +105,12 @@ def error_response(
     message: str,
     target: str,
     headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> web.Response:
     """A complete proxy-made error response."""
     response = web.Response(
         status=status,
+        reason=reason,
         body=envelope(code, message, target),
         content_type="application/json",
         charset="utf-8",

@@ -1,11 +1,11 @@
 """The first step of a request: refuse what is not ours to forward.
 
 Only the configured upstream origin is ever contacted. A ``CONNECT`` or ``TRACE``, an
-asterisk-form target, an absolute-form target naming any other origin, a path that tries to climb
-out of itself (``..``, ``%2e%2e``, ``..;``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), a
-path longer than ``MAX_PATH``, more than one ``Authorization`` field, and a declared body over
-the limit are refused here, before any upstream connection is made, with a Defender-shaped 400,
-414 or 413.
+asterisk-form target, an absolute-form target naming any origin but the upstream's or the
+listener's own (``proxy.absolute_form``), a path that tries to climb out of itself (``..``,
+``%2e%2e``, ``..;``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), a path longer than
+``MAX_PATH``, more than one ``Authorization`` field, and a declared body over the limit are refused
+here, before any upstream connection is made, with a Defender-shaped 400, 414 or 413.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Final
 
 from yarl import URL
 
+from proxy.absolute_form import Listener, names_listener, not_a_forward_proxy, shown_authority
 from proxy.errors import RefusalError
 
 #: The longest path (the target before any ``?``, as sent) the proxy routes and forwards. The
@@ -33,25 +34,47 @@ _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|00)|\\", re.IGNORECASE)
 _ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
-def _split_absolute(absolute: str) -> tuple[str, str]:
-    """(normalised origin, origin-form rest) of an absolute-form target."""
+def _origin_form(absolute: str, upstream: str, listener: Listener | None) -> str:
+    """The origin-form rest of an absolute-form target naming the upstream or ``listener``."""
     scheme, _, rest = absolute.partition("://")
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, remainder = rest[:cut], rest[cut:]
+    target = remainder if remainder.startswith("/") else "/" + remainder
     if "@" in authority:
-        raise RefusalError(400, "BadRequest", "credentials in the request target are refused")
+        # Never shown: what precedes an "@" may be a password.
+        raise not_a_forward_proxy(
+            "credentials in the request target are refused", listener, upstream
+        )
+    if listener is not None and names_listener(scheme, authority, listener):
+        return target
     try:
         origin = str(URL(f"{scheme}://{authority}").origin())
     except ValueError:
-        raise RefusalError(400, "BadRequest", "the request target is not a valid URL") from None
-    return origin, remainder if remainder.startswith("/") else "/" + remainder
+        raise not_a_forward_proxy(
+            "the request target is not a valid URL", listener, upstream
+        ) from None
+    if origin != upstream:
+        named = shown_authority(authority)
+        raise not_a_forward_proxy(
+            f"an absolute-form target naming another origin ({named or 'not shown'}) is refused",
+            listener,
+            upstream,
+        )
+    return target
 
 
-def upstream_target(method: str, raw_target: str, upstream: str) -> str:
-    """The origin-form target (path and query, byte-exact) to send upstream, or a refusal."""
+def upstream_target(
+    method: str, raw_target: str, upstream: str, listener: Listener | None = None
+) -> str:
+    """The origin-form target (path and query, byte-exact) to send upstream, or a refusal.
+
+    ``listener`` is the proxy port the request came in on: an absolute-form target naming it is
+    served as its origin-form rest, and refusals of absolute-form and CONNECT name its address.
+    """
     if method == "CONNECT":
-        raise RefusalError(
-            400, "BadRequest", "CONNECT is refused: this proxy forwards only to its configured API"
+        named = shown_authority(raw_target)
+        raise not_a_forward_proxy(
+            f"CONNECT {named} is refused" if named else "CONNECT is refused", listener, upstream
         )
     if method in ("TRACE", "TRACK"):
         raise RefusalError(
@@ -60,14 +83,7 @@ def upstream_target(method: str, raw_target: str, upstream: str) -> str:
     if raw_target.startswith("/"):
         target = raw_target
     elif _ABSOLUTE.match(raw_target):
-        origin, target = _split_absolute(raw_target)
-        if origin != upstream:
-            raise RefusalError(
-                400,
-                "BadRequest",
-                "absolute-form targets naming another origin are refused: "
-                "this proxy forwards only to its configured API",
-            )
+        target = _origin_form(raw_target, upstream, listener)
     else:
         raise RefusalError(400, "BadRequest", "the request target must be a path such as /api/...")
     if "#" in target:

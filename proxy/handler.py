@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import batch, body_watch, forward, guard, quota_headers
+from proxy import absolute_form, batch, body_watch, forward, guard, quota_headers
 from proxy.auth_cause import audiences_for
 from proxy.config import Settings
 from proxy.errors import (
@@ -101,6 +101,8 @@ class Proxy:
         metrics.in_flight_sources.add(lambda: self.in_flight)
         self._upstream = self.upstream.origin
         self._name = self.upstream.name
+        listen = self.upstream.listen
+        self._listener = absolute_form.Listener(self._upstream, scheme, listen.host, listen.port)
         self._errors = errors
         self._log = get_logger("access")
         self.setup = self._setup(settings, router or Router())
@@ -167,6 +169,11 @@ class Proxy:
         """Open the upstream connection pool."""
         self.pool = forward.make_pool(self.settings, self._upstream)
 
+    async def probe(self) -> None:
+        """Connect to the upstream once and hang up (``Pool.probe``): can it be reached?"""
+        assert self.pool is not None, "Proxy.start() was not awaited"
+        await self.pool.probe()
+
     async def close_pool(self) -> None:
         """Close the upstream connection pool (a shared limiter stays open)."""
         if self.pool is not None:
@@ -198,7 +205,7 @@ class Proxy:
                 guard.check_framing(
                     (version.major, version.minor), None if codings is None else ",".join(codings)
                 )
-                target = guard.upstream_target(request.method, request.raw_path, self._upstream)
+                target = self._target(request, outcome)
                 routed = setup.router.route(request.method, target.partition("?")[0])
                 outcome.route, outcome.family = routed.spec, routed.family
                 guard.check_body_size(request.content_length, setup.max_body)
@@ -216,7 +223,12 @@ class Proxy:
             except asyncio.CancelledError:
                 # aiohttp cancels the handler when the caller's connection is lost.
                 if outcome.status in (0, 200) and outcome.source == "proxy":
-                    caller_gone(outcome, "caller disconnected before the answer")
+                    caller_gone(
+                        outcome,
+                        "caller disconnected while waiting for its quota slot"
+                        if outcome.queued is not None
+                        else "caller disconnected before the answer",
+                    )
                 raise
             except Exception as exc:
                 self._log.error("unexpected error", error=repr(exc), exc_info=True)
@@ -231,11 +243,28 @@ class Proxy:
             self.in_flight -= 1
             setup.recorder.observe(outcome, time.perf_counter() - started)
 
+    def _target(self, request: web.BaseRequest, outcome: Outcome) -> str:
+        """The guard's origin-form target, and where it came in absolute-form naming this
+        listener, the origin the caller named (RFC 9112 §3.2.2: it wins over ``Host``)."""
+        raw = request.raw_path
+        if raw.startswith("/") and request.method != "CONNECT":
+            outcome.target = guard.upstream_target(request.method, raw, self._upstream)
+            return outcome.target
+        transport = request.transport
+        local = None if transport is None else transport.get_extra_info("sockname")
+        listener = self._listener.seen_from(
+            (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        )
+        outcome.target = guard.upstream_target(request.method, raw, self._upstream, listener)
+        outcome.caller_origin = absolute_form.caller_origin(raw, listener)
+        return outcome.target
+
     async def _admit(
         self, setup: Setup, request: web.BaseRequest, outcome: Outcome
     ) -> Admission | BatchAdmission:
         assert self.limiter is not None
         asked = quota_headers.control(request.headers)
+        started = time.perf_counter()
         try:
             if outcome.batch is not None:
                 inners = outcome.batch.requests
@@ -257,6 +286,11 @@ class Proxy:
             )
         except QuotaExceeded as exc:
             raise setup.ratelimit.refusal(exc) from None
+        except asyncio.CancelledError:
+            # The caller left while queued for its slot (the limiter gives the slot back): its
+            # line says so, and for how long it had waited, which its own timeout decided.
+            outcome.queued = time.perf_counter() - started
+            raise
 
     async def _read_batch(
         self, setup: Setup, request: web.BaseRequest, target: str, outcome: Outcome
@@ -345,7 +379,9 @@ class Proxy:
             self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
-        response = error_response(exc.status, exc.code, exc.message, target, exc.headers)
+        response = error_response(
+            exc.status, exc.code, exc.message, target, exc.headers, exc.reason
+        )
         if isinstance(exc, RefusalError) or ends_connection(request):
             # The caller may still be sending a body we will never read.
             response.force_close()

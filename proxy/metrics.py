@@ -9,6 +9,10 @@ wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota 
 ``kind`` on the body hints one of ``proxy.body_hints.KINDS``; ``result`` on the reloads one of
 ``RELOAD_RESULTS``.
 No upstream or caller, however hostile, can grow the series without bound.
+
+Beside the proxy's own, the registry carries prometheus_client's standard ``process_*`` (RSS, open
+file descriptors, CPU seconds), ``python_info`` and ``python_gc_*`` collectors, so the readings a
+soak takes from outside the process are on every replica's admin port too.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from collections.abc import Callable
 from typing import Final
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
 
 from proxy import __version__, classify, codes, series
@@ -149,6 +161,13 @@ class Metrics:
             "1 while the proxy accepts new requests, 0 while it drains.",
             registry=r,
         )
+        self.upstream_reachable = Gauge(
+            "defender_proxy_upstream_reachable",
+            "1 while the upstream can be reached (a TCP and TLS connect every 10s), 0 after 3 "
+            "failed checks in a row, 1 again after one success.",
+            ["upstream"],
+            registry=r,
+        )
         self.admissions = series.Counter(
             "defender_proxy_admissions",
             "Quota decisions by route and outcome: admitted (at once), waited (after a wait), "
@@ -272,6 +291,10 @@ class Metrics:
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
+        # Read at each scrape from /proc and the interpreter: nothing is kept between scrapes.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
         # Label children cached per label tuple: the label sets are closed, so these stay small.
         self._request_children: dict[tuple[str, str, str, int, str], series.CounterChild] = {}

@@ -47,6 +47,11 @@ class Outcome:
     method: str
     path: str
     request_id: str
+    #: the origin-form target sent upstream, once the guard has passed it
+    target: str = ""
+    #: the origin an absolute-form target naming the listener named ("" otherwise): paging
+    #: links are rewritten to it rather than to ``Host``
+    caller_origin: str = ""
     route: RouteSpec = OTHER_ROUTE
     #: for ``other``, the path family that keys its quota (``Router.route``)
     family: str = ""
@@ -60,6 +65,8 @@ class Outcome:
     #: the caller's own request id when it was not a sane token (scrubbed, truncated)
     caller_request_id: str = ""
     admission: Admission | BatchAdmission | None = None
+    #: seconds the caller had waited for its quota slot when it left while queued (else None)
+    queued: float | None = None
     #: the caller's token, decoded (never verified): its ids go into the log line
     claims: Claims = NO_CLAIMS
     #: a ``$batch``: its checked requests, and the inner answers read so far (id -> status)
@@ -215,6 +222,9 @@ class Recorder:
             fields["admit_ms"] = round(outcome.admission.decided * 1000, 3)
             if outcome.admission.waited:
                 fields["wait_ms"] = round(outcome.admission.waited * 1000, 3)
+        elif outcome.queued is not None:
+            fields["quota"] = "waiting"
+            fields["wait_ms"] = round(outcome.queued * 1000, 3)
         self.log.write(fields)
 
 

@@ -79,7 +79,7 @@ class Relay:
                     request.headers.get("Authorization"),
                     outcome.claims,
                     request.method,
-                    request.raw_path.partition("?")[0],
+                    outcome.target.partition("?")[0],
                     outcome.route.name,
                 )
                 outcome.explained.update(explained)
@@ -109,7 +109,7 @@ class Relay:
             request.method,
             upstream.status,
             headers,
-            pages.origin_of(request, self._scheme),
+            outcome.caller_origin or pages.origin_of(request, self._scheme),
         )
         outcome.note = note or outcome.note
         whole: bytes | None = None

@@ -244,6 +244,16 @@ class Pool:
         await self._connector(conn)
         return conn
 
+    async def probe(self) -> None:
+        """Open one connection to the upstream as a request would (name, TCP, then TLS with the
+        pool's own settings) and close it at once, sending nothing: a reachability check. Raises
+        ``UpstreamError`` (its ``kind`` says what failed); the pool's connections are untouched."""
+        try:
+            conn = await self._connect()
+        except TransportError as exc:
+            raise upstream_error(exc, self.retry_after) from None
+        conn.close()
+
     def release(self, conn: Connection) -> None:
         """Return a connection after its exchange: pooled if reusable, else closed."""
         if conn.reusable and not self._closed:

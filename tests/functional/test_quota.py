@@ -6,13 +6,15 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.config import Throttle
 from proxy.errors import PROXY_HEADER
 from proxy.throttle_config import RouteOverride
 from proxy.units import parse_limit
-from tests.conftest import Stack
+from tests.conftest import Serve, Stack
+from tests.faultkit import until
 
 ADMISSIONS = "defender_proxy_admissions_total"
 #: The identity labels of a request without a token.
@@ -186,6 +188,29 @@ async def test_a_caller_leaving_while_waiting_gives_its_slot_back(make_stack: An
     assert response.status == 429
     # The freed slot is the one a minute after the first admission, not two minutes.
     assert int(response.headers["Retry-After"]) <= 60
+
+
+async def test_a_caller_whose_timeout_ends_its_wait_is_logged_as_waiting(serve: Serve) -> None:
+    """A real client timing out while queued: 499 with quota waiting and wait_ms; slot given back."""
+    stack, port = await serve(quota=True, throttle=throttle("1/10s", max_wait=30.0))
+    url = f"http://127.0.0.1:{port}/api/machines"
+    async with httpx.AsyncClient(trust_env=False) as client:
+        assert (await client.get(url)).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url, timeout=0.3)
+        assert await until(lambda: stack.proxy.in_flight == 0, 5)
+        await asyncio.sleep(0.05)  # the give-back runs as its own task
+        after = await client.get(url, headers={"X-Defender-Proxy-Max-Wait": "0s"})
+    _, left, _ = stack.logs.lines("request")
+    assert (left["status"], left["source"], left["quota"]) == (499, "proxy", "waiting")
+    assert 0 < left["wait_ms"] <= 10_000
+    assert left["note"] == "caller disconnected while waiting for its quota slot"
+    assert "admit_ms" not in left
+    # The next caller's slot is the one the leaver gave back (10 s after the first admission),
+    # not the one after it.
+    assert after.status_code == 429
+    assert int(after.headers["Retry-After"]) <= 10
+    assert (await _stats(stack))["requests"] == 1
 
 
 async def test_a_pause_holds_callers_already_waiting(make_stack: Any) -> None:

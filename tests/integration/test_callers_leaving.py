@@ -57,7 +57,11 @@ async def test_cli_callers_leaving_while_waiting_are_released_and_never_forwarde
     assert in_flight_1s_later == 0
     assert stats["requests"] == 1  # only the 429 that paused the route; no leaver was forwarded
     assert len(leavers) == 200
-    assert {line["note"] for line in leavers} == {"caller disconnected before the answer"}
+    assert {line["note"] for line in leavers} == {
+        "caller disconnected while waiting for its quota slot"
+    }
+    assert {line["quota"] for line in leavers} == {"waiting"}
+    assert all(line["wait_ms"] > 0 for line in leavers)
     assert gone_after >= 5.0
 
 

@@ -7,12 +7,15 @@ sidecars on by default) and the newest version the package knows; the Prometheus
 PodMonitor and PrometheusRule against the operator's published CRD schemas, as pydantic models
 (PyPI ``cloudcoil-models-prometheus-operator``). The rest pins what the issue asks of the
 manifests: native sidecar, probes, security context, the shared store for every replica, the
-gateway's NetworkPolicy, and a proxy config that the proxy itself accepts.
+gateway's NetworkPolicy and rollouts (surge first, a disruption budget, a preStop delay inside the
+grace period), and a proxy config that the proxy itself accepts.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import json
 import posixpath
 import shutil
 import subprocess
@@ -40,6 +43,9 @@ PROXY_IMAGE = "defender-proxy"
 REDIS_STORE = "redis://defender-proxy-redis:6379/0"
 CLIENT_LABEL = {"defender-proxy/client": "true"}
 JOB_LABEL = "defender-proxy/job"
+DOCKERFILE = ROOT / "Dockerfile"
+#: Seconds a gateway pod keeps beyond its preStop delay and shutdown_grace: the exit itself.
+TERMINATION_ROOM = 5
 
 Doc = dict[str, Any]
 
@@ -309,6 +315,66 @@ def test_gateway_network_policy_admits_only_labelled_clients() -> None:
     assert not any(_is_proxy(c) for c in _containers(tool["spec"]))
     env = {e["name"]: e.get("value") for e in tool["spec"]["containers"][0]["env"]}
     assert env["DEFENDER_API_URL"] == "http://defender-proxy:8080"
+
+
+def _prestop_sleep(container: Doc) -> float:
+    """The seconds the container's preStop hook sleeps: an exec of the image's own interpreter,
+    beside the Dockerfile's ENTRYPOINT, running exactly ``import time; time.sleep(N)``."""
+    entrypoint = next(
+        json.loads(line.removeprefix("ENTRYPOINT"))
+        for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("ENTRYPOINT")
+    )
+    interpreter, flag, code = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert interpreter == posixpath.join(posixpath.dirname(entrypoint[0]), "python")
+    assert flag == "-c"
+    match ast.parse(code).body:
+        case [
+            ast.Import(names=[ast.alias(name="time", asname=None)]),
+            ast.Expr(
+                ast.Call(
+                    func=ast.Attribute(ast.Name("time"), "sleep"),
+                    args=[ast.Constant(int() | float() as seconds)],
+                    keywords=[],
+                )
+            ),
+        ]:
+            return float(seconds)
+    raise AssertionError(f"the preStop hook runs {code!r}, not a plain sleep")
+
+
+def test_gateway_rolls_a_new_pod_in_before_an_old_one_goes() -> None:
+    """The gateway surges one pod and takes none away first; its budget keeps one pod serving
+    and still lets a node drain evict the other."""
+    gateway = _one(GATEWAY, "Deployment", "defender-proxy")
+    spec = gateway["spec"]
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    budget = _one(GATEWAY, "PodDisruptionBudget", "defender-proxy")["spec"]
+    assert _selects(budget["selector"], spec["template"]["metadata"]["labels"])
+    # No other workload of the overlay is held by it.
+    for workload in _workloads(GATEWAY):
+        if workload is not gateway:
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            assert not _selects(budget["selector"], labels), workload["metadata"]["name"]
+    replicas = spec["replicas"]
+    if "minAvailable" in budget:
+        assert 1 <= budget["minAvailable"] < replicas, budget
+    else:
+        assert 1 <= budget["maxUnavailable"] < replicas, budget
+
+
+def test_gateway_serves_through_its_prestop_delay_within_the_grace_period() -> None:
+    """The gateway's preStop hook sleeps a few seconds with the image's interpreter before
+    SIGTERM, and the grace period holds that delay, shutdown_grace and some room."""
+    ((workload, container),) = _proxies(GATEWAY)
+    seconds = _prestop_sleep(container)
+    assert 1 <= seconds <= 15, seconds
+    settings = _settings(GATEWAY, workload, container)
+    grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert seconds + settings.shutdown_grace + TERMINATION_ROOM <= grace, (seconds, grace)
 
 
 @pytest.mark.parametrize("overlay", [SHARED_REDIS, GATEWAY])

@@ -98,9 +98,12 @@ class Hostile:
     canary: Canary
 
     def render(self, template: bytes) -> bytes:
-        """The raw request with ``{canary}`` and ``{upstream}`` replaced by their ports."""
-        return template.replace(b"{canary}", str(self.canary.port).encode()).replace(
-            b"{upstream}", str(self.upstream).encode()
+        """The raw request with ``{canary}``, ``{upstream}`` and ``{proxy}`` replaced by their
+        ports."""
+        return (
+            template.replace(b"{canary}", str(self.canary.port).encode())
+            .replace(b"{upstream}", str(self.upstream).encode())
+            .replace(b"{proxy}", str(self.port).encode())
         )
 
     async def upstream_requests(self) -> int:
@@ -350,6 +353,7 @@ PARSER_CASES = _params([
     ("authority-without-scheme", _get(b"127.0.0.1:{canary}/api/alerts")),
     ("absolute-backslash-userinfo", _get(b"http://127.0.0.1:{canary}\\@127.0.0.1:{upstream}/api")),
     ("absolute-fragment-userinfo", _get(b"http://127.0.0.1:{upstream}#@127.0.0.1:{canary}/api")),
+    ("absolute-proxy-port-with-suffix", _get(b"http://127.0.0.1:{proxy}.evil.invalid/api")),
 ])  # fmt: skip
 
 
@@ -502,6 +506,20 @@ FORWARDED_CASES = _params([
     # for byte, never to the host it spells.
     ("scheme-relative-path", _get(b"//127.0.0.1:{canary}/api/alerts", ECHO, CLOSE),
      "//127.0.0.1:{canary}/api/alerts"),
+    # Absolute-form naming the proxy's own listener (HTTP_PROXY pointed at the proxy, and the
+    # proxy as the base URL) is served as its origin-form rest, whatever Host says.
+    ("absolute-proxy-itself",
+     _request(b"GET http://127.0.0.1:{proxy}/api/alerts?x=1 HTTP/1.1", CANARY_HOST, ECHO, CLOSE),
+     "/api/alerts?x=1"),
+    ("absolute-proxy-uppercase-scheme",
+     _get(b"HTTP://127.0.0.1:{proxy}/api/alerts", ECHO, CLOSE), "/api/alerts"),
+    ("absolute-proxy-https-scheme",
+     _get(b"https://127.0.0.1:{proxy}/api/alerts", ECHO, CLOSE), "/api/alerts"),
+    ("absolute-proxy-localhost",
+     _get(b"http://LocalHost:{proxy}/api/alerts", ECHO, CLOSE), "/api/alerts"),
+    ("absolute-proxy-then-host-in-path",
+     _get(b"http://127.0.0.1:{proxy}//127.0.0.1:{canary}/api", ECHO, CLOSE),
+     "//127.0.0.1:{canary}/api"),
 ])  # fmt: skip
 
 
@@ -517,9 +535,50 @@ async def test_other_hosts_in_headers_reach_only_the_upstream(
     echo = orjson.loads(answer.body)
     hosts = [value for name, value in echo["headers"] if name.lower() == "host"]
     assert hosts == [f"127.0.0.1:{hostile.upstream}"]
-    assert echo["raw_path"] == path.replace("{canary}", str(hostile.canary.port))
+    assert echo["raw_path"] == hostile.render(path.encode()).decode()
     assert not any(name.lower() == "upgrade" for name, _ in echo["headers"])
     assert upstream_seen == 1
+
+
+# --- asking for a forward proxy: refused with the origin served and the base URL to set --------
+
+# Absolute-form targets that look like the proxy's own listener but are not (userinfo, another
+# address or port, percent-encoding, another scheme), and CONNECT. None may reach any host but the
+# upstream (none reaches even that), and the advice never echoes the hostile target.
+FORWARD_PROXY_CASES = _params([
+    ("userinfo-on-proxy", _get(b"http://u@127.0.0.1:{proxy}/api/alerts")),
+    ("password-on-proxy", _get(b"http://u:hunter2@127.0.0.1:{proxy}/api/alerts")),
+    ("proxy-as-userinfo-of-canary", _get(b"http://127.0.0.1:{proxy}@127.0.0.1:{canary}/api")),
+    ("proxy-as-userinfo-of-evil", _get(b"http://127.0.0.1:{proxy}@evil.invalid/")),
+    ("ipv6-loopback-same-port", _get(b"http://[::1]:{proxy}/api/alerts")),
+    ("ipv6-mapped-canary", _get(b"http://[::ffff:127.0.0.1]:{canary}/api/alerts")),
+    ("other-loopback-same-port", _get(b"http://127.0.0.2:{proxy}/api/alerts")),
+    ("port-omitted", _get(b"http://127.0.0.1/api/alerts")),
+    ("port-empty", _get(b"http://127.0.0.1:/api/alerts")),
+    ("percent-encoded-colon", _get(b"http://127.0.0.1%3A{proxy}/api/alerts")),
+    ("percent-encoded-host", _get(b"http://%31%32%37.0.0.1:{proxy}/api/alerts")),
+    ("ws-scheme", _get(b"ws://127.0.0.1:{proxy}/api/alerts")),
+    ("connect-proxy-itself", _request(b"CONNECT 127.0.0.1:{proxy} HTTP/1.1", HOST)),
+    ("connect-canary", _request(b"CONNECT 127.0.0.1:{canary} HTTP/1.1", CANARY_HOST)),
+])  # fmt: skip
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("raw", FORWARD_PROXY_CASES)
+async def test_a_forward_proxy_request_is_refused_with_what_to_do(
+    hostile: Hostile, raw: bytes
+) -> None:
+    """Not quite the proxy's own URL, or CONNECT: 400 with the advice, nothing sent anywhere."""
+    answers, upstream_seen = await hostile.run(raw, read=one_answer)
+    [answer] = answers
+    assert answer.status == 400
+    assert answer.header(PROXY_HEADER) == "BadRequest"
+    message = orjson.loads(answer.body)["error"]["message"]
+    base = f"http://127.0.0.1:{hostile.port}"
+    assert f"it serves http://127.0.0.1:{hostile.upstream} at {base};" in message
+    assert f"set the client's base URL to {base} instead of HTTP_PROXY/HTTPS_PROXY" in message
+    assert not any(secret in message for secret in ("hunter2", "u@", "evil", "%"))
+    assert upstream_seen == 0
 
 
 # --- label cardinality ------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.procs import Process, start_cli
 
@@ -53,6 +56,44 @@ async def test_serves_metrics_and_readiness(running: tuple[Process, int, int]) -
         'defender_api_errors_total{code="Forbidden",route="machines.get",status="403"} 1.0' in text
     )
     assert "defender_proxy_build_info{" in text
+
+
+def _proc_figures(pid: int) -> tuple[float, int, float]:
+    """RSS in bytes, open fds and CPU seconds of ``pid``, read from /proc by this process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kib = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+    )
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    # utime and stime, fields 14 and 15, counted after the parenthesised command name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kib * 1024.0, fds, (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def test_admin_port_serves_the_process_figures(running: tuple[Process, int, int]) -> None:
+    """/metrics has process_* and python_* of the proxy process itself, matching its /proc."""
+    process, _, admin = running
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
+            text = await response.text()
+    rss, fds, cpu = _proc_figures(process.proc.pid)
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    value = {name: sample.value for name, sample in samples.items()}
+    # The proxy's own figures, not the test's: a wrong unit (pages, KiB) is off by 1000 times.
+    assert 0.5 * rss < value["process_resident_memory_bytes"] < 2 * rss
+    # The scrape's own connection and directory handle may be open in one reading and not the other.
+    assert 0 < value["process_open_fds"] <= value["process_max_fds"]
+    assert abs(value["process_open_fds"] - fds) <= 4, (value["process_open_fds"], fds)
+    # Read before this test's own reading of the same counters: never more (the collector adds
+    # user and system time as floats, hence the rounding allowance).
+    assert 0 < value["process_cpu_seconds_total"] <= cpu + 1e-9
+    assert samples["python_info"].labels["version"] == platform.python_version()
+    assert value["python_gc_collections_total"] >= 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -188,6 +190,28 @@ def test_build_info_carries_the_version() -> None:
     assert samples[0].labels["version"] == __version__
     assert samples[0].value == 1.0
     assert "defender_proxy_build_info{" in text
+
+
+def test_every_registry_carries_the_process_and_python_collectors() -> None:
+    """Each Metrics registry exports process_*, python_info and python_gc_* of this process."""
+    for metrics in (Metrics(), Metrics()):
+        text = metrics.exposition().decode()
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        for name in (
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds",
+            "process_start_time_seconds",
+            "python_gc_objects_collected",
+            "python_gc_collections",
+        ):
+            assert name in families, name
+        (info,) = families["python_info"].samples
+        assert info.labels["version"] == platform.python_version()
+        assert info.labels["implementation"] == platform.python_implementation()
+        generations = {s.labels["generation"] for s in families["python_gc_collections"].samples}
+        assert generations == {"0", "1", "2"}
 
 
 def test_requests_and_durations_are_labelled_with_their_upstream() -> None:
