@@ -314,7 +314,7 @@ class Limiter:
         quota = self._quota_of(route, policy, claims, family)
         reserve = self._reserve(policy, bulk)
         started = self._clock()
-        decision = await self.store.admit(quota, member, deadline, reserve, policy.shadow)
+        decision = await self._ask(quota, member, deadline, reserve, policy.shadow)
         ended = self._clock()
         decided = ended - started
         if decision.admitted or policy.shadow:
@@ -351,8 +351,20 @@ class Limiter:
         children.outcomes[outcome].inc()
         return Admission(quota, decision, outcome, decision.wait, decided)
 
-    def _release_later(self, quota: Quota, member: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.store.release(quota, member))
+    async def _ask(
+        self, quota: Quota, member: str, deadline: float, reserve: float, shadow: bool
+    ) -> Decision:
+        try:
+            return await self.store.admit(quota, member, deadline, reserve, shadow)
+        except asyncio.CancelledError:
+            # The caller went away during the store's own round trip: whatever slot the store
+            # gave it is never used, so it goes back, whether its time has come or not.
+            self._release_later(quota, member, unused=True)
+            raise
+
+    def _release_later(self, quota: Quota, member: str, *, unused: bool = False) -> None:
+        release = self.store.release(quota, member, unused=unused)
+        task = asyncio.get_running_loop().create_task(release)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -392,9 +404,14 @@ class Limiter:
             quota = self._quota_of(route, policy, claims, family)
             inner = f"{member}.{index}"
             started = self._clock()
-            decision = await self.store.admit(
-                quota, inner, deadline, self._reserve(policy, bulk), policy.shadow
-            )
+            try:
+                decision = await self._ask(
+                    quota, inner, deadline, self._reserve(policy, bulk), policy.shadow
+                )
+            except asyncio.CancelledError:
+                for _, given, held_inner in held:
+                    self._release_later(given, held_inner, unused=True)
+                raise
             ended = self._clock()
             took = ended - started
             if decision.admitted or policy.shadow:
