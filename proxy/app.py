@@ -73,7 +73,16 @@ def build(
     )
     errors = RecentErrors(settings.limits.recent_errors)
     proxies = tuple(
-        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream, errors=errors)
+        Proxy(
+            settings,
+            metrics,
+            routers[upstream.catalogue],
+            limiter,
+            upstream,
+            # Paging links name the scheme the caller came in with.
+            scheme=upstream.scheme,
+            errors=errors,
+        )
         for upstream in listeners
     )
     admin = web.Application()

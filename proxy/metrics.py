@@ -6,7 +6,8 @@ of the HTTP methods below or ``other``; ``status`` a three-digit code; ``code`` 
 code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other codes seen on the
 wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
 ``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``);
-``kind`` on the body hints one of ``proxy.body_hints.KINDS``.
+``kind`` on the body hints one of ``proxy.body_hints.KINDS``; ``listener`` the name of an upstream
+whose listener serves HTTPS.
 No upstream or caller, however hostile, can grow the series without bound.
 """
 
@@ -249,6 +250,20 @@ class Metrics:
             "Hints given on a 400 the API may have answered for a typo in the request body, by "
             "route and kind: case, misspelt, missing (a required parameter), not_object.",
             ["route", "kind"],
+            registry=r,
+        )
+        self.listen_tls_reloads = Counter(
+            "defender_proxy_listen_tls_reloads",
+            "Reloads of a listener's certificate and key after its files changed (listen_tls), "
+            "by result: ok (new handshakes get the new pair) or failed (the old pair keeps "
+            "serving).",
+            ["listener", "result"],
+            registry=r,
+        )
+        self.listen_tls_expiry = Gauge(
+            "defender_proxy_listen_tls_expiry_seconds",
+            "When the certificate a listener serves expires (its notAfter), as a Unix time.",
+            ["listener"],
             registry=r,
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
