@@ -146,14 +146,17 @@ def test_a_directory_or_a_huge_file_is_not_a_pair(tmp_path: Path) -> None:
 
 
 def test_the_context_is_tls_1_2_up_with_http_1_1_only(secret: SecretDir) -> None:
-    """The server context refuses TLS below 1.2, compression and renegotiation; the leaf's
-    subject, serial and expiry are read."""
+    """The server context refuses TLS below 1.2, compression and renegotiation, offers only
+    forward-secret suites without SHA-1; the leaf's subject, serial and expiry are read."""
     served = load(secret.files)
     context = served.context
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.options & ssl.OP_NO_COMPRESSION
     assert context.options & ssl.OP_NO_RENEGOTIATION
     assert context.verify_mode == ssl.CERT_NONE  # no client certificates asked for
+    ciphers = context.get_ciphers()
+    assert {c["kea"] for c in ciphers} <= {"kx-any", "kx-ecdhe", "kx-dhe"}  # forward secret
+    assert not [c["name"] for c in ciphers if c["digest"] in ("sha1", "md5")]
     assert "CN=first" in served.subject
     assert served.not_after > datetime.now(UTC)
 
