@@ -11,8 +11,9 @@ refuse; each problem names its key and file, never a byte of what the file holds
 context's SNI callback, which OpenSSL runs for every ClientHello (with or without a server name),
 hands the handshake the context of the newest pair. So a new pair serves every new handshake
 while each connection already open keeps the context it began with: nothing is dropped.
-(Loading the new pair into the one live context instead would leave it with a certificate and
-no matching key when the new pair turns out bad: OpenSSL drops the certificate on a mismatch.)
+(Loading the new pair into the one live context instead is what OpenSSL also applies to new
+handshakes only, but a pair that fails half-way — a new certificate, then a key that does not
+load — leaves that context unable to complete any handshake: "no shared cipher".)
 
 Rotation: cert-manager renews the Secret and the kubelet swaps the mounted files through a
 ``..data`` symlink; other tools write the files in place. Every ``POLL_INTERVAL`` seconds both

@@ -297,8 +297,8 @@ async def test_a_curl_session_across_a_rotation(gateway: Gateway) -> None:
 
 async def test_a_graph_sdk_session_with_azure_sign_in_across_a_rotation(gateway: Gateway) -> None:
     """The Graph SDK with AzureIdentityAuthenticationProvider accepts the https:// gateway,
-    pages the alerts over TLS (the nextLinks name https), runs a hunting query on its kept-alive
-    connection after the rotation, and a new client gets the new certificate."""
+    pages the alerts over TLS (the nextLinks name https), runs a hunting query on a connection
+    kept alive from before the rotation, and a new client gets the new certificate."""
     tool = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -324,15 +324,18 @@ async def test_a_graph_sdk_session_with_azure_sign_in_across_a_rotation(gateway:
             await tool.wait()
     assert tool.returncode == 0
     after = orjson.loads(out.splitlines()[-1])
-    # 25 alerts in pages of 10: three calls, each on the first connection.
+    # 25 alerts in pages of 10: three calls. The SDK may ask for a page before the last one's
+    # connection is back in its pool, so they may use more than one connection.
     assert before["alerts"] == 25
     calls = before["before"]
     assert [call["status"] for call in calls] == [200, 200, 200]
-    old, port = calls[0]["serial"], calls[0]["port"]
+    old = calls[0]["serial"]
     assert int(old, 16) != new
-    assert {(call["serial"], call["port"]) for call in calls} == {(old, port)}
+    assert {call["serial"] for call in calls} == {old}
     hunted, fresh = after["after"]
-    assert (hunted["status"], hunted["serial"], hunted["port"]) == (200, old, port)
+    # After the rotation, on a connection kept alive from before it.
+    assert hunted["port"] in {call["port"] for call in calls}
+    assert (hunted["status"], hunted["serial"]) == (200, old)
     assert (fresh["status"], int(fresh["serial"], 16)) == (200, new)
     assert after["scopes"] == [["https://graph.microsoft.com/.default"]]
     await gateway.assert_every_call_arrived(5)
