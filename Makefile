@@ -59,11 +59,13 @@ lock: | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/defender-proxy run $(if $(CONFIG),--config $(CONFIG))
 
-# System tools the suite uses for real: promtool (Debian package prometheus) and redis-server.
+# System tools the suite uses for real: promtool (Debian package prometheus), redis-server, and
+# curl (a client of the HTTPS proxy port).
 system-tools:
 	@missing=(); \
 	command -v promtool >/dev/null || missing+=(prometheus); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
+	command -v curl >/dev/null || missing+=(curl); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $${missing[*]}"; \
@@ -103,6 +105,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.quota_identities
 	$(BIN)/python -m bench.redis_client
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.listen_tls
 	$(BIN)/python -m bench.stalled
 	$(BIN)/python -m bench.slowloris
 	$(BIN)/python -m bench.routing

@@ -62,7 +62,16 @@ def build(
     limiter = Limiter(throttle, routes, policies, make_store(throttle, metrics), metrics)
     errors = RecentErrors(settings.limits.recent_errors)
     proxies = tuple(
-        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream, errors=errors)
+        Proxy(
+            settings,
+            metrics,
+            routers[upstream.catalogue],
+            limiter,
+            upstream,
+            # Paging links name the scheme the caller came in with.
+            scheme=upstream.scheme,
+            errors=errors,
+        )
         for upstream in settings.listeners
     )
     admin = web.Application()

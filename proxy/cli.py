@@ -125,18 +125,19 @@ def _check(path: str) -> int:
         return 2
     listeners = settings.listeners
     if not settings.upstreams:
+        https = " (https)" if listeners[0].listen_tls else ""
         print(
-            f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}, "
+            f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}{https}, "
             f"catalogue {listeners[0].catalogue}, admin {settings.admin_listen})"
         )
         return 0
     print(f"{path}: ok ({len(listeners)} upstreams, admin {settings.admin_listen})")
-    rows = [("name", "listen", "catalogue", "origin")]
-    rows += [(u.name, str(u.listen), u.catalogue, u.origin) for u in listeners]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("name", "listen", "scheme", "catalogue", "origin")]
+    rows += [(u.name, str(u.listen), u.scheme, u.catalogue, u.origin) for u in listeners]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        cells = [f"{cell:<{width}}" for cell, width in zip(row[:3], widths, strict=True)]
-        print("  " + "  ".join([*cells, row[3]]))
+        cells = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)]
+        print("  " + "  ".join([*cells, row[4]]))
     return 0
 
 

@@ -29,6 +29,7 @@ from proxy.endpoints import (
     parse_upstream,
     redact_url,
 )
+from proxy.listen_tls import ListenTls, parse_listen_tls
 from proxy.throttle_config import (
     MAX_IDENTITIES,
     Fallback,
@@ -60,6 +61,7 @@ __all__ = [
     "Fallback",
     "Identities",
     "Limits",
+    "ListenTls",
     "Pool",
     "RouteOverride",
     "Settings",
@@ -159,11 +161,14 @@ class Settings:
     #: paging links (@odata.nextLink, @odata.deltaLink) on the upstream's origin are rewritten to
     #: the origin the caller used, so every page of a list goes through the proxy
     rewrite_links: bool = True
+    #: HTTPS on every proxy port whose upstream entry names no ``listen_tls`` of its own
+    #: (already resolved into ``upstreams`` by the parser)
+    listen_tls: ListenTls | None = None
 
     @property
     def listeners(self) -> tuple[Upstream, ...]:
         """Every upstream served, each on its own listener: ``upstreams``, or the shorthand's one."""
-        return self.upstreams or (shorthand(self.upstream, self.listen),)
+        return self.upstreams or (shorthand(self.upstream, self.listen, self.listen_tls),)
 
 
 def _choice(*allowed: str) -> Callable[[object], str]:
@@ -310,6 +315,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
     },
     "allow_from": _networks,
     "rewrite_links": _switch,
+    "listen_tls": parse_listen_tls,
     "throttle": {
         "store": parse_store,
         "namespace": parse_name,
@@ -409,6 +415,14 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
         return replace(defaults, **changes)
 
     settings: Settings = build(Settings(), _SCHEMA, ())
+    if settings.listen_tls is not None:
+        # The top-level pair is every listener's unless its entry names its own.
+        default = settings.listen_tls
+        upstreams = tuple(
+            replace(upstream, listen_tls=upstream.listen_tls or default)
+            for upstream in settings.upstreams
+        )
+        settings = replace(settings, upstreams=upstreams)
 
     # Checks across keys, skipped where a value involved is itself invalid.
     listen, admin = settings.listen, settings.admin_listen

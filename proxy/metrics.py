@@ -7,7 +7,7 @@ code, a classification marker, or one of the first ``MAX_DYNAMIC_CODES`` other c
 wire — after that ``other``; ``tenant`` and ``app`` (the caller, on the quota metrics) a name from
 ``throttle.identities.names``, ``other``, or ``anonymous`` with no token (``proxy.identity.Labels``);
 ``kind`` on the body hints one of ``proxy.body_hints.KINDS``; ``result`` on the reloads one of
-``RELOAD_RESULTS``.
+``RELOAD_RESULTS``; ``listener`` the name of an upstream whose listener serves HTTPS.
 No upstream or caller, however hostile, can grow the series without bound.
 
 Beside the proxy's own, the registry carries prometheus_client's standard ``process_*`` (RSS, open
@@ -287,6 +287,20 @@ class Metrics:
             "defender_proxy_config_loaded_timestamp_seconds",
             "When the settings in force were last read and found valid (Unix time): at start, "
             "and at every reload that was not refused.",
+            registry=r,
+        )
+        self.listen_tls_reloads = Counter(
+            "defender_proxy_listen_tls_reloads",
+            "Reloads of a listener's certificate and key after its files changed (listen_tls), "
+            "by result: ok (new handshakes get the new pair) or failed (the old pair keeps "
+            "serving).",
+            ["listener", "result"],
+            registry=r,
+        )
+        self.listen_tls_expiry = Gauge(
+            "defender_proxy_listen_tls_expiry_seconds",
+            "When the certificate a listener serves expires (its notAfter), as a Unix time.",
+            ["listener"],
             registry=r,
         )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)

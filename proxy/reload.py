@@ -40,10 +40,12 @@ from proxy.config import (
     load_settings,
 )
 from proxy.handler import Proxy
+from proxy.listen_tls import ListenTls, ServerTls
 from proxy.metrics import Metrics
 from proxy.quota.limiter import Limiter
 from proxy.recent_errors import RecentErrors
 from proxy.routing import Router
+from proxy.upstreams import Upstream
 
 #: Keys (and sections) that need a restart, each for the reason beside it.
 RESTART_ONLY: Final = (
@@ -97,20 +99,55 @@ def needs_restart(key: str) -> bool:
     return any(key == path or key.startswith(f"{path}.") for path in RESTART_ONLY)
 
 
+def _without_tls(upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+    return tuple(replace(upstream, listen_tls=None) for upstream in upstreams)
+
+
+def _served_tls(settings: Settings) -> dict[str, ListenTls | None]:
+    return {upstream.name: upstream.listen_tls for upstream in settings.listeners}
+
+
 def diff(running: Settings, loaded: Settings) -> Changes:
-    """The keys in which ``loaded`` differs from ``running``, in the order of the settings."""
+    """The keys in which ``loaded`` differs from ``running``, in the order of the settings.
+
+    The pairs the listeners serve are ``listen_tls``, whether the top-level key or an
+    ``upstreams`` entry's own named them: new files apply live, but a listener that would switch
+    between HTTP and HTTPS needs a restart (its socket is made with its scheme).
+    """
     theirs = dict(_leaves(loaded))
-    changed = [key for key, value in _leaves(running) if theirs[key] != value]
-    return Changes(
-        tuple(key for key in changed if not needs_restart(key)),
-        tuple(key for key in changed if needs_restart(key)),
-    )
+    changed = [
+        key
+        for key, value in _leaves(running)
+        if key != "listen_tls"
+        and (
+            _without_tls(theirs[key]) != _without_tls(value)
+            if key == "upstreams"
+            else theirs[key] != value
+        )
+    ]
+    live = [key for key in changed if not needs_restart(key)]
+    restart = [key for key in changed if needs_restart(key)]
+    # Listeners are matched by name: one added or taken away is the restart ``upstreams`` names.
+    before, after = _served_tls(running), _served_tls(loaded)
+    common = before.keys() & after.keys()
+    if any(before[name] != after[name] for name in common):
+        switched = any((before[name] is None) != (after[name] is None) for name in common)
+        (restart if switched else live).insert(0, "listen_tls")
+    return Changes(tuple(live), tuple(restart))
 
 
 def applicable(running: Settings, loaded: Settings) -> Settings:
-    """``loaded`` with every key that needs a restart as it is in ``running``."""
+    """``loaded`` with every key that needs a restart as it is in ``running``; the listeners
+    take the pairs ``loaded`` names where their scheme stays."""
     kept: Settings = _keep(running, loaded, "")
-    return kept
+    if "listen_tls" in diff(running, loaded).restart:
+        return replace(kept, listen_tls=running.listen_tls)
+    after = _served_tls(loaded)
+    upstreams = tuple(
+        replace(upstream, listen_tls=after.get(upstream.name, upstream.listen_tls))
+        for upstream in kept.upstreams
+    )
+    return replace(kept, upstreams=upstreams)
 
 
 def _keep(running: Any, loaded: Any, prefix: str) -> Any:
@@ -139,6 +176,7 @@ class Reloader:
         errors: RecentErrors,
         metrics: Metrics,
         environ: Mapping[str, str] | None = None,
+        tls: Mapping[str, ServerTls] | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         #: the file read at start and on every reload (None: the environment alone)
@@ -148,6 +186,8 @@ class Reloader:
         self._limiter = limiter
         self._errors = errors
         self._metrics = metrics
+        #: each HTTPS listener's pair, by upstream name
+        self._tls = dict(tls or {})
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._log = logs.get_logger("lifecycle")
@@ -219,6 +259,11 @@ class Reloader:
         """One listener's part of a reload: its handler and its server."""
         (upstream,) = (u for u in settings.listeners if u.name == proxy.upstream.name)
         proxy.reconfigure(settings, upstream, router)
+        served = self._tls.get(upstream.name)
+        if served is not None and upstream.listen_tls not in (None, served.files):
+            # A pair that no longer loads was refused by the validation above, unless its files
+            # changed since: then ``use`` warns and the pair served now stays.
+            served.use(upstream.listen_tls)
         server.retune(settings.timeouts.caller, caller_connection_cap(settings))
 
     def _count(self, result: str) -> str:

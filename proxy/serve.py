@@ -5,6 +5,11 @@ On SIGHUP the config file is read again and what can change live is applied (``p
 On SIGTERM or SIGINT ``/readyz`` turns 503 at once, every proxy port stops accepting connections,
 requests in flight on all of them get up to ``shutdown_grace`` (together, not one after another)
 to finish, and the process exits 0.
+
+A listener with ``listen_tls`` serves HTTPS: its socket gets the context of a ``ServerTls``
+(``proxy.listen_tls``), which watches the files and serves a rotated pair to new handshakes. The
+``ServerTls`` of each such listener, by upstream name, is what a configuration reload would hand
+new files (``ServerTls.use``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from aiohttp import web
 from proxy import app as wiring
 from proxy import logs
 from proxy.config import Settings, redact_url
+from proxy.listen_tls import PairError, ServerTls
 from proxy.reload import Reloader
 
 
@@ -38,6 +44,16 @@ async def serve(
     log = logs.get_logger("lifecycle")
     proxies, admin = wiring.build(settings)
     admin[wiring.METRICS].config_loaded.set(time.time())
+    try:
+        tls = {
+            proxy.upstream.name: ServerTls(proxy.upstream.name, files, proxy.metrics)
+            for proxy in proxies
+            if (files := proxy.upstream.listen_tls) is not None
+        }
+    except PairError as exc:
+        # The files were checked with the config; they changed before they could be served.
+        log.error("cannot serve listen_tls", problems=str(exc))
+        return 1
     servers = [wiring.proxy_server(proxy) for proxy in proxies]
     reloader = Reloader(
         path,
@@ -46,6 +62,7 @@ async def serve(
         admin[wiring.LIMITER],
         admin[wiring.ERRORS],
         admin[wiring.METRICS],
+        tls=tls,
     )
     # From here a SIGHUP reloads (a reload before the ports are bound changes what they serve).
     loop = asyncio.get_running_loop()
@@ -60,8 +77,11 @@ async def serve(
     try:
         for proxy, runner in zip(proxies, proxy_runners, strict=True):
             listen = proxy.upstream.listen
+            served = tls.get(proxy.upstream.name)
+            context = None if served is None else served.context
             # A deep accept queue: a gateway may see thousands of tools connect at once.
-            await web.TCPSite(runner, listen.host, listen.port, backlog=4096).start()
+            site = web.TCPSite(runner, listen.host, listen.port, backlog=4096, ssl_context=context)
+            await site.start()
         admin_site = web.TCPSite(
             admin_runner, settings.admin_listen.host, settings.admin_listen.port
         )
@@ -79,6 +99,7 @@ async def serve(
             "listen": f"{proxy.upstream.listen.host}:{port}",
             "origin": proxy.upstream.origin,
             "catalogue": proxy.upstream.catalogue,
+            "scheme": proxy.upstream.scheme,
         }
         for proxy, port in zip(proxies, bound, strict=True)
     ]
@@ -95,6 +116,8 @@ async def serve(
     wiring.warn_if_open(settings)
     if not settings.tls.verify:
         log.warning("TLS verification of the upstream is OFF: tls.verify is false")
+    for served in tls.values():
+        served.start()
     # What start-up made (modules, settings, routes, metrics) lives as long as the process: out of
     # the collector's generations, no full collection under load has to walk it again.
     gc.collect()
@@ -113,6 +136,8 @@ async def serve(
     admin[wiring.METRICS].ready.set(0)
     in_flight = sum(proxy.in_flight for proxy in proxies)
     log.info("draining", in_flight=in_flight, grace_s=settings.shutdown_grace)
+    for served in tls.values():
+        await served.close()
     await _cleanup(proxy_runners)
     await admin_runner.cleanup()
     log.info("stopped")

@@ -71,10 +71,18 @@ def shown(value: object, characters: int = _SHOWN_CHARACTERS) -> str:
 
 
 def shown_key(key: object) -> str:
-    """A mapping key as a problem's key path shows it: as written when plain, else as ``shown``."""
-    if isinstance(key, str) and key.isprintable() and " " not in key and 0 < len(key) <= 64:
+    """A mapping key as a problem's key path shows it: as written when plain, else as ``shown``.
+
+    A colon is escaped (``\\x3a``): a problem reads ``file: key.path: message``, and a colon in
+    the path would split it in the wrong place."""
+    if (
+        isinstance(key, str)
+        and key.isprintable()
+        and 0 < len(key) <= 64
+        and not {" ", ":"} & set(key)
+    ):
         return key
-    return shown(key)
+    return shown(key).replace(":", "\\x3a")
 
 
 def parse_duration(value: object, at_most: float = math.inf) -> float:

@@ -6,6 +6,10 @@ one-origin shorthand (``upstream`` + ``listen``) is one upstream named ``default
 is chosen from the origin's host. Quotas are keyed by route, not by upstream, so two entries that
 are geo hosts of one API share them; the name is only a label (metrics, logs).
 
+An entry's ``listen_tls`` (``proxy.listen_tls``) makes its listener serve HTTPS; the config's
+top-level ``listen_tls`` is resolved into every entry without one, so ``listen_tls`` here is what
+the listener serves.
+
 Problems in the list are raised together as ``NestedValueError``, each with a path such as
 ``[1].listen``; the checks against other keys (``admin_listen``, the shorthand) are ``config``'s.
 """
@@ -18,6 +22,7 @@ from typing import Final, TypeVar
 
 from proxy.catalogue import CATALOGUES, catalogue_for_origin
 from proxy.endpoints import Address, parse_address, parse_upstream
+from proxy.listen_tls import ListenTls, parse_listen_tls
 from proxy.throttle_config import NestedValueError, parse_name
 from proxy.units import shown, shown_key
 
@@ -28,7 +33,7 @@ __all__ = ["DEFAULT_NAME", "MAX_UPSTREAMS", "Upstream", "parse_upstreams", "shor
 MAX_UPSTREAMS: Final = 16
 #: The name of the one upstream that ``upstream`` + ``listen`` describe.
 DEFAULT_NAME: Final = "default"
-_KEYS: Final = ("name", "origin", "listen", "catalogue")
+_KEYS: Final = ("name", "origin", "listen", "catalogue", "listen_tls")
 _T = TypeVar("_T")
 _Problems = list[tuple[str, str]]
 
@@ -43,11 +48,18 @@ class Upstream:
     listen: Address
     #: a key of ``proxy.catalogue.CATALOGUES``
     catalogue: str
+    #: the certificate and key the listener serves HTTPS with; None: plain HTTP
+    listen_tls: ListenTls | None = None
+
+    @property
+    def scheme(self) -> str:
+        """The scheme callers reach the listener with."""
+        return "http" if self.listen_tls is None else "https"
 
 
-def shorthand(origin: str, listen: Address) -> Upstream:
+def shorthand(origin: str, listen: Address, listen_tls: ListenTls | None = None) -> Upstream:
     """The one upstream of the ``upstream`` + ``listen`` shorthand."""
-    return Upstream(DEFAULT_NAME, origin, listen, catalogue_for_origin(origin))
+    return Upstream(DEFAULT_NAME, origin, listen, catalogue_for_origin(origin), listen_tls)
 
 
 def _catalogue(value: object) -> str:
@@ -108,6 +120,9 @@ def _entry(entry: object, where: str, problems: _Problems) -> Upstream | None:
             return None
         try:
             return parse(raw)
+        except NestedValueError as error:
+            problems.extend((f"{where}.{key}{below}", text) for below, text in error.problems)
+            return None
         except ValueError as error:
             problems.append((f"{where}.{key}", str(error)))
             return None
@@ -116,6 +131,7 @@ def _entry(entry: object, where: str, problems: _Problems) -> Upstream | None:
     origin = field("origin", parse_upstream)
     listen = field("listen", parse_address)
     catalogue = field("catalogue", _catalogue, required=False)
+    listen_tls = field("listen_tls", parse_listen_tls, required=False)
     if name is None or origin is None or listen is None or len(problems) > before:
         return None
-    return Upstream(name, origin, listen, catalogue or catalogue_for_origin(origin))
+    return Upstream(name, origin, listen, catalogue or catalogue_for_origin(origin), listen_tls)

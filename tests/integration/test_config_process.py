@@ -30,8 +30,22 @@ WORST = [
     ),
     ("listen: 2024-02-30\n", "invalid YAML: a value cannot be read"),
     ("listen: " + "[" * 3000 + "]" * 3000 + "\n", "invalid YAML: nested too deeply"),
+    (
+        "listen_tls: {cert: NOT_A_CERTIFICATE, key: NOT_A_CERTIFICATE}\n",
+        "listen_tls.cert: ",
+    ),
 ]
-IDS = ["max_body", "limit", "max_wait", "ca_bundle", "namespace", "database", "date", "nesting"]
+IDS = [
+    "max_body",
+    "limit",
+    "max_wait",
+    "ca_bundle",
+    "namespace",
+    "database",
+    "date",
+    "nesting",
+    "listen_tls",
+]
 # Should a regression let `run` start, it must not take a fixed port from anything else.
 FREE_PORTS = "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n"
 

@@ -5,10 +5,12 @@ Each of ``deploy/base`` (the native sidecar), ``deploy/overlays/shared-redis`` a
 validated with ``kubernetes-validate --strict`` against Kubernetes 1.29 (the first with native
 sidecars on by default) and the newest version the package knows; the Prometheus Operator's
 PodMonitor and PrometheusRule against the operator's published CRD schemas, as pydantic models
-(PyPI ``cloudcoil-models-prometheus-operator``). The rest pins what the issue asks of the
-manifests: native sidecar, probes, security context, the shared store for every replica, the
-gateway's NetworkPolicy and rollouts (surge first, a disruption budget, a preStop delay inside the
-grace period), and a proxy config that the proxy itself accepts.
+(PyPI ``cloudcoil-models-prometheus-operator``), and the gateway's cert-manager Certificate
+likewise against cert-manager's CRD schema (PyPI ``cloudcoil-models-cert-manager``). The rest
+pins what the issue asks of the manifests: native sidecar, probes, security context, the shared
+store for every replica, the gateway's NetworkPolicy, its HTTPS from a mounted Secret, its
+rollouts (surge first, a disruption budget, a preStop delay inside the grace period), and a proxy
+config that the proxy itself accepts.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 from kubernetes_validate.utils import latest_version
 
 from proxy.config import Settings, parse_settings
+from tests.tlsfiles import SecretDir, issue
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,10 +42,13 @@ GATEWAY = "overlays/gateway"
 OVERLAYS = (BASE, SHARED_REDIS, GATEWAY)
 # 1.29: native sidecars (init containers with restartPolicy Always) are on by default.
 K8S_VERSIONS = ("1.29.0", latest_version())
-CUSTOM_KINDS = frozenset({"PodMonitor", "PrometheusRule"})
+CUSTOM_KINDS = frozenset({"PodMonitor", "PrometheusRule", "Certificate"})
+OPERATOR_KINDS = ("PodMonitor", "PrometheusRule")
 PROXY_IMAGE = "defender-proxy"
 REDIS_STORE = "redis://defender-proxy-redis:6379/0"
 CLIENT_LABEL = {"defender-proxy/client": "true"}
+#: The Issuer the gateway's Certificate names; the operator provides it (README, the overlay).
+ISSUER = "defender-proxy-issuer"
 JOB_LABEL = "defender-proxy/job"
 DOCKERFILE = ROOT / "Dockerfile"
 #: Seconds a gateway pod keeps beyond its preStop delay and shutdown_grace: the exit itself.
@@ -95,18 +102,46 @@ def _proxies(overlay: str) -> list[tuple[Doc, Doc]]:
     ]
 
 
-def _settings(overlay: str, workload: Doc, container: Doc) -> Settings:
-    """The settings this proxy container starts with: its mounted config file and its env."""
+def _volume(pod: Doc, container: Doc, path: str) -> tuple[Doc, Doc]:
+    """The (mount, volume) of ``container`` that holds the file at ``path``."""
+    directory = posixpath.dirname(path)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    return mount, next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def _config(overlay: str, workload: Doc, container: Doc) -> tuple[Doc, dict[str, str]]:
+    """The config document this proxy container reads, and its environment."""
     pod = workload["spec"]["template"]["spec"]
     env = {item["name"]: item["value"] for item in container.get("env", ()) if "value" in item}
     path = env.get("DEFENDER_PROXY_CONFIG")
     assert path, f"deploy/{overlay}: {container['name']} has no DEFENDER_PROXY_CONFIG"
-    directory, key = posixpath.split(path)
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    _, volume = _volume(pod, container, path)
     config_map = _one(overlay, "ConfigMap", volume["configMap"]["name"])
-    data = yaml.safe_load(config_map["data"][key])
-    return parse_settings(data, f"deploy/{overlay}: {path}", environ=env)
+    data: Doc = yaml.safe_load(config_map["data"][posixpath.basename(path)])
+    return data, env
+
+
+@pytest.fixture(scope="module")
+def secret_files(tmp_path_factory: pytest.TempPathFactory) -> SecretDir:
+    """A Secret-volume directory with a pair, to stand in for one mounted in a pod."""
+    secret = SecretDir(tmp_path_factory.mktemp("secret"))
+    secret.put(issue(trustme.CA()))
+    return secret
+
+
+def _settings(overlay: str, workload: Doc, container: Doc, secret: SecretDir) -> Settings:
+    """The settings this proxy container starts with: its mounted config file and its env.
+
+    ``listen_tls`` names files of a mounted Secret that exists only in the cluster: each must be
+    in one of the container's Secret volumes, and a pair in ``secret`` stands in for it."""
+    data, env = _config(overlay, workload, container)
+    if "listen_tls" in data:
+        pod = workload["spec"]["template"]["spec"]
+        for key, path in data["listen_tls"].items():
+            _, volume = _volume(pod, container, path)
+            assert "secret" in volume, f"deploy/{overlay}: listen_tls.{key} is not in a Secret"
+        data["listen_tls"] = {"cert": secret.files.cert, "key": secret.files.key}
+    return parse_settings(data, f"deploy/{overlay}: {env['DEFENDER_PROXY_CONFIG']}", environ=env)
 
 
 def _port(container: Doc, name: str) -> int:
@@ -154,7 +189,7 @@ def test_custom_resources_match_the_operator_schema(overlay: str) -> None:
     """PodMonitor and PrometheusRule validate against the Prometheus Operator's CRD models."""
     from cloudcoil.models.prometheus_operator import v1  # slow import: only for this test
 
-    custom = [doc for doc in _render(overlay) if doc["kind"] in CUSTOM_KINDS]
+    custom = [doc for doc in _render(overlay) if doc["kind"] in OPERATOR_KINDS]
     assert sorted(doc["kind"] for doc in custom) == ["PodMonitor", "PrometheusRule"]
     for doc in custom:
         assert doc["apiVersion"] == "monitoring.coreos.com/v1"
@@ -220,10 +255,10 @@ def test_every_container_has_requests_and_a_memory_limit(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_proxy_config_is_accepted_by_the_proxy(overlay: str) -> None:
+def test_proxy_config_is_accepted_by_the_proxy(overlay: str, secret_files: SecretDir) -> None:
     """The mounted config parses with the proxy's own validator and matches the ports and pod."""
     for workload, container in _proxies(overlay):
-        settings = _settings(overlay, workload, container)
+        settings = _settings(overlay, workload, container, secret_files)
         pod = workload["spec"]["template"]["spec"]
         assert settings.admin_listen.port == _port(container, "proxy-admin")
         assert settings.shutdown_grace < pod["terminationGracePeriodSeconds"]
@@ -250,13 +285,15 @@ def test_the_commented_upstreams_example_is_accepted_by_the_proxy() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_replica_uses_the_quota_store_its_replica_count_needs(overlay: str) -> None:
+def test_every_replica_uses_the_quota_store_its_replica_count_needs(
+    overlay: str, secret_files: SecretDir
+) -> None:
     """One proxy keeps its quota in memory; several share Redis, with expected_replicas right."""
     proxies = _proxies(overlay)
     replicas = sum(workload["spec"].get("replicas", 1) for workload, _ in proxies)
     stores = set()
     for workload, container in proxies:
-        settings = _settings(overlay, workload, container)
+        settings = _settings(overlay, workload, container, secret_files)
         stores.add(settings.throttle.store)
         assert settings.throttle.fallback.expected_replicas == replicas, (
             f"deploy/{overlay}: fallback.expected_replicas is not the {replicas} proxies"
@@ -285,6 +322,10 @@ def test_overlay_config_differs_from_the_base_only_where_intended(overlay: str) 
     base, config = load(BASE), load(overlay)
     if overlay == GATEWAY:
         assert (base.pop("listen"), config.pop("listen")) == ("127.0.0.1:8080", "0.0.0.0:8080")
+        assert config.pop("listen_tls") == {
+            "cert": "/etc/defender-proxy-tls/tls.crt",
+            "key": "/etc/defender-proxy-tls/tls.key",
+        }
     for section in (base, config):
         section["throttle"].pop("store")
         section["throttle"]["fallback"].pop("expected_replicas")
@@ -314,7 +355,41 @@ def test_gateway_network_policy_admits_only_labelled_clients() -> None:
     assert _selects({"matchLabels": CLIENT_LABEL}, tool["metadata"]["labels"])
     assert not any(_is_proxy(c) for c in _containers(tool["spec"]))
     env = {e["name"]: e.get("value") for e in tool["spec"]["containers"][0]["env"]}
-    assert env["DEFENDER_API_URL"] == "http://defender-proxy:8080"
+    assert env["DEFENDER_API_URL"] == "https://defender-proxy:8080"
+
+
+def test_the_gateway_serves_the_certificate_cert_manager_issues() -> None:
+    """The gateway's Certificate validates against cert-manager's CRD schema, names the Service
+    and the operator's Issuer, and its Secret is mounted whole and read-only where listen_tls
+    reads it (no subPath, so a renewal reaches the proxy); no other overlay has one."""
+    from cloudcoil.models.cert_manager import v1  # slow import: only for this test
+
+    assert not _docs(BASE, "Certificate")
+    assert not _docs(SHARED_REDIS, "Certificate")
+    (certificate,) = _docs(GATEWAY, "Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    model = v1.Certificate.model_validate(certificate)
+    dumped = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    assert dumped == certificate, "the Certificate has fields cert-manager's schema lacks"
+    spec = certificate["spec"]
+    assert spec["issuerRef"] == {"name": ISSUER, "kind": "Issuer", "group": "cert-manager.io"}
+    service = _one(GATEWAY, "Service", "defender-proxy")
+    assert service["metadata"]["name"] in spec["dnsNames"]
+    ((workload, container),) = _proxies(GATEWAY)
+    pod = workload["spec"]["template"]["spec"]
+    data, _ = _config(GATEWAY, workload, container)
+    mounts = set()
+    for path in data["listen_tls"].values():
+        mount, volume = _volume(pod, container, path)
+        assert volume["secret"]["secretName"] == spec["secretName"]
+        assert mount.get("readOnly") is True
+        assert "subPath" not in mount
+        mounts.add(mount["mountPath"])
+    assert [posixpath.basename(p) for p in data["listen_tls"].values()] == ["tls.crt", "tls.key"]
+    assert len(mounts) == 1
+    # Mode 0440 and the pod's fsGroup: the proxy's group reads the key, no one else.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
 
 
 def _prestop_sleep(container: Doc) -> float:
@@ -366,13 +441,15 @@ def test_gateway_rolls_a_new_pod_in_before_an_old_one_goes() -> None:
         assert 1 <= budget["maxUnavailable"] < replicas, budget
 
 
-def test_gateway_serves_through_its_prestop_delay_within_the_grace_period() -> None:
+def test_gateway_serves_through_its_prestop_delay_within_the_grace_period(
+    secret_files: SecretDir,
+) -> None:
     """The gateway's preStop hook sleeps a few seconds with the image's interpreter before
     SIGTERM, and the grace period holds that delay, shutdown_grace and some room."""
     ((workload, container),) = _proxies(GATEWAY)
     seconds = _prestop_sleep(container)
     assert 1 <= seconds <= 15, seconds
-    settings = _settings(GATEWAY, workload, container)
+    settings = _settings(GATEWAY, workload, container, secret_files)
     grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert seconds + settings.shutdown_grace + TERMINATION_ROOM <= grace, (seconds, grace)
 

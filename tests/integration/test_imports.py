@@ -1,4 +1,5 @@
-"""What a fresh process imports to build and start the app: the Redis client only when it is used.
+"""What a fresh process imports to build and start the app: the Redis client only when it is used,
+cryptography only for listen_tls.
 
 redis-py adds about 7 MiB to every process, and the lean RESP client and the Redis store are of no
 use with the in-process store; ``proxy.quota.make_store`` imports them only when a ``redis://``
@@ -66,6 +67,8 @@ async def test_the_memory_store_imports_no_redis_client() -> None:
     assert "proxy.quota.memory" in modules
     assert _redis_py(modules) == set()
     assert modules.isdisjoint(REDIS_CLIENT)
+    # cryptography reads a listen_tls pair: a plain-HTTP proxy port never loads it.
+    assert not any(name.split(".")[0] == "cryptography" for name in modules)
 
 
 async def test_a_redis_url_imports_the_lean_client_only(redis_server: RedisServer) -> None:

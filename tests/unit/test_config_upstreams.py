@@ -81,7 +81,7 @@ def test_every_problem_in_the_list_is_reported_with_its_path() -> None:
         "contoso.yaml: upstreams[0].origin: expected an http:// or https:// URL, got 'ftp://x'",
         "contoso.yaml: upstreams[0].listen: expected host:port, got 'nowhere'",
         "contoso.yaml: upstreams[0].catalogue: expected one of defender, graph, all, got 'mde'",
-        "contoso.yaml: upstreams[1].extra: unknown key (known: name, origin, listen, catalogue)",
+        "contoso.yaml: upstreams[1].extra: unknown key (known: name, origin, listen, catalogue, listen_tls)",
         "contoso.yaml: upstreams[1].name: required: every upstream needs name",
         "contoso.yaml: upstreams[1].listen: required: every upstream needs listen",
         "contoso.yaml: upstreams[2]: expected a mapping, got a str",
@@ -168,7 +168,7 @@ def test_no_secret_in_an_origin_reaches_a_problem() -> None:
 def test_check_config_shows_every_upstream(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """check-config prints one row per upstream: name, listen, catalogue, origin."""
+    """check-config prints one row per upstream: name, listen, scheme, catalogue, origin."""
     for variable in (
         "DEFENDER_PROXY_UPSTREAM",
         "DEFENDER_PROXY_LISTEN",
@@ -181,7 +181,7 @@ def test_check_config_shows_every_upstream(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{path}: ok (2 upstreams, admin 0.0.0.0:9464)"
     assert [line.split() for line in lines[1:]] == [
-        ["name", "listen", "catalogue", "origin"],
-        ["defender", "127.0.0.1:8080", "defender", "https://api.security.microsoft.com"],
-        ["graph", "127.0.0.1:8081", "graph", "https://graph.microsoft.com"],
+        ["name", "listen", "scheme", "catalogue", "origin"],
+        ["defender", "127.0.0.1:8080", "http", "defender", "https://api.security.microsoft.com"],
+        ["graph", "127.0.0.1:8081", "http", "graph", "https://graph.microsoft.com"],
     ]

@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from proxy.config import Settings, parse_settings
 from proxy.reload import RESTART_ONLY, Changes, applicable, diff
+from tests.tlsfiles import SecretDir, issue
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -115,3 +117,49 @@ def test_the_readme_names_every_key_that_needs_a_restart() -> None:
     assert listed is not None, "no 'Needs a restart' paragraph"
     named = re.findall(r"`([a-z_.]+)`", listed.group(1))
     assert sorted(named) == sorted(RESTART_ONLY)
+
+
+def _pair(root: Path, name: str) -> SecretDir:
+    secret = SecretDir(root / name)
+    secret.put(issue(trustme.CA(), name))
+    return secret
+
+
+def _tls(secret: SecretDir) -> str:
+    return f"listen_tls: {{cert: '{secret.files.cert}', key: '{secret.files.key}'}}\n"
+
+
+def test_new_listen_tls_files_apply_live_and_a_scheme_switch_needs_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Other files for a listener's pair apply live; adding or dropping listen_tls would switch
+    its scheme, so it is named as needing a restart and the running pair stays."""
+    first, second = _pair(tmp_path, "first"), _pair(tmp_path, "second")
+    running = settings(_tls(first))
+    loaded = settings(_tls(second))
+    assert diff(running, loaded) == Changes(("listen_tls",), ())
+    assert applicable(running, loaded).listeners[0].listen_tls == second.files
+    assert diff(running, DEFAULTS) == Changes((), ("listen_tls",))
+    assert applicable(running, DEFAULTS).listeners[0].listen_tls == first.files
+    assert diff(DEFAULTS, running) == Changes((), ("listen_tls",))
+    assert applicable(DEFAULTS, running).listeners[0].listen_tls is None
+
+
+def test_an_upstream_entry_takes_its_new_pair_while_the_listeners_stay(tmp_path: Path) -> None:
+    """With upstreams, an entry's new pair (its own or the top-level one it inherits) applies
+    live; the entries are otherwise the same, so upstreams needs no restart."""
+    first, second = _pair(tmp_path, "first"), _pair(tmp_path, "second")
+    entries = (
+        "upstreams:\n"
+        "  - {name: a, origin: 'http://127.0.0.1:9', listen: '127.0.0.1:9001'}\n"
+        "  - {name: b, origin: 'http://127.0.0.1:9', listen: '127.0.0.1:9002'}\n"
+    )
+    running = settings(entries + _tls(first))
+    loaded = settings(entries + _tls(second))
+    assert diff(running, loaded) == Changes(("listen_tls",), ())
+    assert [u.listen_tls for u in applicable(running, loaded).listeners] == [second.files] * 2
+    moved = settings(entries.replace("9002", "9003") + _tls(second))
+    assert diff(running, moved) == Changes(("listen_tls",), ("upstreams",))
+    kept = applicable(running, moved)
+    assert [str(u.listen) for u in kept.listeners] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert [u.listen_tls for u in kept.listeners] == [second.files] * 2
