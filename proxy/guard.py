@@ -3,7 +3,7 @@
 Only the configured upstream origin is ever contacted. A ``CONNECT`` or ``TRACE``, an
 asterisk-form target, an absolute-form target naming any origin but the upstream's or the
 listener's own (``proxy.absolute_form``), a path that tries to climb out of itself (``..``,
-``%2e%2e``, ``..;``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), a path longer than
+``%2e%2e``, ``..;``, ``..%3B``) or smuggle a separator (``%2F``, ``%5C``, ``\\``), a path longer than
 ``MAX_PATH``, more than one ``Authorization`` field, and a declared body over the limit are refused
 here, before any upstream connection is made, with a Defender-shaped 400, 414 or 413.
 """
@@ -28,8 +28,9 @@ from proxy.errors import RefusalError
 #: this also caps the routing work per request.
 MAX_PATH: Final = 4096
 
-# A dot segment, also with path parameters (``..;x``), which some servers still read as ``..``.
-_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:;[^/?]*)?(?=/|$|\?)", re.IGNORECASE)
+# A dot segment, also with path parameters (``..;x``), which some servers still read as ``..``;
+# their ';' percent-encoded too, as such a server decodes the path before it reads parameters.
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:(?:;|%3b)[^/?]*)?(?=/|$|\?)", re.IGNORECASE)
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|00)|\\", re.IGNORECASE)
 _ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 

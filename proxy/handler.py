@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from yarl import URL
 
 from proxy import absolute_form, batch, body_watch, forward, guard, quota_headers
 from proxy.auth_cause import audiences_for
@@ -257,6 +258,9 @@ class Proxy:
         )
         outcome.target = guard.upstream_target(request.method, raw, self._upstream, listener)
         outcome.caller_origin = absolute_form.caller_origin(raw, listener)
+        # Logged as the origin-form target would be: aiohttp's path of "http://h:p?x" is "", not "/".
+        path = URL.build(path=outcome.target.partition("?")[0], encoded=True).path
+        outcome.path = path[:MAX_LOGGED_PATH]
         return outcome.target
 
     async def _admit(

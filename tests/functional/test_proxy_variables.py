@@ -155,3 +155,28 @@ async def test_the_named_origin_wins_over_host_for_paging_links(
     assert answer.status == 200
     link = orjson.loads(answer.body)["@odata.nextLink"]
     assert link.startswith(f"http://localhost:{port}/v1.0/security/alerts_v2?")
+
+
+@pytest.mark.parametrize(
+    ("target", "origin_form"),
+    [
+        ("http://127.0.0.1:{port}?x=1", "/?x=1"),
+        ("http://127.0.0.1:{port}", "/"),
+        ("http://localhost:{port}/api/%61lerts?x=1", "/api/%61lerts?x=1"),
+        ("HTTP://127.0.0.1:{port}//api/alerts", "//api/alerts"),
+    ],
+)
+async def test_an_absolute_target_is_sent_and_logged_as_its_origin_form_twin(
+    served: tuple[Stack, int], target: str, origin_form: str
+) -> None:
+    """A target naming the proxy, empty path included: the same bytes upstream, the same log line."""
+    stack, port = served
+    lines = []
+    for sent in (target.format(port=port), origin_form):
+        raw = f"GET {sent} HTTP/1.1\r\nHost: x\r\nX-Simulate: echo\r\n\r\n".encode()
+        answer = await exchange(port, raw)
+        assert answer.status == 200
+        assert orjson.loads(answer.body)["raw_path"] == origin_form
+        lines.append(stack.logs.lines("request")[-1])
+    absolute, reference = lines
+    assert _steady(absolute) == _steady(reference)

@@ -252,6 +252,9 @@ GUARD_CASES = _params([
     ("trailing-dotdot--400", _get(b"/api/machines/.."), 400),
     ("dotdot-before-query--400", _get(b"/api/..?x=1"), 400),
     ("fragment--400", _get(b"/api/x/..#f"), 400),
+    ("dotdot-pct3b-params--400", _get(b"/api/machines/x/..%3b/runHuntingQuery"), 400),
+    ("absolute-proxy-dotdot-pct3B--400",
+     _get(b"http://127.0.0.1:{proxy}/api/machines/x/%2E%2E%3B/runHuntingQuery"), 400),
     # … and encoded separators: %2F, %5C, %00, a raw backslash.
     ("pct2F--400", _get(b"/api/machines%2F..%2Fadmin"), 400),
     ("pct2f-lower--400", _get(b"/api/a%2fb"), 400),

@@ -5,6 +5,8 @@ that does not validate, or a change that needs a restart, leaves the process ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -181,3 +183,23 @@ async def test_a_new_listen_address_is_named_and_nothing_else_changes(running: R
         metrics = await running.proxy.metrics(session)
     assert sample(metrics, "defender_proxy_reloads_total", result="unchanged") == 1
     assert running.proxy.events("reloaded") == []
+
+
+@pytest.mark.slow
+async def test_a_fifo_swapped_in_then_sigterm_still_drains(running: Running) -> None:
+    """SIGHUP with a FIFO where the file was: refused at once, and SIGTERM still drains, exit 0."""
+    running.path.unlink()
+    os.mkfifo(running.path)
+    running.proxy.signal(signal.SIGHUP)
+    [line] = await running.proxy.lines("reload refused: the running settings stay", 1)
+    assert line["problems"] == [f"{running.path}: cannot read the config file: not a regular file"]
+    async with aiohttp.ClientSession() as session:
+        assert await _get(session, f"{running.proxy.url}/api/machines/m1", "after") == 200
+    running.proxy.signal(signal.SIGTERM)
+    try:
+        assert await asyncio.wait_for(running.proxy.process.proc.wait(), 10) == 0
+    finally:
+        # Free a reload left waiting to open the FIFO, so the process can be stopped.
+        with contextlib.suppress(OSError):
+            os.close(os.open(running.path, os.O_WRONLY | os.O_NONBLOCK))
+    await running.proxy.lines("stopped", 1)

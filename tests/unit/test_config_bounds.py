@@ -14,6 +14,7 @@ import os
 import re
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -391,8 +392,18 @@ def write(tmp_path: Path, text: str) -> str:
         ("a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
          "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nlisten: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
          "listen: expected host:port, got a list of 8 items"),
+        ("".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}" if i else "lol"] * 9) + "]\n"
+                 for i in range(10)) + "listen: *a9\n",
+         "invalid YAML at line 6, column 10: its aliases stand for more than 100,000 values"),
+        ("m: &m {" + ", ".join(f"k{i}: 1" for i in range(500)) + "}\n"
+         "throttle: {routes: [" + ", ".join(["*m"] * 1000) + "]}\n",
+         "invalid YAML at line 2, column 417: its aliases stand for more than 100,000 values"),
+        ("a: &a {x: 1, y: 2}\n" + "".join(
+            f"b{i}: &b{i} {{<<: [" + ", ".join([f"*b{i - 1}" if i else "*a"] * 9) + "]}\n"
+            for i in range(8)) + "listen: *b7\n",
+         "its aliases stand for more than 100,000 values"),
     ],
-    ids=["no-such-date", "empty-float", "empty-timestamp", "deep", "5000-digits", "huge-hex", "huge-key", "newline-key", "aliases"],
+    ids=["no-such-date", "empty-float", "empty-timestamp", "deep", "5000-digits", "huge-hex", "huge-key", "newline-key", "aliases", "billion-laughs", "aliased-unknown-keys", "merge-keys"],
 )  # fmt: skip
 def test_hostile_yaml_is_a_problem_naming_the_file(tmp_path: Path, text: str, problem: str) -> None:
     """What the YAML loader or a message would choke on is a problem naming the file, not a crash."""
@@ -401,6 +412,76 @@ def test_hostile_yaml_is_a_problem_naming_the_file(tmp_path: Path, text: str, pr
         load_settings(path, environ={})
     assert any(line.startswith(f"{path}: ") and problem in line for line in caught.value.problems)
     assert all(len(line) < len(path) + 300 for line in caught.value.problems)
+
+
+def test_aliases_a_route_table_shares_are_read(tmp_path: Path) -> None:
+    """1,000 routes (the bound) sharing one anchored list of limits is a valid file."""
+    routes = "".join(
+        f"    - {{name: r{i}, match: ['GET /api/r{i}'], limits: *limits}}\n" for i in range(1000)
+    )
+    text = f"shared: &limits [100/1m, 1500/1h]\nthrottle:\n  routes:\n{routes}"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    # The anchor's own key is unknown, which is the one problem: the aliases themselves are read.
+    assert caught.value.problems == [f"{path}: shared: unknown key (known: {', '.join(_SCHEMA)})"]
+
+
+def test_a_file_over_the_bound_is_a_problem_not_read_whole(tmp_path: Path) -> None:
+    """A config file over 1 MiB is refused by its size, the same by check-config."""
+    path = write(tmp_path, "# padding\n" * (1 << 17) + "log_level: debug\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems == [
+        f"{path}: cannot read the config file: it is over the limit of 1MiB"
+    ]
+
+
+def test_a_file_at_the_bound_is_read(tmp_path: Path) -> None:
+    """A config file of exactly 1 MiB is read."""
+    line = "log_level: debug\n"
+    path = write(tmp_path, "#" * ((1 << 20) - len(line) - 1) + "\n" + line)
+    assert os.path.getsize(path) == 1 << 20
+    assert load_settings(path, environ={}).log_level == "debug"
+
+
+def _load_in_a_thread(path: str) -> list[str]:
+    """load_settings(path)'s problems, read in a thread that a FIFO left waiting is freed from."""
+    problems: list[str] = []
+
+    def load() -> None:
+        try:
+            load_settings(path, environ={})
+        except ConfigError as error:
+            problems.extend(error.problems)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        # Free a thread blocked opening the FIFO: a writer opens it and leaves.
+        with open(path, "w", encoding="utf-8"):
+            pass
+        thread.join(10)
+        pytest.fail("reading the config file blocked")
+    return problems
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """A FIFO where the config file should be is a problem at once, not a start that never ends."""
+    path = str(tmp_path / "contoso.yaml")
+    os.mkfifo(path)
+    assert _load_in_a_thread(path) == [f"{path}: cannot read the config file: not a regular file"]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_device_is_refused(tmp_path: Path, device: str) -> None:
+    """A symlink to a device where the config file should be is refused, never read."""
+    path = tmp_path / "contoso.yaml"
+    path.symlink_to(device)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), environ={})
+    assert caught.value.problems == [f"{path}: cannot read the config file: not a regular file"]
 
 
 # shown, the one way a value reaches a message

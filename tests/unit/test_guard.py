@@ -161,7 +161,14 @@ def test_trace_refused(method: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["/api/machines/a..;b", "/api/machines/..x", "/api/machines;v=1", "/api/x.;"]
+    "target",
+    [
+        "/api/machines/a..;b",
+        "/api/machines/a..%3Bb",
+        "/api/machines/..x",
+        "/api/machines;v=1",
+        "/api/x.;",
+    ],
 )
 def test_names_with_dots_and_semicolons_pass(target: str) -> None:
     """Segments that merely contain dots or ';' (not a dot segment with parameters) pass."""
@@ -187,12 +194,16 @@ def test_names_with_dots_and_semicolons_pass(target: str) -> None:
         "/api/..;jsessionid=1/admin",
         "/api/.;x/machines",
         "/api/%2e%2e;/admin",
+        "/api/..%3b/admin",
+        "/api/..%3Bjsessionid=1/admin",
+        "/api/%2e%2e%3b/admin",
+        "/api/machines/%2E%2E%3B",
         "..",
     ],
 )
 def test_dot_segment_refused(target: str) -> None:
-    """A path with a '.' or '..' segment, plain, percent-encoded or with ';' parameters, is
-    refused with 400."""
+    """A path with a '.' or '..' segment, plain, percent-encoded or with ';' (or '%3B')
+    parameters, is refused with 400."""
     if not target.startswith("/"):
         target = "https://api.security.microsoft.com/" + target
     exc = refusal("GET", target)
