@@ -72,6 +72,8 @@ RESTART_ONLY: Final = (
     "throttle.margin",
     "throttle.fallback",
 )
+#: Problems of a refused file written in its warning; ``problems_total`` says how many there were.
+MAX_LOGGED_PROBLEMS: Final = 50
 #: The sections whose keys are compared one by one.
 _SECTIONS: Final = (Timeouts, Tls, Limits, Pool, Throttle, Fallback, Identities)
 
@@ -221,7 +223,11 @@ class Reloader:
             loaded = await asyncio.to_thread(load_settings, self.path, self._environ)
         except ConfigError as exc:
             self._log.warning(
-                "reload refused: the running settings stay", file=self.path, problems=exc.problems
+                "reload refused: the running settings stay",
+                file=self.path,
+                # check-config prints them all; one log line stays readable (and bounded).
+                problems=exc.problems[:MAX_LOGGED_PROBLEMS],
+                problems_total=len(exc.problems),
             )
             return self._count("invalid")
         return self.apply(loaded)

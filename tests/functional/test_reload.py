@@ -22,7 +22,7 @@ from proxy.callers import CallerServer
 from proxy.config import ConfigError, load_settings
 from proxy.handler import Proxy
 from proxy.metrics import Metrics
-from proxy.reload import Reloader
+from proxy.reload import MAX_LOGGED_PROBLEMS, Reloader
 from proxy.simulator.app import JOURNAL
 from tests.conftest import LogCapture
 from tests.faultkit import until
@@ -165,6 +165,20 @@ async def test_a_lowered_limit_governs_new_requests_and_waiters_keep_their_slots
     (reloaded,) = await running.logged("reloaded")
     assert reloaded["changed"] == ["throttle.routes"]
     assert running.reloads("ok") == 1
+
+
+async def test_a_refused_file_with_many_problems_logs_the_first_and_their_count(
+    start: Start,
+) -> None:
+    """A file of 500 unknown keys is refused with its first 50 problems in the warning and the
+    count of all of them, so one log line stays bounded."""
+    running = await start("")
+    running.write("".join(f"unknown_{index}: 1\n" for index in range(500)))
+    assert await running.reloader.reload() == "invalid"
+    (line,) = await running.logged(REFUSED)
+    assert line["problems_total"] == 500
+    assert len(line["problems"]) == MAX_LOGGED_PROBLEMS
+    assert "unknown_0: unknown key" in line["problems"][0]
 
 
 async def test_a_file_that_does_not_validate_is_refused_as_check_config_refuses_it(
