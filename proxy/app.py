@@ -12,6 +12,7 @@ the admin app. Every listener keeps its error answers in the one ring of recent 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -25,6 +26,9 @@ from proxy.quota import make_store
 from proxy.quota.limiter import Limiter
 from proxy.recent_errors import RecentErrors, answer
 from proxy.routing import Router
+
+if TYPE_CHECKING:
+    from proxy.spans import Spans
 
 
 class Lifecycle:
@@ -44,10 +48,10 @@ ERRORS: web.AppKey[RecentErrors] = web.AppKey("errors", RecentErrors)
 
 
 def build(
-    settings: Settings, metrics: Metrics | None = None
+    settings: Settings, metrics: Metrics | None = None, tracing: Spans | None = None
 ) -> tuple[tuple[Proxy, ...], web.Application]:
     """The proxy handlers, one per upstream in ``settings.listeners`` order, and the admin app
-    that owns their resources."""
+    that owns their resources; their requests are traced with ``tracing`` when given."""
     metrics = metrics or Metrics()
     throttle = settings.throttle
     listeners = settings.listeners
@@ -73,7 +77,15 @@ def build(
     )
     errors = RecentErrors(settings.limits.recent_errors)
     proxies = tuple(
-        Proxy(settings, metrics, routers[upstream.catalogue], limiter, upstream, errors=errors)
+        Proxy(
+            settings,
+            metrics,
+            routers[upstream.catalogue],
+            limiter,
+            upstream,
+            errors=errors,
+            tracing=tracing,
+        )
         for upstream in listeners
     )
     admin = web.Application()

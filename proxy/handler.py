@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -53,6 +54,9 @@ from proxy.routing import Router
 from proxy.upstream import Pool
 from proxy.upstreams import Upstream
 
+if TYPE_CHECKING:
+    from proxy.spans import ListenerSpans, Spans
+
 
 class Proxy:
     """One listener's request handler and the state it needs: its upstream's origin, pool and
@@ -67,6 +71,7 @@ class Proxy:
         upstream: Upstream | None = None,
         scheme: str = "http",
         errors: RecentErrors | None = None,
+        tracing: Spans | None = None,
     ) -> None:
         self.settings = settings
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
@@ -89,6 +94,10 @@ class Proxy:
         self._batch_body = min(settings.limits.batch_body, settings.limits.max_body)
         self._allowed = guard.networks(settings.allow_from) if settings.allow_from else None
         self._log = get_logger("access")
+        #: this listener's spans, while tracing is on (None: off, and nothing is traced)
+        self._spans: ListenerSpans | None = (
+            None if tracing is None else tracing.listener(self._name, self._upstream, scheme)
+        )
         self._recorder = Recorder(
             self._name,
             metrics,
@@ -128,6 +137,8 @@ class Proxy:
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = request_id(request)
+        if self._spans is not None:
+            outcome.trace = self._spans.request(request.headers, outcome)
         try:
             try:
                 credentials = request.headers.getall("Authorization", ())
@@ -172,16 +183,22 @@ class Proxy:
         finally:
             self.in_flight -= 1
             self._recorder.observe(outcome, time.perf_counter() - started)
+            if outcome.trace is not None:
+                outcome.trace.end(outcome)
 
     async def _admit(
         self, request: web.BaseRequest, outcome: Outcome
     ) -> Admission | BatchAdmission:
         assert self.limiter is not None
         asked = quota_headers.control(request.headers)
+        trace = outcome.trace
+        if trace is not None:
+            trace.admitting()
+        admission: Admission | BatchAdmission
         try:
             if outcome.batch is not None:
                 inners = outcome.batch.requests
-                return await self.limiter.admit_batch(
+                admission = await self.limiter.admit_batch(
                     [inner.route.name for inner in inners],
                     fresh_request_id(),
                     asked.max_wait,
@@ -189,16 +206,22 @@ class Proxy:
                     outcome.claims,
                     [inner.family for inner in inners],
                 )
-            return await self.limiter.admit(
-                outcome.route.name,
-                fresh_request_id(),
-                asked.max_wait,
-                asked.bulk,
-                outcome.claims,
-                outcome.family,
-            )
+            else:
+                admission = await self.limiter.admit(
+                    outcome.route.name,
+                    fresh_request_id(),
+                    asked.max_wait,
+                    asked.bulk,
+                    outcome.claims,
+                    outcome.family,
+                )
         except QuotaExceeded as exc:
+            if trace is not None:
+                trace.admitted("refused", 0.0)
             raise self._ratelimit.refusal(exc) from None
+        if trace is not None:
+            trace.admitted(admission.outcome, admission.waited)
+        return admission
 
     async def _read_batch(self, request: web.BaseRequest, target: str, outcome: Outcome) -> bytes:
         """Read a ``$batch`` body whole (up to ``limits.batch_body``) and check it."""
@@ -249,7 +272,12 @@ class Proxy:
                 else:
                     length = None
                     body = forward.replay(parts, body)
-            headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            headers = forward.request_headers(
+                request.raw_headers,
+                outcome.request_id,
+                length,
+                None if outcome.trace is None else outcome.trace.sending(),
+            )
             if outcome.batch is not None:
                 # Real clients ask for gzip; a compressed answer would hide its inner 429s.
                 headers = forward.uncompressed(headers)
@@ -266,6 +294,8 @@ class Proxy:
             return await self._relay.relay(request, upstream, outcome)
         finally:
             upstream.release()
+            if outcome.trace is not None:
+                outcome.trace.answered(upstream.status)
 
     def _answer(self, exc: ProxyError, outcome: Outcome, request: web.BaseRequest) -> web.Response:
         target = new_target()

@@ -3,7 +3,8 @@ graceful drain.
 
 On SIGTERM or SIGINT ``/readyz`` turns 503 at once, every proxy port stops accepting connections,
 requests in flight on all of them get up to ``shutdown_grace`` (together, not one after another)
-to finish, and the process exits 0.
+to finish, the spans still queued get up to ``tracing.FLUSH_SECONDS`` to be exported (while
+tracing is on), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy import app as wiring
-from proxy import logs
+from proxy import logs, tracing
 from proxy.config import Settings, redact_url
 
 
@@ -27,7 +28,8 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     ``on_ready`` gets the first proxy port and the admin port once every listener is bound.
     """
     log = logs.get_logger("lifecycle")
-    proxies, admin = wiring.build(settings)
+    traces, spans = tracing.start()
+    proxies, admin = wiring.build(settings, tracing=spans)
     admin_runner = web.AppRunner(admin, access_log=None)
     proxy_runners = [
         web.ServerRunner(wiring.proxy_server(proxy), shutdown_timeout=settings.shutdown_grace)
@@ -49,6 +51,8 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         log.error("cannot listen", error=str(exc))
         await _cleanup(proxy_runners)
         await admin_runner.cleanup()
+        if spans is not None:
+            await tracing.stop(spans)
         return 1
     bound = [_port(runner) for runner in proxy_runners]
     admin_port = _port(admin_runner)
@@ -70,6 +74,7 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
         listeners=listeners,
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
+        tracing=traces.describe(),
     )
     for upstream in settings.listeners:
         if upstream.listen.host not in _LOOPBACK and not settings.allow_from:
@@ -100,6 +105,9 @@ async def serve(settings: Settings, on_ready: Callable[[int, int], None] | None 
     log.info("draining", in_flight=in_flight, grace_s=settings.shutdown_grace)
     await _cleanup(proxy_runners)
     await admin_runner.cleanup()
+    if spans is not None:
+        # After the drain: the spans of the last requests are among those exported.
+        await tracing.stop(spans)
     log.info("stopped")
     return 0
 
