@@ -1,0 +1,71 @@
+"""Whether the OTEL_* environment turns tracing on, and what it warns about (``proxy.tracing``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.tracing import plan
+
+
+@pytest.mark.parametrize(
+    ("environ", "exporters"),
+    [
+        ({}, ()),
+        ({"OTEL_TRACES_EXPORTER": ""}, ()),
+        ({"OTEL_TRACES_EXPORTER": "none"}, ()),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ("otlp",)),
+        ({"OTEL_TRACES_EXPORTER": " OTLP , console "}, ("otlp", "console")),
+        ({"OTEL_TRACES_EXPORTER": "otlp,otlp"}, ("otlp",)),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ("console",)),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "TRUE"}, ()),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "false"}, ("otlp",)),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            ("otlp",),
+        ),
+    ],
+)
+def test_tracing_is_on_only_when_an_exporter_shipped_is_named(
+    environ: dict[str, str], exporters: tuple[str, ...]
+) -> None:
+    """Unset, empty, ``none`` or OTEL_SDK_DISABLED=true: off; otlp and console each once."""
+    chosen = plan(environ)
+    assert chosen.exporters == exporters
+    assert chosen.on is bool(exporters)
+    assert chosen.warnings == ()
+    assert chosen.describe() == (",".join(exporters) or "off")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/json", "GRPC"])
+def test_an_otlp_protocol_not_shipped_turns_otlp_off_with_a_warning(protocol: str) -> None:
+    """gRPC or JSON over OTLP: the otlp exporter stays off, and one warning names the variable."""
+    chosen = plan({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+    assert chosen.exporters == ()
+    (warning,) = chosen.warnings
+    assert f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol.lower()!r}" in warning
+    assert "http/protobuf" in warning
+
+
+def test_the_traces_protocol_wins_over_the_general_one() -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL decides for traces whatever the general one says."""
+    ok = plan(
+        {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        }
+    )
+    assert (ok.exporters, ok.warnings) == (("otlp",), ())
+    refused = plan(
+        {"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}
+    )
+    assert refused.exporters == ("console",)
+    assert "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='grpc'" in refused.warnings[0]
+
+
+def test_an_exporter_not_shipped_is_ignored_with_a_warning() -> None:
+    """zipkin (say) beside otlp: otlp is started, zipkin named in a warning."""
+    chosen = plan({"OTEL_TRACES_EXPORTER": "zipkin,otlp"})
+    assert chosen.exporters == ("otlp",)
+    (warning,) = chosen.warnings
+    assert "'zipkin'" in warning
