@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+from proxy import cli
 from proxy.tracing import plan
 
 
@@ -69,3 +73,20 @@ def test_an_exporter_not_shipped_is_ignored_with_a_warning() -> None:
     assert chosen.exporters == ("otlp",)
     (warning,) = chosen.warnings
     assert "'zipkin'" in warning
+
+
+def test_check_config_says_what_run_would_warn_about_tracing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config prints the OTEL_* warnings `run` logs at start, and still exits 0."""
+    for key in [key for key in os.environ if key.startswith(("OTEL_", "DEFENDER_PROXY_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    path = tmp_path / "proxy.yaml"
+    path.write_text("listen: 127.0.0.1:8080\n")
+    assert cli.main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{path}: ok")
+    (line,) = captured.err.splitlines()
+    assert line == f"warning: {plan(dict(os.environ)).warnings[0]}"
