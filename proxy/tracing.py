@@ -116,7 +116,13 @@ def start(environ: Mapping[str, str] | None = None) -> tuple[Plan, Spans | None]
     _route_sdk_logging()
     from proxy.spans import Spans
 
-    return chosen, Spans(chosen.exporters)
+    try:
+        return chosen, Spans(chosen.exporters)
+    except Exception as exc:
+        # The SDK reads its variables leniently (a bad value is a warning and its default), so
+        # this is rare; tracing is not worth a proxy that does not start.
+        log.error("tracing not started", error=repr(exc))
+        return Plan((), (*chosen.warnings, f"the SDK did not start: {exc!r}")), None
 
 
 async def stop(spans: Spans, seconds: float = FLUSH_SECONDS) -> bool:

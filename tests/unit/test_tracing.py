@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import cli
+from proxy import cli, tracing
 from proxy.tracing import plan
+from tests.conftest import LogCapture
 
 
 @pytest.mark.parametrize(
@@ -90,3 +91,21 @@ def test_check_config_says_what_run_would_warn_about_tracing(
     assert captured.out.startswith(f"{path}: ok")
     (line,) = captured.err.splitlines()
     assert line == f"warning: {plan(dict(os.environ)).warnings[0]}"
+
+
+def test_settings_the_sdk_refuses_leave_tracing_off_and_the_proxy_running(
+    monkeypatch: pytest.MonkeyPatch, captured_logs: LogCapture
+) -> None:
+    """A batch larger than the SDK's queue makes the SDK raise: tracing is off, said in an error
+    line, and start returns normally."""
+    for key in [key for key in os.environ if key.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5000")
+    chosen, spans = tracing.start()
+    assert spans is None
+    assert chosen.describe() == "off"
+    assert "max_export_batch_size" in chosen.warnings[-1]
+    (line,) = captured_logs.lines("tracing not started")
+    assert line["level"] == "error"
+    assert "max_export_batch_size" in line["error"]
