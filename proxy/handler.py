@@ -9,7 +9,9 @@ a ``$batch`` (``proxy.batch``), admission by the quota, forwarding the body, and
 answer when any step refuses or fails. What follows has modules of its own, so that the path reads
 here in one place: ``proxy.relay`` takes the upstream's answer to the caller (and
 ``proxy.inner_answers`` the inner answers of a batch on the way), and ``proxy.outcome`` holds what
-the request did and writes its one record.
+the request did and writes its one record. While tracing is on, the request's spans
+(``proxy.spans``, on the outcome) are told when admission and the upstream exchange start and end;
+while it is off that costs one ``None`` test at each of those points.
 """
 
 from __future__ import annotations
