@@ -197,8 +197,9 @@ def ready(*started: Service, seconds: float = 15.0) -> None:
 
 def _environ() -> dict[str, str]:
     # The proxy's environment variables win over its config file: none may leak in from ours
-    # (a stray DEFENDER_PROXY_STORE would point a bench at someone else's Redis).
-    return {k: v for k, v in os.environ.items() if not k.startswith("DEFENDER_PROXY_")}
+    # (a stray DEFENDER_PROXY_STORE would point a bench at someone else's Redis), and tracing is
+    # on only where a bench turns it on (a stray OTEL_TRACES_EXPORTER would trace every proxy).
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DEFENDER_PROXY_", "OTEL_"))}
 
 
 def _pinned(cpu: int | None) -> list[str]:
@@ -238,6 +239,32 @@ def start_simulator(cpu: int | None = None, *limits: str, per_identity: bool = F
     service = Service(proc, port)
     ready(service)
     return service
+
+
+def start_collector(cpu: int | None = None) -> Service:
+    """The stand-in OTLP/HTTP collector (``tests.otlp_collector``) on a free port: it decodes
+    every export and counts the spans (``GET /stats``)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*_pinned(cpu), sys.executable, "-m", "tests.otlp_collector", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_environ(),
+        cwd=ROOT,
+    )
+    service = Service(proc, port)
+    ready(service)
+    return service
+
+
+def tracing_env(collector: Service) -> dict[str, str]:
+    """The environment that turns a proxy's tracing on, exporting every span to ``collector``
+    (OTLP over HTTP, the SDK's default batching; every request sampled)."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
 
 
 # The benchmark route's quota: large enough never to hold the load, so every admission is the
