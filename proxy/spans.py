@@ -85,7 +85,8 @@ class ListenerSpans:
         self._name = name
         self._scheme = scheme
         url = URL(origin)
-        self.origin = origin.rstrip("/")
+        # Scheme, host and port only: no user or password an origin might be written with.
+        self.origin = str(url.origin())
         self.host = url.host or ""
         self.port = url.port or 0
 
