@@ -164,6 +164,14 @@ class RequestSpans:
 
     def sending(self) -> list[tuple[bytes, bytes]]:
         """Start the upstream exchange: the header lines that carry its span to the upstream."""
+        carrier: dict[str, str] = {}
+        if not self.server.is_recording():
+            # Nothing of this trace is recorded here, so no span of it is made either: the
+            # upstream's parent is the server span's id, flagged as the sampler decided.
+            _PROPAGATOR.inject(carrier, self._context)
+            return [
+                (name.encode("ascii"), value.encode("ascii")) for name, value in carrier.items()
+            ]
         listener = self._listener
         span = self._client = listener.tracer.start_span(
             self._method if self._method != "_OTHER" else "HTTP",
@@ -176,7 +184,6 @@ class RequestSpans:
                 "url.full": listener.origin + self._path,
             },
         )
-        carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
         return [(name.encode("ascii"), value.encode("ascii")) for name, value in carrier.items()]
 
