@@ -283,11 +283,17 @@ def _outputs(log: Path | None) -> Iterator[tuple[IO[bytes] | int, IO[bytes] | in
 
 
 def _spawn_proxy(
-    upstream_port: int, config: str, log: Path | None, cpu: int | None, env: Mapping[str, str]
+    upstream_port: int,
+    config: str,
+    log: Path | None,
+    cpu: int | None,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
 ) -> Service:
     """The proxy (JSON logs to ``log``, else /dev/null) in front of the upstream, not yet listening.
 
     ``config`` is the YAML text; it is written next to ``log`` (``.yaml``), else to bench/results.
+    ``cwd``: the checkout whose ``proxy`` package runs (default: this one).
     """
     port, admin = free_port(), free_port()
     config_file = log.with_suffix(".yaml") if log is not None else RESULTS / f".proxy-{port}.yaml"
@@ -308,6 +314,8 @@ def _spawn_proxy(
             stdout=out,
             stderr=err,
             env=environ,
+            # `python -m` puts the working directory first on the path: its package runs.
+            cwd=cwd,
         )
     scratch = None if log is not None else config_file
     return Service(proc, port, admin, log or Path(os.devnull), scratch)
@@ -318,11 +326,12 @@ def start_proxy(
     cpu: int | None = None,
     config: str = BENCH_THROTTLE,
     log: Path | None = None,
+    cwd: Path | None = None,
     **env: str,
 ) -> Service:
     """The proxy (all features on, JSON logs to ``log``, else /dev/null) in front of the upstream,
-    listening on ``.port`` and ``.admin``."""
-    service = _spawn_proxy(upstream_port, config, log, cpu, env)
+    listening on ``.port`` and ``.admin``; from the checkout ``cwd`` if given."""
+    service = _spawn_proxy(upstream_port, config, log, cpu, env, cwd)
     ready(service)
     return service
 

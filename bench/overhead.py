@@ -36,8 +36,11 @@ simulator itself), and the table holds the medians over the rounds:
   worker's RSS and CPU (the master only supervises).
 
 Settings from the environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (10),
-``BENCH_SATURATION_SECONDS`` (8), ``BENCH_LOG_DIR`` (keep the configs and logs there). The table is
-also written to ``bench/results/overhead.json``.
+``BENCH_SATURATION_SECONDS`` (8), ``BENCH_LOG_DIR`` (keep the configs and logs there), and
+``BENCH_BASELINE``: another checkout of the project (``git worktree add /tmp/base main``), whose
+proxy (the in-process store, tracing off) runs as a sixth system, ``proxy-baseline``, in the same
+rounds: ``proxy-memory``'s figures over its, a change's cost measured under the same neighbours.
+The table is also written to ``bench/results/overhead.json``.
 """
 
 from __future__ import annotations
@@ -88,7 +91,11 @@ RATES = {200: SECONDS, 1000: SECONDS / 2}
 POOL = 64
 HELD = 1000
 STREAM_BYTES = 2**30
-SYSTEMS = ("direct", "proxy-memory", "proxy-traced", "proxy-redis", "nginx")
+#: another checkout of the project (a directory), whose proxy runs as ``proxy-baseline``
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+SYSTEMS = ("direct", "proxy-memory", "proxy-traced", "proxy-redis", "nginx") + (
+    ("proxy-baseline",) if BASELINE else ()
+)
 PROXIES = SYSTEMS[1:]
 PATH = "/api/machines"
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
@@ -449,6 +456,13 @@ def _round(
     traced["traced_extra_cpu_pct"] = (
         traced["cpu_ms_per_1000"] / memory["cpu_ms_per_1000"] - 1
     ) * 100
+    if "proxy-baseline" in row:
+        base = row["proxy-baseline"]
+        for rate in RATES:
+            memory[f"vs_baseline_p50_ms@{rate}"] = memory[f"p50_ms@{rate}"] - base[f"p50_ms@{rate}"]
+        memory["vs_baseline_cpu_pct"] = (
+            memory["cpu_ms_per_1000"] / base["cpu_ms_per_1000"] - 1
+        ) * 100
     for system in ("proxy-memory", "proxy-traced", "proxy-redis"):
         row[system]["per_core_vs_nginx"] = (
             row[system]["sat_rps_per_core"] / row["nginx"]["sat_rps_per_core"]
@@ -474,6 +488,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("traced_extra_p50_ms@200", "tracing on: p50 over off at 200, ms", ".3f"),
     ("traced_extra_p50_ms@1000", "tracing on: p50 over off at 1,000, ms", ".3f"),
     ("traced_extra_cpu_pct", "tracing on: CPU per request over off, %", ".1f"),
+    ("vs_baseline_p50_ms@200", "over BENCH_BASELINE: p50 at 200, ms", ".3f"),
+    ("vs_baseline_p50_ms@1000", "over BENCH_BASELINE: p50 at 1,000, ms", ".3f"),
+    ("vs_baseline_cpu_pct", "over BENCH_BASELINE: CPU per request, %", ".1f"),
     ("sat_rps", "saturation on the mix (wrk), req/s", ".0f"),
     ("sat_busy_pct", "its CPU during it, % of its core", ".0f"),
     ("sat_others_pct", "other processes on that core, %", ".0f"),
@@ -576,14 +593,30 @@ def main() -> None:
         running.append(memory := start_proxy(sim.port, 0, log=work / "proxy-memory.log"))
         running.append(
             traced := start_proxy(
-                sim.port, 0, log=work / "proxy-traced.log", **tracing_env(collector)
+                sim.port,
+                0,
+                BENCH_THROTTLE,
+                work / "proxy-traced.log",
+                None,
+                **tracing_env(collector),
             )
         )
         running.append(shared := start_proxy(sim.port, 0, shared_config, work / "proxy-redis.log"))
         running.append(nginx := start_nginx(sim.port, work, cpu=0))
-        launched = (sim, memory, traced, shared, nginx)
-        ports = dict(zip(SYSTEMS, (service.port for service in launched), strict=True))
-        pids = dict(zip(SYSTEMS, (service.pid for service in launched[:-1]), strict=False))
+        launched = {
+            "direct": sim,
+            "proxy-memory": memory,
+            "proxy-traced": traced,
+            "proxy-redis": shared,
+            "nginx": nginx,
+        }
+        if BASELINE:
+            launched["proxy-baseline"] = start_proxy(
+                sim.port, 0, log=work / "proxy-baseline.log", cwd=Path(BASELINE)
+            )
+            running.append(launched["proxy-baseline"])
+        ports = {system: launched[system].port for system in SYSTEMS}
+        pids = {system: launched[system].pid for system in SYSTEMS}
         pids["nginx"] = worker_pid(nginx)
         script = work / "mix.lua"
         script.write_text(MIX_LUA)
