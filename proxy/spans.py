@@ -11,7 +11,9 @@ Imported only when tracing is on (``proxy.tracing.start``). A request gets, pare
   (``bench/tracing.py``);
 - ``<METHOD>`` (CLIENT), the exchange with the upstream, from the request sent to the last byte
   of its answer relayed. The upstream gets a ``traceparent`` naming this span (the caller's own
-  ``traceparent`` and ``tracestate`` are replaced, never sent twice: ``proxy.forward``).
+  ``traceparent`` and ``tracestate`` are replaced, never sent twice: ``proxy.forward``). A trace
+  the sampler does not record gets no spans but the server span's unrecorded one, whose id the
+  upstream's ``traceparent`` then names, flagged not sampled: the trace goes on past the proxy.
 
 The attributes say what the request's log line says and nothing more: method, path (without its
 query, scrubbed as the log line's is), route, status, error code and target (scrubbed), the
