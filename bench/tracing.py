@@ -16,6 +16,14 @@ sampled (``parentbased_traceidratio`` 0.1, no caller ``traceparent``). Tracing o
 the handler then makes none of these calls (``tests/integration/test_imports.py`` pins that not
 even the modules load), and its cost is ``bench.overhead``'s ``proxy-memory`` column.
 
+With ``BENCH_BASELINE`` naming another checkout of the project (``git worktree add /tmp/base
+main``), it then measures tracing off against that checkout's proxy, both in front of the
+simulator, pinned to core 0 (the simulator, ``wrk`` and the load generator on core 1), taking
+turns ``BENCH_PAIRS`` (6) times, the first of each pair alternating: CPU µs per request at a
+fixed 500 req/s for 4 s (``bench.overhead``'s open-loop generator), and CPU ms per 1,000 requests
+under ``wrk`` on ``bench.overhead``'s mix for 4 s; medians. Pairs in quick succession see the same
+neighbours, which ``bench.overhead``'s rounds of five systems do not.
+
 Run with ``python -m bench.tracing``.
 """
 
@@ -23,16 +31,29 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, start_collector, stop_all
+from bench.common import (
+    ROOT,
+    Service,
+    cpu_seconds,
+    start_collector,
+    start_proxy,
+    start_simulator,
+    stop_all,
+)
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+PAIRS = int(os.environ.get("BENCH_PAIRS", "6"))
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 #: name → (the caller's traceparent or "", whether the quota made it wait, OTEL_* of the case)
@@ -84,8 +105,48 @@ def _spans_received(url: str) -> int:
     return stats["spans"]
 
 
+def _off_against_baseline(baseline: Path) -> None:
+    """Tracing off here against ``baseline``'s proxy, in pairs; print the medians."""
+    from bench import overhead
+
+    overhead.SATURATION_SECONDS = 4
+    running: list[Service] = []
+    figures: dict[str, dict[str, list[float]]] = {
+        "this checkout": {"fixed": [], "saturated": []},
+        str(baseline): {"fixed": [], "saturated": []},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-tracing-") as work:
+        script = Path(work) / "mix.lua"
+        script.write_text(overhead.MIX_LUA)
+        try:
+            running.append(sim := start_simulator(1))
+            running.append(here := start_proxy(sim.port, 0))
+            running.append(there := start_proxy(sim.port, 0, cwd=baseline))
+            for number in range(PAIRS):
+                pair = [("this checkout", here), (str(baseline), there)]
+                if number % 2:
+                    pair.reverse()
+                for name, proxy in pair:
+                    cpu = cpu_seconds(proxy.pid)
+                    (result,) = overhead._fixed_rate([(proxy.port, 500.0, 4.0)])
+                    used = cpu_seconds(proxy.pid) - cpu
+                    figures[name]["fixed"].append(used / result["answers"] * 1e6)
+                for name, proxy in pair:
+                    mix = overhead._saturate(proxy.port, proxy.pid, sim.pid, script)
+                    figures[name]["saturated"].append(mix["cpu_ms_per_1000"])
+        finally:
+            stop_all(running)
+    print(f"\ntracing off against {baseline}: medians of {PAIRS} pairs")
+    print(f"{'proxy':<40}{'CPU µs/request at 500/s':>26}{'CPU ms/1,000 saturated':>26}")
+    for name, measured in figures.items():
+        fixed = statistics.median(measured["fixed"])
+        saturated = statistics.median(measured["saturated"])
+        print(f"{name:<40}{fixed:>26.0f}{saturated:>26.0f}")
+
+
 def main() -> None:
-    """Run every case ``ROUNDS`` times, interleaved; print the best of each."""
+    """Run every case ``ROUNDS`` times, interleaved; print the best of each (and, with
+    ``BENCH_BASELINE``, tracing off against that checkout)."""
     if sys.argv[1:2] == ["one"]:
         print(json.dumps(_one(sys.argv[2], sys.argv[3] == "1")))
         return
@@ -116,6 +177,8 @@ def main() -> None:
         best = min(runs, key=lambda run: run["total_us"])
         after = best["total_us"] - best["request_us"]
         print(f"{name:<40}{best['total_us']:>10.1f}{after:>30.1f}{best['spans']:>15.2f}")
+    if BASELINE:
+        _off_against_baseline(Path(BASELINE))
 
 
 if __name__ == "__main__":
