@@ -178,11 +178,11 @@ async def test_the_quota_wait_and_a_refusal_show_in_their_spans(
     assert set(refused) == {"SERVER", "INTERNAL"}
     assert refused["INTERNAL"].attributes["defender.quota.outcome"] == "refused"
     assert refused["INTERNAL"].status == "ERROR"
-    server = refused["SERVER"].attributes
-    assert server["defender.quota.outcome"] == "refused"
-    assert (server["http.response.status_code"], server["defender.source"]) == (429, "proxy")
-    assert server["defender.error.code"] == "TooManyRequests"
-    assert server["defender.error.target"] == stack.logs.lines("request")[-1]["target"]
+    answered = refused["SERVER"].attributes
+    assert answered["defender.quota.outcome"] == "refused"
+    assert (answered["http.response.status_code"], answered["defender.source"]) == (429, "proxy")
+    assert answered["defender.error.code"] == "TooManyRequests"
+    assert answered["defender.error.target"] == stack.logs.lines("request")[-1]["target"]
 
 
 async def test_an_unreachable_upstream_fails_both_spans(
