@@ -197,8 +197,9 @@ def ready(*started: Service, seconds: float = 15.0) -> None:
 
 def _environ() -> dict[str, str]:
     # The proxy's environment variables win over its config file: none may leak in from ours
-    # (a stray DEFENDER_PROXY_STORE would point a bench at someone else's Redis).
-    return {k: v for k, v in os.environ.items() if not k.startswith("DEFENDER_PROXY_")}
+    # (a stray DEFENDER_PROXY_STORE would point a bench at someone else's Redis), and tracing is
+    # on only where a bench turns it on (a stray OTEL_TRACES_EXPORTER would trace every proxy).
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DEFENDER_PROXY_", "OTEL_"))}
 
 
 def _pinned(cpu: int | None) -> list[str]:
@@ -240,6 +241,32 @@ def start_simulator(cpu: int | None = None, *limits: str, per_identity: bool = F
     return service
 
 
+def start_collector(cpu: int | None = None) -> Service:
+    """The stand-in OTLP/HTTP collector (``tests.otlp_collector``) on a free port: it decodes
+    every export and counts the spans (``GET /stats``)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*_pinned(cpu), sys.executable, "-m", "tests.otlp_collector", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_environ(),
+        cwd=ROOT,
+    )
+    service = Service(proc, port)
+    ready(service)
+    return service
+
+
+def tracing_env(collector: Service) -> dict[str, str]:
+    """The environment that turns a proxy's tracing on, exporting every span to ``collector``
+    (OTLP over HTTP, the SDK's default batching; every request sampled)."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
 # The benchmark route's quota: large enough never to hold the load, so every admission is the
 # full decision (the log of admissions, the gauges) without turning the load into 429s.
 BENCH_THROTTLE = 'throttle:\n  routes:\n    - {name: machines.list, limits: ["100000/1s"]}\n'
@@ -256,11 +283,17 @@ def _outputs(log: Path | None) -> Iterator[tuple[IO[bytes] | int, IO[bytes] | in
 
 
 def _spawn_proxy(
-    upstream_port: int, config: str, log: Path | None, cpu: int | None, env: Mapping[str, str]
+    upstream_port: int,
+    config: str,
+    log: Path | None,
+    cpu: int | None,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
 ) -> Service:
     """The proxy (JSON logs to ``log``, else /dev/null) in front of the upstream, not yet listening.
 
     ``config`` is the YAML text; it is written next to ``log`` (``.yaml``), else to bench/results.
+    ``cwd``: the checkout whose ``proxy`` package runs (default: this one).
     """
     port, admin = free_port(), free_port()
     config_file = log.with_suffix(".yaml") if log is not None else RESULTS / f".proxy-{port}.yaml"
@@ -281,6 +314,8 @@ def _spawn_proxy(
             stdout=out,
             stderr=err,
             env=environ,
+            # `python -m` puts the working directory first on the path: its package runs.
+            cwd=cwd,
         )
     scratch = None if log is not None else config_file
     return Service(proc, port, admin, log or Path(os.devnull), scratch)
@@ -291,11 +326,12 @@ def start_proxy(
     cpu: int | None = None,
     config: str = BENCH_THROTTLE,
     log: Path | None = None,
+    cwd: Path | None = None,
     **env: str,
 ) -> Service:
     """The proxy (all features on, JSON logs to ``log``, else /dev/null) in front of the upstream,
-    listening on ``.port`` and ``.admin``."""
-    service = _spawn_proxy(upstream_port, config, log, cpu, env)
+    listening on ``.port`` and ``.admin``; from the checkout ``cwd`` if given."""
+    service = _spawn_proxy(upstream_port, config, log, cpu, env, cwd)
     ready(service)
     return service
 

@@ -4,9 +4,13 @@ Run with ``make bench`` (or ``python -m bench.overhead``). One run starts, all o
 
 - the simulator (the upstream), pinned to core 1 with a private ``redis-server``, this script,
   its load generator and ``wrk``;
-- two proxies pinned to core 0, every feature on (routing, a quota too large ever to hold the load,
-  classification, metrics, a JSON log line per request written to a file): ``proxy-memory`` with
-  the in-process quota store, ``proxy-redis`` with ``throttle.store`` on the private Redis;
+- three proxies pinned to core 0, every feature on (routing, a quota too large ever to hold the
+  load, classification, metrics, a JSON log line per request written to a file): ``proxy-memory``
+  with the in-process quota store and tracing off (the default: nothing of OpenTelemetry is
+  imported), ``proxy-traced`` the same with tracing on (``OTEL_TRACES_EXPORTER=otlp``, every
+  request sampled: three spans each, exported over OTLP/HTTP to the stand-in collector
+  ``tests.otlp_collector``, on core 1, which decodes and counts them), ``proxy-redis`` with
+  ``throttle.store`` on the private Redis;
 - nginx pinned to core 0 (``bench.nginx``: one worker, ``proxy_pass`` to an upstream keep-alive
   pool of 32, an access log line per request in the ``combined`` format, written to a file).
 
@@ -32,8 +36,11 @@ simulator itself), and the table holds the medians over the rounds:
   worker's RSS and CPU (the master only supervises).
 
 Settings from the environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (10),
-``BENCH_SATURATION_SECONDS`` (8), ``BENCH_LOG_DIR`` (keep the configs and logs there). The table is
-also written to ``bench/results/overhead.json``.
+``BENCH_SATURATION_SECONDS`` (8), ``BENCH_LOG_DIR`` (keep the configs and logs there), and
+``BENCH_BASELINE``: another checkout of the project (``git worktree add /tmp/base main``), whose
+proxy (the in-process store, tracing off) runs as a sixth system, ``proxy-baseline``, in the same
+rounds: ``proxy-memory``'s figures over its, a change's cost measured under the same neighbours.
+The table is also written to ``bench/results/overhead.json``.
 """
 
 from __future__ import annotations
@@ -65,10 +72,12 @@ from bench.common import (
     percentile,
     rss_mib,
     scratch_dir,
+    start_collector,
     start_proxy,
     start_redis,
     start_simulator,
     stop_all,
+    tracing_env,
     unwind_on_sigterm,
     write_json,
 )
@@ -82,7 +91,11 @@ RATES = {200: SECONDS, 1000: SECONDS / 2}
 POOL = 64
 HELD = 1000
 STREAM_BYTES = 2**30
-SYSTEMS = ("direct", "proxy-memory", "proxy-redis", "nginx")
+#: another checkout of the project (a directory), whose proxy runs as ``proxy-baseline``
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+SYSTEMS = ("direct", "proxy-memory", "proxy-traced", "proxy-redis", "nginx") + (
+    ("proxy-baseline",) if BASELINE else ()
+)
 PROXIES = SYSTEMS[1:]
 PATH = "/api/machines"
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
@@ -381,6 +394,23 @@ async def _warm(port: int) -> None:
                 await response.read()
 
 
+async def _spans_per_request(collector: Service, traced: Service) -> float:
+    """Spans the collector received per request the traced proxy answered, once the proxy's
+    batch processor had the time to export what it holds (below 3: spans were dropped)."""
+    await asyncio.sleep(6.0)  # OTEL_BSP_SCHEDULE_DELAY's default is 5 s
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{collector.url}/stats") as response:
+            exported: dict[str, int] = await response.json()
+        async with session.get(f"http://127.0.0.1:{traced.admin}/metrics") as response:
+            text = await response.text()
+    answered = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("defender_proxy_requests_total{")
+    )
+    return exported["spans"] / answered if answered else float("nan")
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -396,9 +426,9 @@ def _round(
     for rate in RATES:
         for system in order:
             result = next(results)
-            if result["failures"]:
-                raise RuntimeError(f"{system} at {rate}/s: {result['failures']:.0f} failed")
-            for key in ("p50_ms", "p99_ms", "max_ms", "rate", "late_p99_ms", "opened"):
+            # A system that falls behind (a busy core) fails requests: counted and warned
+            # about, and the round's other figures kept.
+            for key in ("p50_ms", "p99_ms", "max_ms", "rate", "late_p99_ms", "opened", "failures"):
                 row[system][f"{key}@{rate}"] = result[key]
             row[system][f"generator_cpu_pct@{rate}"] = result["generator_cpu_share"] * 100
     for system in order:
@@ -416,10 +446,24 @@ def _round(
             for q in ("p50", "p99"):
                 direct = row["direct"][f"{q}_ms@{rate}"]
                 row[system][f"added_{q}_ms@{rate}"] = row[system][f"{q}_ms@{rate}"] - direct
+    memory = row["proxy-memory"]
     for rate in RATES:
-        extra = row["proxy-redis"][f"p50_ms@{rate}"] - row["proxy-memory"][f"p50_ms@{rate}"]
-        row["proxy-redis"][f"redis_extra_p50_ms@{rate}"] = extra
-    for system in ("proxy-memory", "proxy-redis"):
+        for system, key in (("proxy-redis", "redis_extra"), ("proxy-traced", "traced_extra")):
+            row[system][f"{key}_p50_ms@{rate}"] = (
+                row[system][f"p50_ms@{rate}"] - memory[f"p50_ms@{rate}"]
+            )
+    traced = row["proxy-traced"]
+    traced["traced_extra_cpu_pct"] = (
+        traced["cpu_ms_per_1000"] / memory["cpu_ms_per_1000"] - 1
+    ) * 100
+    if "proxy-baseline" in row:
+        base = row["proxy-baseline"]
+        for rate in RATES:
+            memory[f"vs_baseline_p50_ms@{rate}"] = memory[f"p50_ms@{rate}"] - base[f"p50_ms@{rate}"]
+        memory["vs_baseline_cpu_pct"] = (
+            memory["cpu_ms_per_1000"] / base["cpu_ms_per_1000"] - 1
+        ) * 100
+    for system in ("proxy-memory", "proxy-traced", "proxy-redis"):
         row[system]["per_core_vs_nginx"] = (
             row[system]["sat_rps_per_core"] / row["nginx"]["sat_rps_per_core"]
         )
@@ -438,8 +482,15 @@ ROWS: list[tuple[str, str, str]] = [
     ("added_p99_ms@1000", "added p99 at 1,000 req/s, ms", ".3f"),
     ("rate@1000", "achieved rate (target 1,000), req/s", ".1f"),
     ("late_p99_ms@1000", "generator: sends late p99 at 1,000, ms", ".3f"),
+    ("failures@1000", "requests failed at 1,000 req/s", ".0f"),
     ("redis_extra_p50_ms@200", "Redis store: p50 over memory at 200, ms", ".3f"),
     ("redis_extra_p50_ms@1000", "Redis store: p50 over memory at 1,000, ms", ".3f"),
+    ("traced_extra_p50_ms@200", "tracing on: p50 over off at 200, ms", ".3f"),
+    ("traced_extra_p50_ms@1000", "tracing on: p50 over off at 1,000, ms", ".3f"),
+    ("traced_extra_cpu_pct", "tracing on: CPU per request over off, %", ".1f"),
+    ("vs_baseline_p50_ms@200", "over BENCH_BASELINE: p50 at 200, ms", ".3f"),
+    ("vs_baseline_p50_ms@1000", "over BENCH_BASELINE: p50 at 1,000, ms", ".3f"),
+    ("vs_baseline_cpu_pct", "over BENCH_BASELINE: CPU per request, %", ".1f"),
     ("sat_rps", "saturation on the mix (wrk), req/s", ".0f"),
     ("sat_busy_pct", "its CPU during it, % of its core", ".0f"),
     ("sat_others_pct", "other processes on that core, %", ".0f"),
@@ -453,6 +504,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("stream_growth_mib", "RSS growth streaming 1 GiB, MiB", ".1f"),
     ("stream_mib_per_s", "streaming speed, MiB/s", ".0f"),
     ("rss_after_mib", "RSS idle after the rounds, MiB", ".1f"),
+    ("spans_per_request", "spans exported per request", ".2f"),
 ]
 
 # (system, figure, op, bound); MB in the targets is read as MiB, as in bench.first.
@@ -483,6 +535,9 @@ def _warnings(rounds: list[dict[str, dict[str, float]]]) -> list[str]:
     for number, row in enumerate(rounds, 1):
         for system, figures in row.items():
             for rate in RATES:
+                if figures[f"failures@{rate}"]:
+                    failed = figures[f"failures@{rate}"]
+                    found.append(f"round {number}, {system}: {failed:.0f} failed at {rate} req/s")
                 if abs(figures[f"rate@{rate}"] - rate) > 0.05 * rate:
                     achieved = figures[f"rate@{rate}"]
                     found.append(f"round {number}, {system}: {achieved:.0f} req/s for {rate}")
@@ -534,11 +589,35 @@ def main() -> None:
         running.append(sim := start_simulator(1))
         store = f"throttle:\n  store: redis://127.0.0.1:{redis.port}/0\n"
         shared_config = BENCH_THROTTLE.replace("throttle:\n", store, 1)
+        running.append(collector := start_collector(1))
         running.append(memory := start_proxy(sim.port, 0, log=work / "proxy-memory.log"))
+        running.append(
+            traced := start_proxy(
+                sim.port,
+                0,
+                BENCH_THROTTLE,
+                work / "proxy-traced.log",
+                None,
+                **tracing_env(collector),
+            )
+        )
         running.append(shared := start_proxy(sim.port, 0, shared_config, work / "proxy-redis.log"))
         running.append(nginx := start_nginx(sim.port, work, cpu=0))
-        ports = dict(zip(SYSTEMS, (sim.port, memory.port, shared.port, nginx.port), strict=True))
-        pids = dict(zip(SYSTEMS, (sim.pid, memory.pid, shared.pid, worker_pid(nginx)), strict=True))
+        launched = {
+            "direct": sim,
+            "proxy-memory": memory,
+            "proxy-traced": traced,
+            "proxy-redis": shared,
+            "nginx": nginx,
+        }
+        if BASELINE:
+            launched["proxy-baseline"] = start_proxy(
+                sim.port, 0, log=work / "proxy-baseline.log", cwd=Path(BASELINE)
+            )
+            running.append(launched["proxy-baseline"])
+        ports = {system: launched[system].port for system in SYSTEMS}
+        pids = {system: launched[system].pid for system in SYSTEMS}
+        pids["nginx"] = worker_pid(nginx)
         script = work / "mix.lua"
         script.write_text(MIX_LUA)
         for port in ports.values():
@@ -556,7 +635,9 @@ def main() -> None:
                 )
         time.sleep(1.0)
         after = {system: rss_mib(pids[system]) for system in PROXIES}
+        spans = asyncio.run(_spans_per_request(collector, traced))
     summary = _summary(rounds)
+    summary["proxy-traced"]["spans_per_request"] = spans
     for system in PROXIES:
         summary[system]["rss_idle_mib"] = idle[system]
         summary[system]["rss_after_mib"] = after[system]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,6 +31,9 @@ from proxy.quota.limiter import Limiter
 from proxy.reachability import CHECK_INTERVAL, Watch
 from proxy.recent_errors import RecentErrors, answer
 from proxy.routing import Router
+
+if TYPE_CHECKING:
+    from proxy.spans import Spans
 
 
 class Lifecycle:
@@ -50,11 +54,14 @@ WATCH: web.AppKey[Watch] = web.AppKey("watch", Watch)
 
 
 def build(
-    settings: Settings, metrics: Metrics | None = None, check_interval: float = CHECK_INTERVAL
+    settings: Settings,
+    metrics: Metrics | None = None,
+    check_interval: float = CHECK_INTERVAL,
+    tracing: Spans | None = None,
 ) -> tuple[tuple[Proxy, ...], web.Application]:
     """The proxy handlers, one per upstream in ``settings.listeners`` order, and the admin app
     that owns their resources; each upstream's reachability is checked every
-    ``check_interval`` seconds."""
+    ``check_interval`` seconds, and requests are traced with ``tracing`` when given."""
     metrics = metrics or Metrics()
     throttle = settings.throttle
     routers = routers_for(settings)
@@ -71,6 +78,7 @@ def build(
             # Paging links name the scheme the caller came in with.
             scheme=upstream.scheme,
             errors=errors,
+            tracing=tracing,
         )
         for upstream in settings.listeners
     )

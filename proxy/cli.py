@@ -116,8 +116,14 @@ def _run(path: str | None) -> int:
 
 
 def _check(path: str) -> int:
-    from proxy.config import ConfigError, load_settings
+    import os
 
+    from proxy.config import ConfigError, load_settings
+    from proxy.tracing import plan
+
+    # What `run` would warn about the OTEL_* environment: said, never fatal (as at start).
+    for warning in plan(os.environ).warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         settings = load_settings(path)
     except ConfigError as exc:

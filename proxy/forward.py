@@ -3,7 +3,8 @@
 Hop-by-hop headers are removed in both directions as RFC 9110 §7.6.1 says, together with every
 header the ``Connection`` header names; ``Host`` is set to the upstream's; everything else passes
 through unchanged, ``Authorization`` included (but a ``$batch``'s ``Accept-Encoding``: see
-``uncompressed``). Bodies are never decompressed or re-encoded on their
+``uncompressed``; and, while tracing is on, ``traceparent`` and ``tracestate``: see
+``request_headers``). Bodies are never decompressed or re-encoded on their
 way through, and the upstream client adds no headers of its own.
 
 The framing of every message is the proxy's own, in both directions: the caller's
@@ -55,6 +56,8 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
 _REQUEST_DROPPED: Final = HOP_BY_HOP | _REQUEST_OWNED
+# W3C Trace Context: a tracing proxy sends its own span as the upstream's parent.
+_TRACED_DROPPED: Final = _REQUEST_DROPPED | {b"traceparent", b"tracestate"}
 
 
 def _end_to_end(
@@ -78,15 +81,24 @@ def _end_to_end(
 
 
 def request_headers(
-    raw: RawHeaders, request_id: str, content_length: int | None
+    raw: RawHeaders,
+    request_id: str,
+    content_length: int | None,
+    trace_context: RawHeaders | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The caller's header bytes to send upstream, framed by the proxy.
 
     ``request_id`` goes as the one client-request-id; ``content_length`` is the length of the body
     the proxy read (None: no length is sent; a body without one goes chunked). Headers addressed
-    to the proxy itself (``X-Defender-Proxy-*``) are consumed here.
+    to the proxy itself (``X-Defender-Proxy-*``) are consumed here. ``trace_context``, when
+    tracing is on, is the proxy's own ``traceparent`` (and ``tracestate``): it replaces the
+    caller's; when tracing is off the caller's pass through like any other header.
     """
-    out = _end_to_end(raw, _REQUEST_DROPPED, _PROXY_PREFIX)
+    if trace_context is None:
+        out = _end_to_end(raw, _REQUEST_DROPPED, _PROXY_PREFIX)
+    else:
+        out = _end_to_end(raw, _TRACED_DROPPED, _PROXY_PREFIX)
+        out.extend(trace_context)
     out.append((b"client-request-id", request_id.encode("ascii")))
     if content_length is not None:
         out.append((b"Content-Length", b"%d" % content_length))

@@ -14,6 +14,10 @@ the request did and writes its one record.
 What a listener takes from the settings is one immutable ``Setup`` (router, limits, caps, the
 relay and recorder made from them). A request reads it once, at its start, and keeps it to its
 end; a reload (``Proxy.reconfigure``) swaps in a new one for the requests that start after it.
+
+While tracing is on, the request's spans (``proxy.spans``, on the outcome) are told when
+admission and the upstream exchange start and end; while it is off that costs one ``None`` test
+at each of those points.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from yarl import URL
@@ -59,6 +64,9 @@ from proxy.routing import Router
 from proxy.upstream import Pool
 from proxy.upstreams import Upstream
 
+if TYPE_CHECKING:
+    from proxy.spans import ListenerSpans, Spans
+
 
 @dataclass(frozen=True, slots=True)
 class Setup:
@@ -90,6 +98,7 @@ class Proxy:
         upstream: Upstream | None = None,
         scheme: str = "http",
         errors: RecentErrors | None = None,
+        tracing: Spans | None = None,
     ) -> None:
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
         self.scheme = scheme
@@ -106,6 +115,10 @@ class Proxy:
         self._listener = absolute_form.Listener(self._upstream, scheme, listen.host, listen.port)
         self._errors = errors
         self._log = get_logger("access")
+        #: this listener's spans, while tracing is on (None: off, and nothing is traced)
+        self._spans: ListenerSpans | None = (
+            None if tracing is None else tracing.listener(self._name, self._upstream, scheme)
+        )
         self.setup = self._setup(settings, router or Router())
 
     @property
@@ -194,6 +207,8 @@ class Proxy:
         self.in_flight += 1
         outcome = Outcome(request.method, request.path[:MAX_LOGGED_PATH], "")
         outcome.request_id, outcome.caller_request_id = request_id(request)
+        if self._spans is not None:
+            outcome.trace = self._spans.request(request.headers, outcome)
         try:
             try:
                 credentials = request.headers.getall("Authorization", ())
@@ -243,6 +258,8 @@ class Proxy:
         finally:
             self.in_flight -= 1
             setup.recorder.observe(outcome, time.perf_counter() - started)
+            if outcome.trace is not None:
+                outcome.trace.end(outcome)
 
     def _target(self, request: web.BaseRequest, outcome: Outcome) -> str:
         """The guard's origin-form target, and where it came in absolute-form naming this
@@ -269,10 +286,14 @@ class Proxy:
         assert self.limiter is not None
         asked = quota_headers.control(request.headers)
         started = time.perf_counter()
+        trace = outcome.trace
+        if trace is not None:
+            trace.admitting()
+        admission: Admission | BatchAdmission
         try:
             if outcome.batch is not None:
                 inners = outcome.batch.requests
-                return await self.limiter.admit_batch(
+                admission = await self.limiter.admit_batch(
                     [inner.route.name for inner in inners],
                     fresh_request_id(),
                     asked.max_wait,
@@ -280,21 +301,27 @@ class Proxy:
                     outcome.claims,
                     [inner.family for inner in inners],
                 )
-            return await self.limiter.admit(
-                outcome.route.name,
-                fresh_request_id(),
-                asked.max_wait,
-                asked.bulk,
-                outcome.claims,
-                outcome.family,
-            )
+            else:
+                admission = await self.limiter.admit(
+                    outcome.route.name,
+                    fresh_request_id(),
+                    asked.max_wait,
+                    asked.bulk,
+                    outcome.claims,
+                    outcome.family,
+                )
         except QuotaExceeded as exc:
+            if trace is not None:
+                trace.admitted("refused", 0.0)
             raise setup.ratelimit.refusal(exc) from None
         except asyncio.CancelledError:
             # The caller left while queued for its slot (the limiter gives the slot back): its
             # line says so, and for how long it had waited, which its own timeout decided.
             outcome.queued = time.perf_counter() - started
             raise
+        if trace is not None:
+            trace.admitted(admission.outcome, admission.waited)
+        return admission
 
     async def _read_batch(
         self, setup: Setup, request: web.BaseRequest, target: str, outcome: Outcome
@@ -352,7 +379,12 @@ class Proxy:
                 else:
                     length = None
                     body = forward.replay(parts, body)
-            headers = forward.request_headers(request.raw_headers, outcome.request_id, length)
+            headers = forward.request_headers(
+                request.raw_headers,
+                outcome.request_id,
+                length,
+                None if outcome.trace is None else outcome.trace.sending(),
+            )
             if outcome.batch is not None:
                 # Real clients ask for gzip; a compressed answer would hide its inner 429s.
                 headers = forward.uncompressed(headers)
@@ -369,6 +401,8 @@ class Proxy:
             return await setup.relay.relay(request, upstream, outcome)
         finally:
             upstream.release()
+            if outcome.trace is not None:
+                outcome.trace.answered(upstream.status)
 
     def _answer(self, exc: ProxyError, outcome: Outcome, request: web.BaseRequest) -> web.Response:
         target = new_target()

@@ -39,7 +39,7 @@ _SECRET_KEYS: Final = frozenset(
 # so a field added later (the caller's request id, a note) is covered without being listed here.
 _OWN_KEYS: Final = frozenset(
     {"event", "level", "timestamp", "logger", "logger_name", "route", "source", "quota",
-     "auth_cause", "missing_role", "stated_limit"}
+     "auth_cause", "missing_role", "stated_limit", "trace_id", "span_id"}
 )  # fmt: skip
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 

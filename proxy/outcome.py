@@ -15,7 +15,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -29,6 +29,9 @@ from proxy.metrics import Metrics, status_label
 from proxy.quota.limiter import Admission, BatchAdmission
 from proxy.recent_errors import RecentErrors
 from proxy.units import Limit
+
+if TYPE_CHECKING:
+    from proxy.spans import RequestSpans
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:|\-]{1,128}\Z")
 MAX_LOGGED_PATH: Final = 512
@@ -81,6 +84,8 @@ class Outcome:
     explained: dict[str, Any] = field(default_factory=dict)
     #: the request body's keys, watched for a 400's hints (``proxy.body_watch``)
     body_watch: BodyWatch | None = None
+    #: the request's spans, while tracing is on (``proxy.spans``)
+    trace: RequestSpans | None = None
 
 
 def caller_gone(outcome: Outcome, note: str) -> None:
@@ -203,6 +208,8 @@ class Recorder:
         }
         if outcome.caller_request_id:
             fields["caller_request_id"] = outcome.caller_request_id
+        if outcome.trace is not None:
+            fields["trace_id"], fields["span_id"] = outcome.trace.ids()
         if outcome.error:
             fields.update(outcome.error)
         if outcome.explained:

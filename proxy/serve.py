@@ -10,6 +10,8 @@ A listener with ``listen_tls`` serves HTTPS: its socket gets the context of a ``
 (``proxy.listen_tls``), which watches the files and serves a rotated pair to new handshakes. The
 ``ServerTls`` of each such listener, by upstream name, is what a configuration reload would hand
 new files (``ServerTls.use``).
+The spans still queued get up to ``tracing.FLUSH_SECONDS`` to be exported after the drain
+(while tracing is on).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy import app as wiring
-from proxy import logs
+from proxy import logs, tracing
 from proxy.config import Settings, redact_url
 from proxy.listen_tls import PairError, ServerTls
 from proxy.reload import Reloader
@@ -42,7 +44,8 @@ async def serve(
     ``DEFENDER_PROXY_CONFIG`` names, if any).
     """
     log = logs.get_logger("lifecycle")
-    proxies, admin = wiring.build(settings)
+    traces, spans = tracing.start()
+    proxies, admin = wiring.build(settings, tracing=spans)
     admin[wiring.METRICS].config_loaded.set(time.time())
     try:
         tls = {
@@ -53,6 +56,8 @@ async def serve(
     except PairError as exc:
         # The files were checked with the config; they changed before they could be served.
         log.error("cannot serve listen_tls", problems=str(exc))
+        if spans is not None:
+            await tracing.stop(spans)
         return 1
     servers = [wiring.proxy_server(proxy) for proxy in proxies]
     reloader = Reloader(
@@ -90,6 +95,8 @@ async def serve(
         log.error("cannot listen", error=str(exc))
         await _cleanup(proxy_runners)
         await admin_runner.cleanup()
+        if spans is not None:
+            await tracing.stop(spans)
         return 1
     bound = [_port(runner) for runner in proxy_runners]
     admin_port = _port(admin_runner)
@@ -112,6 +119,7 @@ async def serve(
         listeners=listeners,
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
+        tracing=traces.describe(),
     )
     wiring.warn_if_open(settings)
     if not settings.tls.verify:
@@ -140,6 +148,9 @@ async def serve(
         await served.close()
     await _cleanup(proxy_runners)
     await admin_runner.cleanup()
+    if spans is not None:
+        # After the drain: the spans of the last requests are among those exported.
+        await tracing.stop(spans)
     log.info("stopped")
     return 0
 

@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -26,6 +26,9 @@ from proxy.quota.memory import MemoryStore
 from proxy.routing import Router
 from proxy.simulator import SimConfig, make_app
 from tests.redisproc import RedisServer
+
+if TYPE_CHECKING:
+    from proxy.spans import Spans
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -108,7 +111,7 @@ async def make_stack(
     """Build a proxy stack, optionally with settings changed from the test defaults."""
     proxies: list[Proxy] = []
 
-    async def build(quota: bool = False, **changes: Any) -> Stack:
+    async def build(quota: bool = False, tracing: Spans | None = None, **changes: Any) -> Stack:
         settings = replace(base_settings, **changes)
         metrics = Metrics()
         router = Router(effective_routes(settings.throttle))
@@ -121,7 +124,7 @@ async def make_stack(
                 MemoryStore(),
                 metrics,
             )
-        proxy = Proxy(settings, metrics, router, limiter)
+        proxy = Proxy(settings, metrics, router, limiter, tracing=tracing)
         await proxy.start()
         proxies.append(proxy)
         server: RawTestServer = await aiohttp_raw_server(proxy.handle)

@@ -54,8 +54,10 @@ class Process:
 
 
 async def start_cli(*args: str, env: dict[str, str] | None = None) -> Process:
-    """Start ``python -m proxy ARGS`` with JSON logs on stdout."""
-    full_env = {**os.environ, "DEFENDER_PROXY_LOG_FORMAT": "json", **(env or {})}
+    """Start ``python -m proxy ARGS`` with JSON logs on stdout; tracing only if ``env`` turns
+    it on (no ``OTEL_*`` variable comes from the environment of the tests)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    full_env = {**inherited, "DEFENDER_PROXY_LOG_FORMAT": "json", **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=full_env,
