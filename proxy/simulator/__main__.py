@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from proxy.simulator.app import SimConfig, serve
 from proxy.units import Limit, parse_limit
+
+if TYPE_CHECKING:
+    from proxy.simulator.identity import IdpSite
 
 
 def _limit(text: str) -> Limit:
@@ -57,6 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "not document (names are case-sensitive)",
     )
 
+    idp = parser.add_argument_group(
+        "identity provider",
+        "a stand-in Microsoft Entra ID on an HTTPS listener of its own (OIDC discovery, JWKS, "
+        "the v2.0 token endpoint): give all four options to start it",
+    )
+    idp.add_argument("--idp-port", type=int, help="its HTTPS port (0: any)")
+    idp.add_argument("--idp-cert", metavar="FILE", help="its certificate chain (PEM)")
+    idp.add_argument("--idp-key", metavar="FILE", help="its private key (PEM)")
+    idp.add_argument(
+        "--idp-apps",
+        metavar="FILE",
+        help="the YAML file of tenants, apps, their secrets, certificates, federated "
+        "credentials and roles",
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m proxy.simulator``."""
@@ -79,6 +98,31 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
+def idp_from_args(args: argparse.Namespace) -> IdpSite | None:
+    """The identity provider the parsed options ask for, or None; raises ``ValueError`` with
+    every problem (a missing option, each problem of the apps file)."""
+    options = {
+        "--idp-port": args.idp_port,
+        "--idp-cert": args.idp_cert,
+        "--idp-key": args.idp_key,
+        "--idp-apps": args.idp_apps,
+    }
+    if all(value is None for value in options.values()):
+        return None
+    missing = [name for name, value in options.items() if value is None]
+    if missing:
+        raise ValueError(f"the identity provider also needs {', '.join(missing)}")
+    # Imported here: a simulator without an identity provider needs none of it.
+    from proxy.simulator.directory import DirectoryError, load_directory
+    from proxy.simulator.identity import IdpSite
+
+    try:
+        directory = load_directory(args.idp_apps)
+    except DirectoryError as exc:
+        raise ValueError(str(exc)) from None
+    return IdpSite(args.idp_port, args.idp_cert, args.idp_key, directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT or SIGTERM; the exit status."""
     return run_from_args(build_parser().parse_args(argv))
@@ -87,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the simulator the parsed options describe; the exit status."""
     try:
-        serve(args.host, args.port, config_from_args(args))
+        idp = idp_from_args(args)
+    except ValueError as exc:
+        print(f"simulator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(args.host, args.port, config_from_args(args), idp)
     except OSError as exc:
         print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

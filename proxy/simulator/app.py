@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -29,6 +29,9 @@ from proxy.simulator.journal import Entry, Journal
 from proxy.simulator.keyed import KeyedQuota
 from proxy.simulator.quota import refusal_message
 from proxy.units import Limit
+
+if TYPE_CHECKING:
+    from proxy.simulator.identity import IdpSite
 
 CONTROL_PREFIX: Final = "/_sim/"
 #: Seconds in-flight answers (a slow one, a long download) get to finish on shutdown.
@@ -164,8 +167,9 @@ def _plain(answer: behaviour.Answer) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
-def serve(host: str, port: int, config: SimConfig) -> None:
-    """Run the simulator until SIGINT or SIGTERM; print one line once it listens."""
+def serve(host: str, port: int, config: SimConfig, idp: IdpSite | None = None) -> None:
+    """Run the simulator until SIGINT or SIGTERM; print one line once it listens, and one once
+    the identity provider ``idp`` (if any) listens too."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         # Optional: a faster loop makes the simulator a cheaper upstream in benchmarks.
@@ -175,10 +179,10 @@ def serve(host: str, port: int, config: SimConfig) -> None:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(host, port, config))
+        runner.run(_serve(host, port, config, idp))
 
 
-async def _serve(host: str, port: int, config: SimConfig) -> None:
+async def _serve(host: str, port: int, config: SimConfig, idp: IdpSite | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -192,12 +196,27 @@ async def _serve(host: str, port: int, config: SimConfig) -> None:
         shutdown_timeout=_SHUTDOWN_GRACE,
     )
     await runner.setup()
+    idp_runner: web.AppRunner | None = None
+    shown = f"[{host}]" if ":" in host else host
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        shown = f"[{host}]" if ":" in host else host
         print(f"simulator listening on http://{shown}:{bound}", flush=True)
+        if idp is not None:
+            # Imported here: the token service's JWT and key handling cost nothing without it.
+            from proxy.simulator import identity
+
+            idp_app = identity.make_idp_app(identity.Provider(idp.directory))
+            idp_runner = web.AppRunner(idp_app, handle_signals=False, access_log=None)
+            await idp_runner.setup()
+            await web.TCPSite(
+                idp_runner, host, idp.port, ssl_context=identity.tls_context(idp)
+            ).start()
+            idp_bound = idp_runner.addresses[0][1] if idp_runner.addresses else idp.port
+            print(f"identity provider listening on https://{shown}:{idp_bound}", flush=True)
         await stop.wait()
     finally:
+        if idp_runner is not None:
+            await idp_runner.cleanup()
         await runner.cleanup()

@@ -1,5 +1,6 @@
 """What a fresh process imports to build and start the app: the Redis client only when it is used,
-cryptography only for listen_tls, OpenTelemetry only when tracing is on.
+cryptography only for listen_tls, OpenTelemetry only when tracing is on, no token library
+(azure-identity, MSAL, PyJWT).
 
 redis-py adds about 7 MiB to every process, and the lean RESP client and the Redis store are of no
 use with the in-process store; ``proxy.quota.make_store`` imports them only when a ``redis://``
@@ -84,6 +85,9 @@ async def test_the_memory_store_imports_no_redis_client() -> None:
     assert modules.isdisjoint(REDIS_CLIENT)
     # cryptography reads a listen_tls pair: a plain-HTTP proxy port never loads it.
     assert not any(name.split(".")[0] == "cryptography" for name in modules)
+    # The token libraries, and the simulator's identity provider that uses them, load only where
+    # they are used.
+    assert modules.isdisjoint({"azure", "msal", "jwt", "proxy.simulator"})
 
 
 async def test_a_redis_url_imports_the_lean_client_only(redis_server: RedisServer) -> None:
