@@ -196,10 +196,12 @@ class CliProxy:
             await asyncio.wait_for(self.reader, 5)
 
 
-async def start_proxy(workdir: Path, config: str) -> CliProxy:
-    """Start the CLI on ``config`` (YAML) and read its output in the background from then on."""
-    path = workdir / f"proxy-{time.monotonic_ns()}.yaml"
-    path.write_text(config)
+async def start_proxy(workdir: Path, config: str | None, path: Path | None = None) -> CliProxy:
+    """Start the CLI on ``config`` (YAML, written to ``path`` or a new file in ``workdir``; None:
+    the file at ``path`` as it is) and read its output in the background from then on."""
+    path = path or workdir / f"proxy-{time.monotonic_ns()}.yaml"
+    if config is not None:
+        path.write_text(config, encoding="utf-8")
     process = await start_cli("run", "--config", str(path))
     try:
         line = await process.wait_for("listening")

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.faultkit import CliProxy, sample
+from tests.faultkit import CliProxy, sample, start_proxy
 from tests.procs import Process, start_cli
 
 #: The simulator's window, and the proxy's margin on top of it.
@@ -73,21 +73,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         text = (await simulator.wait_for("_text"))["text"]
         port = int(text.strip().rsplit(":", 1)[1])
         path = tmp_path / "proxy.yaml"
-        path.write_text(_config(port, BEFORE), encoding="utf-8")
-        process = await start_cli("run", "--config", str(path))
-        try:
-            line = await process.wait_for("listening")
-        except BaseException:
-            await process.stop()
-            raise
-        # One line per request: read on, or a full pipe would stall the proxy.
-        reader = asyncio.create_task(process.drain_output())
-        proxy = CliProxy(
-            process,
-            int(line["proxy"].rsplit(":", 1)[1]),
-            int(line["admin"].rsplit(":", 1)[1]),
-            reader,
-        )
+        proxy = await start_proxy(tmp_path, _config(port, BEFORE), path)
         yield Running(simulator, port, proxy, path)
     finally:
         if proxy is not None:

@@ -14,20 +14,18 @@ sends back: an answer proves the upstream saw that very request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 
 from proxy.errors import PROXY_HEADER
-from tests.faultkit import FALLBACK_WARNING
+from tests.faultkit import FALLBACK_WARNING, CliProxy, start_proxy
 from tests.procs import Process, start_cli
 from tests.redisproc import RedisServer
 
@@ -60,23 +58,6 @@ COUNT_ADMISSIONS = (
 )
 
 
-@dataclass(slots=True)
-class Replica:
-    """One proxy process, its ports, and the task that keeps reading its log lines."""
-
-    process: Process
-    port: int
-    admin: int
-    reader: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.process.lines if line.get("event") == event]
-
-
 class Fleet:
     """The simulator and every proxy of one test, all stopped at teardown."""
 
@@ -84,7 +65,7 @@ class Fleet:
         self.config = workdir / "proxy.yaml"
         self.redis = redis
         self.processes: list[Process] = []
-        self.replicas: list[Replica] = []
+        self.replicas: list[CliProxy] = []
         self.simulator = 0
 
     async def start_simulator(self) -> None:
@@ -101,18 +82,9 @@ class Fleet:
             f" routes: [{{name: {ROUTE}, limits: ['{LIMIT}']}}]}}\n"
         )
 
-    async def start_proxy(self, client: httpx.AsyncClient) -> Replica:
+    async def start_proxy(self, client: httpx.AsyncClient) -> CliProxy:
         """A new proxy, once its /readyz answers 200 (the readiness gate of a new pod)."""
-        process = await start_cli("run", "--config", str(self.config))
-        self.processes.append(process)
-        line = await process.wait_for("listening")
-        # One log line per request: keep reading, or a full pipe would stall the proxy's loop.
-        replica = Replica(
-            process,
-            int(line["proxy"].rsplit(":", 1)[1]),
-            int(line["admin"].rsplit(":", 1)[1]),
-            asyncio.create_task(process.drain_output()),
-        )
+        replica = await start_proxy(self.config.parent, None, self.config)
         self.replicas.append(replica)
         async with asyncio.timeout(10):
             while True:
@@ -125,8 +97,7 @@ class Fleet:
         for process in self.processes:
             await process.stop()
         for replica in self.replicas:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(replica.reader, 5)
+            await replica.close()
 
     async def upstream_requests(self, client: httpx.AsyncClient) -> int:
         """How many requests the simulator was sent."""
@@ -217,14 +188,14 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _exits_zero(replica: Replica) -> None:
+async def _exits_zero(replica: CliProxy) -> None:
     """The process exits 0 within its grace, and every line it printed has been read."""
     assert await asyncio.wait_for(replica.process.proc.wait(), SHUTDOWN_GRACE + 5) == 0
     await asyncio.wait_for(replica.reader, 5)
     assert replica.process.lines[-1]["event"] == "stopped", replica.process.lines[-3:]
 
 
-async def _roll(fleet: Fleet, service: Service, old: Replica) -> Replica:
+async def _roll(fleet: Fleet, service: Service, old: CliProxy) -> CliProxy:
     """Replace ``old`` as the gateway's Deployment and preStop hook do; the new replica."""
     new = await fleet.start_proxy(service.client)
     service.rotation.append(new.url)
