@@ -34,6 +34,7 @@ from proxy.routing import Router
 
 if TYPE_CHECKING:
     from proxy.spans import Spans
+    from proxy.tokens import TokenSource
 
 
 class Lifecycle:
@@ -68,6 +69,7 @@ def build(
     routes, policies = quota_routes(settings, routers)
     limiter = Limiter(throttle, routes, policies, make_store(throttle, metrics), metrics)
     errors = RecentErrors(settings.limits.recent_errors)
+    tokens = _token_sources(settings, metrics)
     proxies = tuple(
         Proxy(
             settings,
@@ -79,6 +81,7 @@ def build(
             scheme=upstream.scheme,
             errors=errors,
             tracing=tracing,
+            tokens=tokens.get(upstream.name),
         )
         for upstream in settings.listeners
     )
@@ -100,6 +103,21 @@ def build(
     admin.cleanup_ctx.append(_resources)
     admin.on_response_prepare.append(_server_header)
     return proxies, admin
+
+
+def _token_sources(settings: Settings, metrics: Metrics) -> dict[str, TokenSource]:
+    """The token sources of the listeners that hold a credential, by listener name."""
+    if not any(upstream.credentials is not None for upstream in settings.listeners):
+        return {}
+    # Imported only here: a proxy that holds no credential never loads the token machinery.
+    from proxy.tokens import sources_for
+
+    return sources_for(settings, metrics)
+
+
+def token_sources(proxies: tuple[Proxy, ...]) -> list[TokenSource]:
+    """Each distinct token source of ``proxies`` once."""
+    return list({id(p.tokens): p.tokens for p in proxies if p.tokens is not None}.values())
 
 
 def routers_for(settings: Settings) -> dict[str, Router]:
@@ -172,6 +190,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     proxies, limiter, metrics = app[PROXIES], app[LIMITER], app[METRICS]
     for proxy in proxies:
         await proxy.start()
+    for source in token_sources(proxies):
+        await source.start()
     await limiter.warm()
     checks = asyncio.create_task(app[WATCH].run())
     metrics.ready.set(1)
@@ -180,6 +200,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     checks.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await checks
+    for source in token_sources(proxies):
+        await source.close()
     for proxy in proxies:
         await proxy.close_pool()
     await limiter.close()

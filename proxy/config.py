@@ -22,6 +22,13 @@ from typing import Any, Final, TypeAlias
 
 import yaml
 
+from proxy.credentials import (
+    Credentials,
+    from_environment,
+    parse_credentials,
+    restricts,
+    with_scope,
+)
 from proxy.endpoints import (
     Address,
     parse_address,
@@ -59,6 +66,7 @@ from proxy.upstreams import Upstream, parse_upstreams, shorthand
 __all__ = [
     "Address",
     "ConfigError",
+    "Credentials",
     "Fallback",
     "Identities",
     "Limits",
@@ -165,11 +173,16 @@ class Settings:
     #: HTTPS on every proxy port whose upstream entry names no ``listen_tls`` of its own
     #: (already resolved into ``upstreams`` by the parser)
     listen_tls: ListenTls | None = None
+    #: the app credential of every listener whose upstream entry names none of its own (already
+    #: resolved into ``upstreams``); for the shorthand, its scope is settled for ``upstream``
+    credentials: Credentials | None = None
 
     @property
     def listeners(self) -> tuple[Upstream, ...]:
         """Every upstream served, each on its own listener: ``upstreams``, or the shorthand's one."""
-        return self.upstreams or (shorthand(self.upstream, self.listen, self.listen_tls),)
+        return self.upstreams or (
+            shorthand(self.upstream, self.listen, self.listen_tls, self.credentials),
+        )
 
 
 def _choice(*allowed: str) -> Callable[[object], str]:
@@ -317,6 +330,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
     "allow_from": _networks,
     "rewrite_links": _switch,
     "listen_tls": parse_listen_tls,
+    "credentials": parse_credentials,
     "throttle": {
         "store": parse_store,
         "namespace": parse_name,
@@ -392,18 +406,30 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
         for key, raw in data.items():
             spec = schema.get(key) if isinstance(key, str) else None
             dotted = ".".join((*path, shown_key(key)))
-            if spec is None:
+            if not path and key == "credentials":
+                sections["credentials"] = raw  # parsed below, with the AZURE_* variables over it
+            elif spec is None:
                 problems.append(f"{source}: {dotted}: unknown key (known: {', '.join(schema)})")
             elif isinstance(spec, dict):
                 walk(raw, (*path, key), spec)
             else:
                 put((*path, key), spec, raw, f"{source}: {dotted}")
 
+    sections: dict[str, object] = {}
     walk(data, (), _SCHEMA)
     for variable, path in _ENVIRONMENT.items():
         # An empty variable counts as unset, as compose files and shells often leave them.
         if raw := environ.get(variable):
             put(path, _leaf(path), raw, variable)
+    section, given_by, secret = from_environment(sections.get("credentials"), environ)
+    if section is not None:
+        origin = f"{source}: credentials" if "credentials" in sections else "AZURE_* variables"
+        put(
+            ("credentials",),
+            lambda raw: parse_credentials(raw, given_by, secret),
+            section,
+            origin,
+        )
 
     def build(defaults: Any, schema: Mapping[str, _Spec], path: tuple[str, ...]) -> Any:
         changes = {
@@ -425,6 +451,8 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
         )
         settings = replace(settings, upstreams=upstreams)
 
+    settings = _settle_credentials(settings, given, problems)
+
     # Checks across keys, skipped where a value involved is itself invalid.
     listen, admin = settings.listen, settings.admin_listen
     if ("upstreams",) in given:
@@ -438,6 +466,50 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
         problems.append(f"{source}: tls: verify is false, so ca_bundle would be ignored; drop one")
     if problems:
         raise ConfigError(problems)
+    return settings
+
+
+def _settle_credentials(
+    settings: Settings, given: Mapping[tuple[str, ...], str], problems: list[str]
+) -> Settings:
+    """Each listener's credentials with their scope settled for its origin (the top-level
+    section is every entry's without its own), and checked against who may reach it."""
+    top = settings.credentials
+    where = given.get(("credentials",), "credentials")
+    if settings.upstreams:
+        upstreams = []
+        for index, upstream in enumerate(settings.upstreams):
+            own = upstream.credentials is not None
+            credentials = upstream.credentials or top
+            if credentials is not None:
+                at = f"{given[('upstreams',)]}[{index}].credentials" if own else where
+                try:
+                    credentials = with_scope(credentials, upstream.origin)
+                except ValueError as error:
+                    problems.append(f"{at}.{error}")
+            upstreams.append(replace(upstream, credentials=credentials))
+        settings = replace(settings, upstreams=tuple(upstreams))
+    elif top is not None:
+        try:
+            settings = replace(settings, credentials=with_scope(top, settings.upstream))
+        except ValueError as error:
+            problems.append(f"{where}.{error}")
+    holders = [upstream for upstream in settings.listeners if upstream.credentials is not None]
+    if holders and not settings.tls.verify:
+        problems.append(
+            f"{where}: tls.verify is false, so the app's secret would go to an authority whose "
+            "certificate is not checked; trust a private CA with tls.ca_bundle instead"
+        )
+    if not restricts(settings.allow_from):
+        for upstream in holders:
+            if not upstream.listen.loopback:
+                assert upstream.credentials is not None
+                problems.append(
+                    f"{where}: the proxy port {upstream.listen} ({upstream.name}) can be reached "
+                    "from beyond this host, and every caller that reaches it acts as app "
+                    f"{upstream.credentials.client_id}: restrict callers with allow_from "
+                    "(e.g. [10.1.0.0/16]) or listen on 127.0.0.1"
+                )
     return settings
 
 

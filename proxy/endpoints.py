@@ -42,6 +42,16 @@ class Address:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def loopback(self) -> bool:
+        """Whether only this host can connect: a loopback address or ``localhost``."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
 
 # The password runs to the *last* "@": a raw "@", "/" or "#" in it must not leak the tail, so this
 # errs toward hiding too much in odd URLs rather than showing a secret.

@@ -85,6 +85,7 @@ def request_headers(
     request_id: str,
     content_length: int | None,
     trace_context: RawHeaders | None = None,
+    authorization: str | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The caller's header bytes to send upstream, framed by the proxy.
 
@@ -93,6 +94,7 @@ def request_headers(
     to the proxy itself (``X-Defender-Proxy-*``) are consumed here. ``trace_context``, when
     tracing is on, is the proxy's own ``traceparent`` (and ``tracestate``): it replaces the
     caller's; when tracing is off the caller's pass through like any other header.
+    ``authorization`` is the token the proxy minted for a caller that sent none.
     """
     if trace_context is None:
         out = _end_to_end(raw, _REQUEST_DROPPED, _PROXY_PREFIX)
@@ -100,6 +102,8 @@ def request_headers(
         out = _end_to_end(raw, _TRACED_DROPPED, _PROXY_PREFIX)
         out.extend(trace_context)
     out.append((b"client-request-id", request_id.encode("ascii")))
+    if authorization is not None:
+        out.append((b"Authorization", authorization.encode("ascii")))
     if content_length is not None:
         out.append((b"Content-Length", b"%d" % content_length))
     return out

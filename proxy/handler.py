@@ -66,6 +66,7 @@ from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
     from proxy.spans import ListenerSpans, Spans
+    from proxy.tokens import TokenSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class Proxy:
         scheme: str = "http",
         errors: RecentErrors | None = None,
         tracing: Spans | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         #: the scheme callers reach this listener with: the scheme of rewritten paging links
         self.scheme = scheme
@@ -114,6 +116,8 @@ class Proxy:
         listen = self.upstream.listen
         self._listener = absolute_form.Listener(self._upstream, scheme, listen.host, listen.port)
         self._errors = errors
+        #: where a request that brings no ``Authorization`` gets its token (None: it goes without)
+        self.tokens = tokens
         self._log = get_logger("access")
         #: this listener's spans, while tracing is on (None: off, and nothing is traced)
         self._spans: ListenerSpans | None = (
@@ -228,6 +232,12 @@ class Proxy:
                 raw = None
                 if outcome.route.name == batch.BATCH_ROUTE:
                     raw = await self._read_batch(setup, request, target, outcome)
+                if not credentials and self.tokens is not None:
+                    # After every check of the caller and its request: a caller the proxy
+                    # refuses never makes it mint. The token's claims key the quota.
+                    minted = await self.tokens.token()
+                    outcome.authorization = minted.authorization
+                    outcome.claims = minted.claims
                 if self.limiter is not None:
                     outcome.admission = await self._admit(setup, request, outcome)
                 return await self._forward(setup, request, target, outcome, raw)
@@ -384,6 +394,7 @@ class Proxy:
                 outcome.request_id,
                 length,
                 None if outcome.trace is None else outcome.trace.sending(),
+                outcome.authorization,
             )
             if outcome.batch is not None:
                 # Real clients ask for gzip; a compressed answer would hide its inner 429s.
@@ -417,6 +428,8 @@ class Proxy:
             self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
+        elif (token_error := getattr(exc, "token_error", None)) is not None:
+            outcome.explained["token_error"] = token_error
         response = error_response(
             exc.status, exc.code, exc.message, target, exc.headers, exc.reason
         )

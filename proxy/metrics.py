@@ -303,6 +303,21 @@ class Metrics:
             ["listener"],
             registry=r,
         )
+        self.token_requests = Counter(
+            "defender_proxy_token_requests_total",
+            "Token requests the proxy made to the identity provider for callers that bring no "
+            "token, by result (ok, failed) and code: the AADSTS number of a refusal, "
+            "unreachable, unknown, credential_file or other; empty for ok.",
+            ["result", "code"],
+            registry=r,
+        )
+        self.credential_expiry = Gauge(
+            "defender_proxy_credential_expiry_seconds",
+            "When the app credential the proxy holds for an upstream expires, as a Unix time: "
+            "a certificate's notAfter, or a secret's client_secret_expires from the config.",
+            ["upstream", "kind"],
+            registry=r,
+        )
         self.build = Info("defender_proxy_build", "Version of the running proxy.", registry=r)
         self.build.info({"version": __version__, "python": platform.python_version()})
         # Read at each scrape from /proc and the interpreter: nothing is kept between scrapes.

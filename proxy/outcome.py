@@ -72,6 +72,9 @@ class Outcome:
     queued: float | None = None
     #: the caller's token, decoded (never verified): its ids go into the log line
     claims: Claims = NO_CLAIMS
+    #: ``Bearer …``, the token the proxy minted for a caller that sent none (None: the caller's
+    #: own, if any, went as it came). Never written to a log line or a metric
+    authorization: str | None = None
     #: a ``$batch``: its checked requests, and the inner answers read so far (id -> status)
     batch: batch.Batch | None = None
     answered: dict[str, int] = field(default_factory=dict)
@@ -206,6 +209,8 @@ class Recorder:
             "tid": outcome.claims.tid,
             "app": outcome.claims.app,
         }
+        if outcome.authorization is not None:
+            fields["credential"] = "proxy"
         if outcome.caller_request_id:
             fields["caller_request_id"] = outcome.caller_request_id
         if outcome.trace is not None:

@@ -76,7 +76,7 @@ class Relay:
             if upstream.status in (401, 403):
                 explained = self._recorder.auth_failure(
                     upstream.status,
-                    request.headers.get("Authorization"),
+                    _authorization(request, outcome),
                     outcome.claims,
                     request.method,
                     outcome.target.partition("?")[0],
@@ -145,7 +145,7 @@ class Relay:
                 failed = await _send(response, pipe.feed(raw), outcome, head=True) or failed
             if scanner is not None:
                 await self._inner.record(
-                    scanner.feed(raw), outcome, request.headers.get("Authorization")
+                    scanner.feed(raw), outcome, _authorization(request, outcome)
                 )
             if not failed and whole is None:
                 try:
@@ -159,7 +159,7 @@ class Relay:
                         if scanner is not None:
                             # After the write: the caller's bytes are never held for the scan.
                             await self._inner.record(
-                                scanner.feed(chunk), outcome, request.headers.get("Authorization")
+                                scanner.feed(chunk), outcome, _authorization(request, outcome)
                             )
                     else:
                         if pipe is not None:
@@ -271,3 +271,8 @@ async def _read_prefix(upstream: Response, cap: int) -> tuple[bytes, bool, bool]
     except UpstreamError:
         return b"".join(parts), False, True
     return b"".join(parts), False, False
+
+
+def _authorization(request: web.BaseRequest, outcome: Outcome) -> str | None:
+    """The ``Authorization`` sent upstream: the proxy's minted token, else the caller's own."""
+    return outcome.authorization or request.headers.get("Authorization")

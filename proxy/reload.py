@@ -71,6 +71,8 @@ RESTART_ONLY: Final = (
     "throttle.store_timeout",
     "throttle.margin",
     "throttle.fallback",
+    # the token sources: made at start, one per credential
+    "credentials",
 )
 #: Problems of a refused file written in its warning; ``problems_total`` says how many there were.
 MAX_LOGGED_PROBLEMS: Final = 50

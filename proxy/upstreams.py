@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from proxy.catalogue import CATALOGUES, catalogue_for_origin
+from proxy.credentials import Credentials, parse_credentials
 from proxy.endpoints import Address, parse_address, parse_upstream
 from proxy.listen_tls import ListenTls, parse_listen_tls
 from proxy.throttle_config import NestedValueError, parse_name
@@ -33,7 +34,7 @@ __all__ = ["DEFAULT_NAME", "MAX_UPSTREAMS", "Upstream", "parse_upstreams", "shor
 MAX_UPSTREAMS: Final = 16
 #: The name of the one upstream that ``upstream`` + ``listen`` describe.
 DEFAULT_NAME: Final = "default"
-_KEYS: Final = ("name", "origin", "listen", "catalogue", "listen_tls")
+_KEYS: Final = ("name", "origin", "listen", "catalogue", "listen_tls", "credentials")
 _T = TypeVar("_T")
 _Problems = list[tuple[str, str]]
 
@@ -50,6 +51,9 @@ class Upstream:
     catalogue: str
     #: the certificate and key the listener serves HTTPS with; None: plain HTTP
     listen_tls: ListenTls | None = None
+    #: the app credential the proxy mints tokens with for callers that bring none (None: it
+    #: mints none); its scope is settled for ``origin`` once the config is parsed
+    credentials: Credentials | None = None
 
     @property
     def scheme(self) -> str:
@@ -57,9 +61,15 @@ class Upstream:
         return "http" if self.listen_tls is None else "https"
 
 
-def shorthand(origin: str, listen: Address, listen_tls: ListenTls | None = None) -> Upstream:
+def shorthand(
+    origin: str,
+    listen: Address,
+    listen_tls: ListenTls | None = None,
+    credentials: Credentials | None = None,
+) -> Upstream:
     """The one upstream of the ``upstream`` + ``listen`` shorthand."""
-    return Upstream(DEFAULT_NAME, origin, listen, catalogue_for_origin(origin), listen_tls)
+    catalogue = catalogue_for_origin(origin)
+    return Upstream(DEFAULT_NAME, origin, listen, catalogue, listen_tls, credentials)
 
 
 def _catalogue(value: object) -> str:
@@ -132,6 +142,8 @@ def _entry(entry: object, where: str, problems: _Problems) -> Upstream | None:
     listen = field("listen", parse_address)
     catalogue = field("catalogue", _catalogue, required=False)
     listen_tls = field("listen_tls", parse_listen_tls, required=False)
+    credentials = field("credentials", parse_credentials, required=False)
     if name is None or origin is None or listen is None or len(problems) > before:
         return None
-    return Upstream(name, origin, listen, catalogue or catalogue_for_origin(origin), listen_tls)
+    catalogue = catalogue or catalogue_for_origin(origin)
+    return Upstream(name, origin, listen, catalogue, listen_tls, credentials)

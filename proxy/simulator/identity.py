@@ -18,11 +18,15 @@ grants them, ``exp`` (``token_lifetime``), signed RS256 — the simulator's API 
 ``GET /_sim/identity`` (token requests counted, by outcome and by app, and the last ones in
 order; discovery and key requests; any other request, answered 404), ``POST /_sim/identity/fail`` (``{"count": N, "code": 7000215}``: the next N token
 requests get that AADSTS refusal; ``{"count": N, "status": 429, "retry_after": S}``: throttled;
-``"status": 503``: unavailable) and ``POST /_sim/identity/reset``.
+``"status": 503``: unavailable), ``POST /_sim/identity/delay`` (``{"count": N, "seconds": S}``:
+the next N token requests are answered S seconds late) and ``POST /_sim/identity/reset``. Each
+remembered request names the proof it was checked with: ``secret[i]`` (the app's i-th secret
+in the file), ``certificate[i]`` or ``federated[i]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import ssl
@@ -89,10 +93,11 @@ class Failure:
 class _Refused(Exception):  # noqa: N818 - carries an answer, not a failure of ours
     """A token request refused with an AADSTS code (the request's answer, not an error of ours)."""
 
-    def __init__(self, code: int, detail: str = "") -> None:
+    def __init__(self, code: int, detail: str = "", proof: str = "") -> None:
         super().__init__(code)
         self.code = code
         self.detail = detail
+        self.proof = proof
 
 
 class Provider:
@@ -111,6 +116,7 @@ class Provider:
     def reset(self) -> None:
         """Forget every count and every planned failure."""
         self._plan.clear()
+        self.delays: deque[float] = deque()
         self.token_requests = 0
         self.discovery_requests = 0
         self.keys_requests = 0
@@ -136,8 +142,11 @@ class Provider:
             )
         return failure
 
-    def record(self, tenant: str, client_id: str, credential: str, outcome: str) -> None:
-        """Count one token request and what it got (``issued`` or an AADSTS code)."""
+    def record(
+        self, tenant: str, client_id: str, credential: str, outcome: str, proof: str = ""
+    ) -> None:
+        """Count one token request and what it got (``issued`` or an AADSTS code), and the
+        ``proof`` of the app it was checked with (``secret[0]`` …; "" when none matched)."""
         self.outcomes[outcome] += 1
         app = self.by_app.setdefault(f"{tenant}/{client_id}", Counter())
         app["requests"] += 1
@@ -149,6 +158,7 @@ class Provider:
                 "client_id": client_id,
                 "credential": credential,
                 "outcome": outcome,
+                "proof": proof,
             }
         )
 
@@ -209,6 +219,7 @@ def make_idp_app(provider: Provider) -> web.Application:
     app.router.add_get("/_sim/identity", _stats)
     app.router.add_post("/_sim/identity/fail", _fail)
     app.router.add_post("/_sim/identity/reset", _reset)
+    app.router.add_post("/_sim/identity/delay", _delay)
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _discovery)
     app.router.add_get("/{tenant}/discovery/v2.0/keys", _keys)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
@@ -272,6 +283,8 @@ async def _token(request: web.Request) -> web.Response:
     client_id = fields.get("client_id", "")
     credential = _credential_kind(fields)
     failure = provider.next_failure()
+    if provider.delays:
+        await asyncio.sleep(provider.delays.popleft())
     try:
         if failure is not None:
             provider.record(tenant, client_id, credential, str(failure.code))
@@ -283,13 +296,13 @@ async def _token(request: web.Request) -> web.Response:
                 status=failure.status,
                 retry_after=failure.retry_after,
             )
-        app, resource = _check(request, provider, tenant, fields)
+        app, resource, proof = _check(request, provider, tenant, fields)
     except _Refused as refused:
-        provider.record(tenant, client_id, credential, str(refused.code))
+        provider.record(tenant, client_id, credential, str(refused.code), refused.proof)
         return refuse(
             refused.code, request, client_id=client_id, tenant=tenant, detail=refused.detail
         )
-    provider.record(tenant, client_id, credential, "issued")
+    provider.record(tenant, client_id, credential, "issued", proof)
     return web.json_response(provider.mint(app, resource, credential))
 
 
@@ -303,8 +316,9 @@ def _credential_kind(fields: dict[str, str]) -> str:
 
 def _check(
     request: web.Request, provider: Provider, tenant: str, fields: dict[str, str]
-) -> tuple[App, str]:
-    """The app the request proves itself to be and the resource it asks for; raises _Refused."""
+) -> tuple[App, str, str]:
+    """The app the request proves itself to be, the resource it asks for and the proof of the
+    app it was checked with; raises _Refused."""
     if tenant.lower() not in provider.directory.tenants:
         raise _Refused(90002)
     for name in ("grant_type", "client_id", "scope"):
@@ -322,25 +336,25 @@ def _check(
     if resource.lower() not in RESOURCES:
         raise _Refused(500011, resource)
     if "client_secret" in fields:
-        _check_secret(app, fields["client_secret"])
+        proof = _check_secret(app, fields["client_secret"])
     elif fields.get("client_assertion_type") == JWT_BEARER and fields.get("client_assertion"):
         endpoint = f"{_origin(request)}/{tenant}/oauth2/v2.0/token"
-        _check_assertion(app, fields["client_assertion"], endpoint, provider.clock())
+        proof = _check_assertion(app, fields["client_assertion"], endpoint, provider.clock())
     else:
         raise _Refused(7000218)
-    return app, resource.lower()
+    return app, resource.lower(), proof
 
 
-def _check_secret(app: App, presented: str) -> None:
-    for secret in app.secrets:
+def _check_secret(app: App, presented: str) -> str:
+    for index, secret in enumerate(app.secrets):
         if hmac.compare_digest(secret.value.encode(), presented.encode()):
             if secret.expired:
-                raise _Refused(7000222)
-            return
+                raise _Refused(7000222, proof=f"secret[{index}]")
+            return f"secret[{index}]"
     raise _Refused(7000215)
 
 
-def _check_assertion(app: App, assertion: str, endpoint: str, now: float) -> None:
+def _check_assertion(app: App, assertion: str, endpoint: str, now: float) -> str:
     try:
         header = jwt.get_unverified_header(assertion)
         issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
@@ -348,8 +362,8 @@ def _check_assertion(app: App, assertion: str, endpoint: str, now: float) -> Non
         raise _Refused(50027) from None
     if issuer != app.client_id:
         _check_federated(app, assertion, str(issuer), now)
-        return
-    key = _registered_key(app, header)
+        return "federated"
+    index, key = _registered_key(app, header)
     try:
         jwt.decode(
             assertion,
@@ -371,17 +385,18 @@ def _check_assertion(app: App, assertion: str, endpoint: str, now: float) -> Non
         raise _Refused(700021) from None
     except jwt.PyJWTError:
         raise _Refused(50027) from None
+    return f"certificate[{index}]"
 
 
-def _registered_key(app: App, header: dict[str, Any]) -> VerifyingKey:
+def _registered_key(app: App, header: dict[str, Any]) -> tuple[int, VerifyingKey]:
     """The key of the registered certificate the assertion's header names by thumbprint."""
     named = {
         "sha256": _thumbprint(header.get("x5t#S256")),
         "sha1": _thumbprint(header.get("x5t")),
     }
-    for cert in app.certificates:
+    for index, cert in enumerate(app.certificates):
         if cert.sha256 == named["sha256"] or cert.sha1 == named["sha1"]:
-            return cert.key
+            return index, cert.key
     shown = next((value.hex().upper() for value in named.values() if value), "none")
     raise _Refused(700027, f"The key was not found., Thumbprint of key used by client: '{shown}'")
 
@@ -443,6 +458,26 @@ async def _stats(request: web.Request) -> web.Response:
 async def _reset(request: web.Request) -> web.Response:
     request.app[PROVIDER].reset()
     return web.json_response({"reset": True})
+
+
+async def _delay(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        if not isinstance(body, dict) or set(body) - {"count", "seconds"}:
+            raise ValueError('the body must be {"count": N, "seconds": S}')
+        count, seconds = body.get("count", 1), body.get("seconds")
+        if type(count) is not int or not 1 <= count <= 10_000:
+            raise ValueError("count must be a whole number of token requests, 1 to 10000")
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 0 < seconds <= 600
+        ):
+            raise ValueError("seconds must be a number above 0, at most 600")
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    request.app[PROVIDER].delays.extend([float(seconds)] * count)
+    return web.json_response({"delayed": count, "seconds": seconds})
 
 
 async def _fail(request: web.Request) -> web.Response:

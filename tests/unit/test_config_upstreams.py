@@ -81,7 +81,7 @@ def test_every_problem_in_the_list_is_reported_with_its_path() -> None:
         "contoso.yaml: upstreams[0].origin: expected an http:// or https:// URL, got 'ftp://x'",
         "contoso.yaml: upstreams[0].listen: expected host:port, got 'nowhere'",
         "contoso.yaml: upstreams[0].catalogue: expected one of defender, graph, all, got 'mde'",
-        "contoso.yaml: upstreams[1].extra: unknown key (known: name, origin, listen, catalogue, listen_tls)",
+        "contoso.yaml: upstreams[1].extra: unknown key (known: name, origin, listen, catalogue, listen_tls, credentials)",
         "contoso.yaml: upstreams[1].name: required: every upstream needs name",
         "contoso.yaml: upstreams[1].listen: required: every upstream needs listen",
         "contoso.yaml: upstreams[2]: expected a mapping, got a str",
