@@ -4,10 +4,19 @@ the files a client library reads (the CA bundle that trusts the provider, the ap
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import trustme
+from aiohttp import web
+
+from proxy.simulator.directory import DEFAULT_LIFETIME, App, Directory
+from proxy.simulator.identity import IdpSite, Provider, make_idp_app, tls_context
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 APP = "0ba0c3a5-1111-4b2d-9c1e-0000000000a1"
@@ -56,3 +65,52 @@ def write_files(root: Path) -> Files:
     stranger = signer.issue_cert("stranger.example", common_name="stranger", key_type=rsa)
     files.stranger_key_and_cert.write_bytes(stranger.private_key_and_cert_chain_pem.bytes())
     return files
+
+
+@dataclass
+class Idp:
+    """A running identity provider, its state, and what a client needs to trust and reach it."""
+
+    url: str
+    provider: Provider
+    files: Files
+
+    def credential_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that point an azure-identity credential at this provider."""
+        return {
+            "authority": self.url,
+            "disable_instance_discovery": True,
+            "connection_verify": str(self.files.ca_bundle),
+        }
+
+    async def control(self, method: str, path: str, body: object = None) -> Any:
+        """Call a ``/_sim/identity`` endpoint; its JSON answer."""
+        connector = aiohttp.TCPConnector(ssl=tls_client(self.files))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.request(method, f"{self.url}{path}", json=body) as response,
+        ):
+            return await response.json()
+
+
+def tls_client(files: Files) -> ssl.SSLContext:
+    """A client TLS context trusting the provider's CA."""
+    return ssl.create_default_context(cafile=str(files.ca_bundle))
+
+
+@asynccontextmanager
+async def running_idp(
+    files: Files, apps: tuple[App, ...], token_lifetime: int = DEFAULT_LIFETIME
+) -> AsyncIterator[Idp]:
+    """The identity provider on an HTTPS port of 127.0.0.1, knowing ``apps``."""
+    provider = Provider(Directory(apps, token_lifetime))
+    site = IdpSite(0, str(files.server_cert), str(files.server_key), provider.directory)
+    runner = web.AppRunner(make_idp_app(provider))
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_context(site))
+    await tcp.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Idp(f"https://127.0.0.1:{port}", provider, files)
+    finally:
+        await runner.cleanup()

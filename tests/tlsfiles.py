@@ -52,16 +52,26 @@ class SecretDir:
     def put(self, leaf: trustme.LeafCert) -> None:
         """Publish ``leaf``'s chain and key as the kubelet does: a new version directory, then one
         rename of ``..data``."""
+        self.publish(
+            {
+                "tls.crt": b"".join(pem.bytes() for pem in leaf.cert_chain_pems),
+                "tls.key": leaf.private_key_pem.bytes(),
+            }
+        )
+
+    def publish(self, contents: dict[str, bytes]) -> None:
+        """Publish files by name, as the kubelet does: a new version directory, then one rename
+        of ``..data``; each name is a symlink through ``..data``."""
         version = self.root / f"..version_{next(_VERSIONS)}"
         version.mkdir()
-        (version / "tls.crt").write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
-        (version / "tls.key").write_bytes(leaf.private_key_pem.bytes())
+        for name, content in contents.items():
+            (version / name).write_bytes(content)
         data = self.root / "..data"
         old = os.readlink(data) if data.is_symlink() else None
         staged = self.root / "..data_tmp"
         os.symlink(version.name, staged)
         os.replace(staged, data)
-        for name in ("tls.crt", "tls.key"):
+        for name in contents:
             link = self.root / name
             if not link.is_symlink():
                 os.symlink(f"..data/{name}", link)

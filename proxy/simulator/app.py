@@ -14,12 +14,14 @@ quota and not counted.
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import orjson
 from aiohttp import web
 
 from proxy.identity import read_claims
@@ -153,8 +155,23 @@ def _journal(request: web.Request, *, throttled: bool) -> None:
             request.method,
             request.path,
             throttled,
+            _token_id(request.headers.get("Authorization")),
         )
     )
+
+
+def _token_id(authorization: str | None) -> str:
+    """The ``uti`` claim of a bearer JWT (a unique id of the token, safe to show), or ""."""
+    scheme, _, token = (authorization or "").partition(" ")
+    parts = token.strip().split(".")
+    if scheme.lower() != "bearer" or len(parts) != 3:
+        return ""
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return ""
+    uti = claims.get("uti") if isinstance(claims, dict) else None
+    return uti if isinstance(uti, str) and uti.isascii() and len(uti) <= 64 else ""
 
 
 async def _reset(request: web.Request) -> web.Response:

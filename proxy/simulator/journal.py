@@ -4,7 +4,8 @@ A test that must prove a proxy lost nothing and sent nothing twice needs the ups
 record of each request, not only counts: ``GET /_sim/requests`` lists the last ``MAX_ENTRIES``
 requests outside ``/_sim/`` in order of arrival — the time on the simulator's clock (seconds,
 for differences between entries), the ``client-request-id`` the proxy sent, the method, the path
-and whether the quota throttled it. Bounded, so a benchmark's millions of requests cost no more
+whether the quota throttled it, and which token it carried (``token``: the ``uti`` claim, the
+token's own unique id, never the token). Bounded, so a benchmark's millions of requests cost no more
 memory than a test's dozens.
 """
 
@@ -27,6 +28,8 @@ class Entry:
     method: str
     path: str
     throttled: bool
+    #: the bearer token's ``uti`` claim; "" without a readable token
+    token: str = ""
 
     def as_json(self) -> dict[str, object]:
         """The entry as ``/_sim/requests`` lists it."""
@@ -36,6 +39,7 @@ class Entry:
             "method": self.method,
             "path": self.path,
             "throttled": self.throttled,
+            "token": self.token,
         }
 
 

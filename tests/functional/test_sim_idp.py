@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import CertificateCredential
 from azure.identity.aio import ClientAssertionCredential, ClientSecretCredential
@@ -24,12 +23,10 @@ from proxy.simulator import SimConfig, make_app
 from proxy.simulator.directory import (
     EXCHANGE_AUDIENCE,
     App,
-    Directory,
     Federated,
     Secret,
     certificate,
 )
-from proxy.simulator.identity import IdpSite, Provider, make_idp_app, tls_context
 from tests.idpkit import (
     APP,
     DEFENDER,
@@ -38,7 +35,9 @@ from tests.idpkit import (
     ROLES,
     SECRET,
     TENANT,
-    Files,
+    Idp,
+    running_idp,
+    tls_client,
     write_files,
 )
 
@@ -47,41 +46,15 @@ SUBJECT = "system:serviceaccount:security:defender-proxy"
 
 
 @dataclass
-class Idp:
-    """A running identity provider, its state, and what a client needs to trust and reach it."""
+class FederatedIdp:
+    """The identity provider and the key of the cluster issuer its federated credential trusts."""
 
-    url: str
-    provider: Provider
-    files: Files
+    idp: Idp
     issuer_key: rsa.RSAPrivateKey
-
-    def credential_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments that point an azure-identity credential at this provider."""
-        return {
-            "authority": self.url,
-            "disable_instance_discovery": True,
-            "connection_verify": str(self.files.ca_bundle),
-        }
-
-    async def control(self, method: str, path: str, body: object = None) -> Any:
-        """Call a ``/_sim/identity`` endpoint; its JSON answer."""
-        connector = aiohttp.TCPConnector(ssl=tls_client(self.files))
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.request(method, f"{self.url}{path}", json=body) as response,
-        ):
-            return await response.json()
-
-
-def tls_client(files: Files) -> Any:
-    """A client TLS context trusting the provider's CA."""
-    import ssl
-
-    return ssl.create_default_context(cafile=str(files.ca_bundle))
 
 
 @pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[Idp]:
+async def idp_with_issuer(tmp_path: Path) -> AsyncIterator[FederatedIdp]:
     """The identity provider on an HTTPS port of 127.0.0.1, knowing one app in one tenant."""
     files = write_files(tmp_path)
     issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -93,17 +66,14 @@ async def idp(tmp_path: Path) -> AsyncIterator[Idp]:
         (certificate(files.app_cert.read_bytes()),),
         (Federated(ISSUER, SUBJECT, EXCHANGE_AUDIENCE, issuer_key.public_key()),),
     )
-    provider = Provider(Directory((app,)))
-    site = IdpSite(0, str(files.server_cert), str(files.server_key), provider.directory)
-    runner = web.AppRunner(make_idp_app(provider))
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_context(site))
-    await tcp.start()
-    port = runner.addresses[0][1]
-    try:
-        yield Idp(f"https://127.0.0.1:{port}", provider, files, issuer_key)
-    finally:
-        await runner.cleanup()
+    async with running_idp(files, (app,)) as running:
+        yield FederatedIdp(running, issuer_key)
+
+
+@pytest.fixture
+def idp(idp_with_issuer: FederatedIdp) -> Idp:
+    """The identity provider alone."""
+    return idp_with_issuer.idp
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -184,14 +154,15 @@ async def test_a_registered_certificate_gets_a_token_and_another_is_refused(idp:
     assert "AADSTS700027" in str(caught.value)
 
 
-async def test_a_federated_token_is_a_client_assertion(idp: Idp) -> None:
+async def test_a_federated_token_is_a_client_assertion(idp_with_issuer: FederatedIdp) -> None:
     """Workload identity: a token of the federated issuer about the federated subject gets an app
     token; one about another subject is refused with AADSTS700213."""
+    idp = idp_with_issuer.idp
 
     def federated(subject: str) -> str:
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": subject, "aud": EXCHANGE_AUDIENCE, "exp": now + 600}
-        return jwt.encode(claims, idp.issuer_key, algorithm="RS256")
+        return jwt.encode(claims, idp_with_issuer.issuer_key, algorithm="RS256")
 
     kwargs = idp.credential_kwargs()
     async with ClientAssertionCredential(TENANT, APP, lambda: federated(SUBJECT), **kwargs) as cred:
