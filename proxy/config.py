@@ -19,6 +19,7 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -500,6 +501,13 @@ def _settle_credentials(
             f"{where}: tls.verify is false, so the app's secret would go to an authority whose "
             "certificate is not checked; trust a private CA with tls.ca_bundle instead"
         )
+    for upstream in holders:
+        parts = urlsplit(upstream.origin)
+        if parts.scheme == "http" and not Address(parts.hostname or "", 0).loopback:
+            problems.append(
+                f"{where}: {upstream.origin} ({upstream.name}) is plain HTTP beyond this host: "
+                "the tokens the proxy mints would cross the network unencrypted; use https://"
+            )
     if not restricts(settings.allow_from):
         for upstream in holders:
             if not upstream.listen.loopback:
