@@ -4,6 +4,7 @@ a private redis-server."""
 from __future__ import annotations
 
 import io
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -29,6 +30,13 @@ from tests.redisproc import RedisServer
 
 if TYPE_CHECKING:
     from proxy.spans import Spans
+
+
+@pytest.fixture(autouse=True)
+def _no_azure_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test picks up credentials from the ``AZURE_*`` variables of the machine it runs on."""
+    for name in [name for name in os.environ if name.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:

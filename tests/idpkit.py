@@ -4,6 +4,8 @@ the files a client library reads (the CA bundle that trusts the provider, the ap
 
 from __future__ import annotations
 
+import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from proxy.simulator.directory import DEFAULT_LIFETIME, App, Directory
 from proxy.simulator.identity import IdpSite, Provider, make_idp_app, tls_context
+from tests.procs import Process, start_cli
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 APP = "0ba0c3a5-1111-4b2d-9c1e-0000000000a1"
@@ -114,3 +117,32 @@ async def running_idp(
         yield Idp(f"https://127.0.0.1:{port}", provider, files)
     finally:
         await runner.cleanup()
+
+
+_LISTENING = re.compile(r"^(simulator|identity provider) listening on (\S+)")
+
+
+async def start_simulate_with_idp(
+    files: Files, apps: Path, *args: str
+) -> tuple[Process, dict[str, str]]:
+    """``defender-proxy simulate`` with its identity provider on ``apps`` and ``args`` more: the
+    process and the origins it printed, by what listens on them (``simulator``, ``identity
+    provider``); its output is read in the background from then on."""
+    process = await start_cli(
+        "simulate", "--port", "0", "--idp-port", "0",
+        "--idp-cert", str(files.server_cert), "--idp-key", str(files.server_key),
+        "--idp-apps", str(apps), *args,
+    )  # fmt: skip
+    found: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(15):
+            while len(found) < 2:
+                await process.wait_for("_text")
+                for line in process.lines:
+                    if (match := _LISTENING.match(line.get("text", ""))) is not None:
+                        found[match[1]] = match[2]
+                process.lines.clear()
+    except BaseException:
+        await process.stop()
+        raise
+    return process, found

@@ -54,9 +54,10 @@ class Process:
 
 
 async def start_cli(*args: str, env: dict[str, str] | None = None) -> Process:
-    """Start ``python -m proxy ARGS`` with JSON logs on stdout; tracing only if ``env`` turns
-    it on (no ``OTEL_*`` variable comes from the environment of the tests)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    """Start ``python -m proxy ARGS`` with JSON logs on stdout; tracing and credentials only if
+    ``env`` turns them on (no ``OTEL_*`` or ``AZURE_*`` variable comes from the environment of
+    the tests)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AZURE_"))}
     full_env = {**inherited, "DEFENDER_PROXY_LOG_FORMAT": "json", **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", *args,

@@ -4,29 +4,13 @@ from the real client library that the same simulator's API accepts."""
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import aiohttp
 from azure.identity.aio import ClientSecretCredential
 
-from tests.idpkit import APP, DEFENDER, ROLES, SECRET, TENANT, write_files
-from tests.procs import Process, start_cli
-
-_LISTENING = re.compile(r"^(simulator|identity provider) listening on (\S+)")
-
-
-async def _origins(process: Process) -> dict[str, str]:
-    """The origins the simulator printed, by what listens on them."""
-    found: dict[str, str] = {}
-    async with asyncio.timeout(15):
-        while len(found) < 2:
-            await process.wait_for("_text")
-            for line in process.lines:
-                if (match := _LISTENING.match(line.get("text", ""))) is not None:
-                    found[match[1]] = match[2]
-            process.lines.clear()
-    return found
+from tests.idpkit import APP, DEFENDER, ROLES, SECRET, TENANT, start_simulate_with_idp, write_files
+from tests.procs import start_cli
 
 
 async def test_simulate_serves_tokens_its_api_accepts(tmp_path: Path) -> None:
@@ -40,13 +24,8 @@ async def test_simulate_serves_tokens_its_api_accepts(tmp_path: Path) -> None:
         f" secrets: [{{value: {SECRET}}}]}}\n",
         encoding="utf-8",
     )
-    process = await start_cli(
-        "simulate", "--port", "0", "--check-tokens", "--idp-port", "0",
-        "--idp-cert", str(files.server_cert), "--idp-key", str(files.server_key),
-        "--idp-apps", str(apps),
-    )  # fmt: skip
+    process, origins = await start_simulate_with_idp(files, apps, "--check-tokens")
     try:
-        origins = await _origins(process)
         async with ClientSecretCredential(
             TENANT,
             APP,

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import brotli
+import jwt
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -617,12 +618,14 @@ async def test_the_journal_lists_each_request_with_its_id_and_time(
     aiohttp_client: AiohttpClient,
 ) -> None:
     """/_sim/requests lists every request in order of arrival: its time, client-request-id,
-    method, path and whether the quota throttled it; /_sim/ is not listed; reset clears it."""
+    method, path, whether the quota throttled it and its token's uti; /_sim/ is not listed;
+    reset clears it."""
     clock = FakeClock()
     client = await aiohttp_client(make_app(SimConfig(limits=(Limit(1, 60.0),), clock=clock)))
-    for request_id in ("first", "second"):
+    token = jwt.encode({"uti": "u-1"}, "k" * 32, algorithm="HS256")
+    for request_id, authorization in (("first", ""), ("second", f"Bearer {token}")):
         clock.now += 1.5
-        headers = {"client-request-id": request_id}
+        headers = {"client-request-id": request_id, "Authorization": authorization}
         async with client.get("/api/machines/m1", headers=headers) as resp:
             await resp.read()
     async with client.get("/_sim/requests") as listed:
@@ -630,9 +633,9 @@ async def test_the_journal_lists_each_request_with_its_id_and_time(
     assert journal == {
         "requests": [
             {"at": 1001.5, "id": "first", "method": "GET", "path": "/api/machines/m1",
-             "throttled": False},
+             "throttled": False, "token": ""},
             {"at": 1003.0, "id": "second", "method": "GET", "path": "/api/machines/m1",
-             "throttled": True},
+             "throttled": True, "token": "u-1"},
         ]
     }  # fmt: skip
     async with client.post("/_sim/reset"):
