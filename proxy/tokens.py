@@ -79,6 +79,10 @@ POLL_INTERVAL: Final = 2.0
 #: authority cannot grow the metric without bound).
 MAX_CODES: Final = 32
 _AADSTS: Final = re.compile(r"AADSTS(\d{1,9})\b")
+#: What a bearer token may hold (RFC 6750's b64token), up to a length no real token nears.
+_TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]{1,16384}=*")
+#: The longest life a token is taken to have: Entra's are one to 24 hours.
+MAX_LIFETIME: Final = 2 * 86400.0
 
 #: What the common AADSTS codes of the client credentials grant mean, in the 503's message.
 REASONS: Final = {
@@ -258,6 +262,14 @@ class TokenSource:
             raise late from None
         token, expires_on, refresh_on = info
         now = self._clock()
+        if not _TOKEN.fullmatch(token) or not now < expires_on < now + MAX_LIFETIME:
+            # It goes into a header line as it is: a CR or LF in it would be a header of the
+            # authority's choosing, sent to the API.
+            odd = MintError(
+                "unknown", "the identity provider's answer is not a usable bearer token"
+            )
+            self._failed(odd)
+            raise odd
         life = max(expires_on - now, 0.0)
         margin = min(USABLE_MARGIN, life / 4)
         minted = Minted(
