@@ -115,6 +115,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.links
 	$(BIN)/python -m bench.body_keys
 	$(BIN)/python -m bench.reload
+	$(BIN)/python -m bench.credentials
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)

@@ -325,7 +325,10 @@ class TokenSource:
 
     async def _request(self) -> tuple[str, float, float | None]:
         """One token request: the files read now, a credential made from them, and its answer."""
-        credential = self._credential()
+        # In a thread, so that a file on a slow volume holds no request in flight. (Loading a
+        # certificate credential's RSA key is CPU that holds the GIL: azure-identity loads it
+        # twice, ~80 ms in all for 2048 bits, once per mint; python -m bench.credentials.)
+        credential = await asyncio.to_thread(self._credential)
         try:
             info = await credential.get_token_info(self._scope)
         except MintError:
@@ -366,7 +369,7 @@ class TokenSource:
                 return ClientSecretCredential(tenant, client, secret, **options)
             if credentials.kind == "certificate":
                 assert credentials.file is not None
-                certificate = read_certificate(credentials.file)
+                certificate = read_certificate(credentials.file, check_key=False)
                 self._expires("certificate", certificate.not_after)
                 return CertificateCredential(
                     tenant, client, certificate_data=certificate.pem, **options
