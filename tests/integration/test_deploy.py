@@ -1,16 +1,19 @@
 """The Kustomize deployment in ``deploy/``: every overlay renders, validates and keeps its promises.
 
-Each of ``deploy/base`` (the native sidecar), ``deploy/overlays/shared-redis`` and
-``deploy/overlays/gateway`` is rendered with the real ``kubectl kustomize``. The built-in kinds are
-validated with ``kubernetes-validate --strict`` against Kubernetes 1.29 (the first with native
-sidecars on by default) and the newest version the package knows; the Prometheus Operator's
-PodMonitor and PrometheusRule against the operator's published CRD schemas, as pydantic models
-(PyPI ``cloudcoil-models-prometheus-operator``), and the gateway's cert-manager Certificate
-likewise against cert-manager's CRD schema (PyPI ``cloudcoil-models-cert-manager``). The rest
+Each of ``deploy/base`` (the native sidecar), ``deploy/overlays/shared-redis``,
+``deploy/overlays/gateway`` and ``deploy/overlays/workload-identity`` is rendered with the real
+``kubectl kustomize``. The built-in kinds are validated with ``kubernetes-validate --strict``
+against Kubernetes 1.29 (the first with native sidecars on by default) and the newest version
+the package knows; the Prometheus Operator's PodMonitor and PrometheusRule against the
+operator's published CRD schemas, as pydantic models (PyPI
+``cloudcoil-models-prometheus-operator``), and the gateway's cert-manager Certificate likewise
+against cert-manager's CRD schema (PyPI ``cloudcoil-models-cert-manager``). The rest
 pins what the issue asks of the manifests: native sidecar, probes, security context, the shared
 store for every replica, the gateway's NetworkPolicy, its HTTPS from a mounted Secret, its
-rollouts (surge first, a disruption budget, a preStop delay inside the grace period), and a proxy
-config that the proxy itself accepts.
+rollouts (surge first, a disruption budget, a preStop delay inside the grace period), the
+credential the proxy holds (a client secret from a Secret mounted whole, or AKS workload identity,
+whose webhook's additions are reproduced here), and a proxy config that the proxy itself accepts,
+parsed in-process and by ``defender-proxy check-config``.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 import posixpath
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,12 @@ DEPLOY = ROOT / "deploy"
 BASE = "base"
 SHARED_REDIS = "overlays/shared-redis"
 GATEWAY = "overlays/gateway"
-OVERLAYS = (BASE, SHARED_REDIS, GATEWAY)
+WORKLOAD_IDENTITY = "overlays/workload-identity"
+OVERLAYS = (BASE, SHARED_REDIS, GATEWAY, WORKLOAD_IDENTITY)
+#: The overlays whose proxy is the example tool's native sidecar.
+SIDECARS = (BASE, SHARED_REDIS, WORKLOAD_IDENTITY)
+#: The overlays whose proxy takes tokens with the client secret of the Secret below.
+CLIENT_SECRET = (BASE, SHARED_REDIS)
 # 1.29: native sidecars (init containers with restartPolicy Always) are on by default.
 K8S_VERSIONS = ("1.29.0", latest_version())
 CUSTOM_KINDS = frozenset({"PodMonitor", "PrometheusRule", "Certificate"})
@@ -53,6 +64,25 @@ JOB_LABEL = "defender-proxy/job"
 DOCKERFILE = ROOT / "Dockerfile"
 #: Seconds a gateway pod keeps beyond its preStop delay and shutdown_grace: the exit itself.
 TERMINATION_ROOM = 5
+#: The Secret with the client secret: the operator creates and rotates it (README), no overlay
+#: renders it; the example beside the base shows its shape.
+CREDENTIAL_SECRET = "defender-proxy-credential"
+CREDENTIAL_EXAMPLE = DEPLOY / BASE / "credential-secret.example.yaml"
+#: What the AKS workload identity webhook reads (Azure/azure-workload-identity, pkg/webhook): the
+#: pod label that has it mutate a pod, the ServiceAccount's annotations, the pod's skip list.
+WI_USE = "azure.workload.identity/use"
+WI_CLIENT_ID = "azure.workload.identity/client-id"
+WI_TENANT_ID = "azure.workload.identity/tenant-id"
+WI_SKIP = "azure.workload.identity/skip-containers"
+#: The variables the webhook sets in every container it does not skip; AZURE_AUTHORITY_HOST is
+#: the public cloud's, as the webhook writes it.
+AZURE_VARIABLES = (
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+)
+AZURE_PUBLIC_AUTHORITY = "https://login.microsoftonline.com/"
 
 Doc = dict[str, Any]
 
@@ -121,27 +151,117 @@ def _config(overlay: str, workload: Doc, container: Doc) -> tuple[Doc, dict[str,
     return data, env
 
 
+@dataclass(frozen=True)
+class StandIns:
+    """Files that exist only in the cluster, in a temporary directory: a Secret-volume directory
+    with a TLS pair, a client secret, and the service account token the webhook projects."""
+
+    tls: SecretDir
+    client_secret: str
+    federated_token: str
+
+
 @pytest.fixture(scope="module")
-def secret_files(tmp_path_factory: pytest.TempPathFactory) -> SecretDir:
-    """A Secret-volume directory with a pair, to stand in for one mounted in a pod."""
-    secret = SecretDir(tmp_path_factory.mktemp("secret"))
-    secret.put(issue(trustme.CA()))
-    return secret
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> StandIns:
+    """Stand-ins for the files of a pod's Secrets and of its projected token."""
+    root = tmp_path_factory.mktemp("secrets")
+    tls = SecretDir(root / "tls")
+    tls.put(issue(trustme.CA()))
+    client_secret = root / "client-secret"
+    client_secret.write_text("stand-in-client-secret", encoding="utf-8")
+    federated_token = root / "azure-identity-token"
+    federated_token.write_text("stand-in.service-account.token", encoding="utf-8")
+    return StandIns(tls, str(client_secret), str(federated_token))
 
 
-def _settings(overlay: str, workload: Doc, container: Doc, secret: SecretDir) -> Settings:
-    """The settings this proxy container starts with: its mounted config file and its env.
+def _env_names(container: Doc) -> set[str]:
+    return {item["name"] for item in container.get("env", ())}
 
-    ``listen_tls`` names files of a mounted Secret that exists only in the cluster: each must be
-    in one of the container's Secret volumes, and a pair in ``secret`` stands in for it."""
+
+def _webhook_env(overlay: str, workload: Doc, container: Doc, token_file: str) -> dict[str, str]:
+    """The variables the workload identity webhook adds to ``container`` when the pod is created:
+    none if the pod lacks the webhook's label or its skip list names the container; else the ids
+    of the pod's ServiceAccount and the file it projects the token to (``token_file`` stands in),
+    each only where the container does not set that variable itself."""
+    template = workload["spec"]["template"]
+    if template["metadata"].get("labels", {}).get(WI_USE) != "true":
+        return {}
+    skip = template["metadata"].get("annotations", {}).get(WI_SKIP, "")
+    if container["name"] in {name.strip() for name in skip.split(";")}:
+        return {}
+    account = _one(overlay, "ServiceAccount", template["spec"].get("serviceAccountName", "default"))
+    annotations = account["metadata"].get("annotations", {})
+    added = {
+        "AZURE_CLIENT_ID": annotations[WI_CLIENT_ID],
+        # Without the annotation the webhook would use the cluster's tenant, unknown here.
+        "AZURE_TENANT_ID": annotations[WI_TENANT_ID],
+        "AZURE_FEDERATED_TOKEN_FILE": token_file,
+        "AZURE_AUTHORITY_HOST": AZURE_PUBLIC_AUTHORITY,
+    }
+    return {name: value for name, value in added.items() if name not in _env_names(container)}
+
+
+def _in_pod(
+    overlay: str, workload: Doc, container: Doc, stand_ins: StandIns
+) -> tuple[Doc, dict[str, str]]:
+    """The config this proxy container reads and the environment it runs with, webhook included.
+
+    ``listen_tls`` and ``credentials.client_secret_file`` name files of mounted Secrets that exist
+    only in the cluster: each must be in one of the container's Secret volumes, and a file of
+    ``stand_ins`` takes its place."""
     data, env = _config(overlay, workload, container)
-    if "listen_tls" in data:
-        pod = workload["spec"]["template"]["spec"]
-        for key, path in data["listen_tls"].items():
-            _, volume = _volume(pod, container, path)
-            assert "secret" in volume, f"deploy/{overlay}: listen_tls.{key} is not in a Secret"
-        data["listen_tls"] = {"cert": secret.files.cert, "key": secret.files.key}
+    pod = workload["spec"]["template"]["spec"]
+    replacements = {
+        ("listen_tls", "cert"): stand_ins.tls.files.cert,
+        ("listen_tls", "key"): stand_ins.tls.files.key,
+        ("credentials", "client_secret_file"): stand_ins.client_secret,
+    }
+    for (section, key), stand_in in replacements.items():
+        if key in data.get(section, {}):
+            _, volume = _volume(pod, container, data[section][key])
+            assert "secret" in volume, f"deploy/{overlay}: {section}.{key} is not in a Secret"
+            data[section][key] = stand_in
+    webhook = _webhook_env(overlay, workload, container, stand_ins.federated_token)
+    return data, {**env, **webhook}
+
+
+def _settings(overlay: str, workload: Doc, container: Doc, stand_ins: StandIns) -> Settings:
+    """The settings this proxy container starts with: its mounted config file and its env."""
+    data, env = _in_pod(overlay, workload, container, stand_ins)
     return parse_settings(data, f"deploy/{overlay}: {env['DEFENDER_PROXY_CONFIG']}", environ=env)
+
+
+def _check_config(data: Doc, env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
+    """``defender-proxy check-config`` run on ``data`` with exactly ``env`` (nothing of the test
+    process's own, which could fill or override a key)."""
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    environ = {"PATH": os.environ.get("PATH", ""), **env}
+    environ.pop("DEFENDER_PROXY_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def _kubernetes_validate(docs: list[Doc], version: str, tmp_path: Path) -> None:
+    """kubernetes-validate --strict accepts every one of ``docs`` against ``version``."""
+    manifest = tmp_path / "builtin.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"against {version}:\n{output}"
+    # A kind it has no schema for is only a warning: every resource must have been checked.
+    assert "WARN" not in output, output
+    assert "ERROR" not in output, output
+    assert output.count(" passed for resource ") == len(docs), output
 
 
 def _port(container: Doc, name: str) -> int:
@@ -167,21 +287,9 @@ def test_builtin_kinds_pass_kubernetes_validate_strict(
     overlay: str, version: str, tmp_path: Path
 ) -> None:
     """kubernetes-validate --strict accepts every built-in resource, for 1.29 and the newest."""
-    builtin = [doc for doc in _render(overlay) if doc["kind"] not in CUSTOM_KINDS]
-    manifest = tmp_path / "builtin.yaml"
-    manifest.write_text(yaml.safe_dump_all(builtin), encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(manifest)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    _kubernetes_validate(
+        [doc for doc in _render(overlay) if doc["kind"] not in CUSTOM_KINDS], version, tmp_path
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"deploy/{overlay} against {version}:\n{output}"
-    # A kind it has no schema for is only a warning: every resource must have been checked.
-    assert "WARN" not in output, output
-    assert "ERROR" not in output, output
-    assert output.count(" passed for resource ") == len(builtin), output
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -199,7 +307,7 @@ def test_custom_resources_match_the_operator_schema(overlay: str) -> None:
         assert dumped == doc, f"deploy/{overlay}: {doc['kind']} has fields the schema lacks"
 
 
-@pytest.mark.parametrize("overlay", [BASE, SHARED_REDIS])
+@pytest.mark.parametrize("overlay", SIDECARS)
 def test_sidecar_is_a_native_sidecar(overlay: str) -> None:
     """The proxy is an init container with restartPolicy Always, started before the tool."""
     pod = _one(overlay, "Deployment", "security-tool")["spec"]["template"]["spec"]
@@ -244,6 +352,22 @@ def test_every_container_is_locked_down(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_mount_names_a_volume_of_its_pod(overlay: str) -> None:
+    """Every volume mount names a volume of its pod (a patch that drops a volume drops its mounts
+    too), and no volume is left that nothing mounts; the API server checks neither offline."""
+    for workload in _workloads(overlay):
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {volume["name"] for volume in pod.get("volumes", ())}
+        mounted = set()
+        for container in _containers(pod):
+            where = f"deploy/{overlay}: {workload['metadata']['name']}/{container['name']}"
+            names = {mount["name"] for mount in container.get("volumeMounts", ())}
+            assert names <= volumes, f"{where} mounts {names - volumes}, which the pod lacks"
+            mounted |= names
+        assert volumes <= mounted, f"deploy/{overlay}: nothing mounts {volumes - mounted}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_has_requests_and_a_memory_limit(overlay: str) -> None:
     """Every container requests CPU and memory and has a memory limit."""
     for workload in _workloads(overlay):
@@ -255,10 +379,10 @@ def test_every_container_has_requests_and_a_memory_limit(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_proxy_config_is_accepted_by_the_proxy(overlay: str, secret_files: SecretDir) -> None:
+def test_proxy_config_is_accepted_by_the_proxy(overlay: str, stand_ins: StandIns) -> None:
     """The mounted config parses with the proxy's own validator and matches the ports and pod."""
     for workload, container in _proxies(overlay):
-        settings = _settings(overlay, workload, container, secret_files)
+        settings = _settings(overlay, workload, container, stand_ins)
         pod = workload["spec"]["template"]["spec"]
         assert settings.admin_listen.port == _port(container, "proxy-admin")
         assert settings.shutdown_grace < pod["terminationGracePeriodSeconds"]
@@ -285,20 +409,167 @@ def test_the_commented_upstreams_example_is_accepted_by_the_proxy() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_check_config_accepts_every_rendered_config(
+    overlay: str, stand_ins: StandIns, tmp_path: Path
+) -> None:
+    """``defender-proxy check-config`` accepts the config each proxy container mounts, with that
+    container's environment (the workload identity webhook's variables included) and stand-ins
+    for its Secrets' files, and has no warning to give about it."""
+    for index, (workload, container) in enumerate(_proxies(overlay)):
+        data, env = _in_pod(overlay, workload, container, stand_ins)
+        result = _check_config(data, env, tmp_path / f"config-{index}.yaml")
+        where = f"deploy/{overlay}: {workload['metadata']['name']}/{container['name']}"
+        assert result.returncode == 0, f"{where}:\n{result.stderr}"
+        assert result.stderr == "", f"{where}:\n{result.stderr}"
+        assert ": ok (" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("overlay", CLIENT_SECRET)
+def test_the_commented_client_secret_expires_is_accepted_by_check_config(
+    overlay: str, stand_ins: StandIns, tmp_path: Path
+) -> None:
+    """The config's commented client_secret_expires, uncommented in place, passes check-config:
+    the example shows a key and a date form the proxy takes."""
+    text = (DEPLOY / overlay / "config.yaml").read_text(encoding="utf-8")
+    commented = [
+        line for line in text.splitlines() if line.startswith("  # client_secret_expires:")
+    ]
+    assert len(commented) == 1, f"deploy/{overlay}/config.yaml: no commented client_secret_expires"
+    uncommented = text.replace(commented[0], "  " + commented[0].removeprefix("  # "))
+    data = yaml.safe_load(uncommented)
+    assert "client_secret_expires" in data["credentials"]
+    ((workload, container),) = _proxies(overlay)
+    _, env = _in_pod(overlay, workload, container, stand_ins)
+    data["credentials"]["client_secret_file"] = stand_ins.client_secret
+    result = _check_config(data, env, tmp_path / "config.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_proxy_holding_a_credential_answers_only_its_own_pod_or_allow_from(
+    overlay: str, stand_ins: StandIns
+) -> None:
+    """Whoever reaches a proxy that holds a credential acts as the app: such a proxy listens on
+    loopback only, or names the callers it serves in allow_from."""
+    loopback = {"127.0.0.1", "::1", "localhost"}
+    for workload, container in _proxies(overlay):
+        data, env = _in_pod(overlay, workload, container, stand_ins)
+        kinds = (
+            "AZURE_CLIENT_SECRET",
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            "AZURE_FEDERATED_TOKEN_FILE",
+        )
+        holds = "credentials" in data or any(name in env for name in kinds)
+        listens = [env.get("DEFENDER_PROXY_LISTEN", data.get("listen", "127.0.0.1:8080"))]
+        listens += [upstream["listen"] for upstream in data.get("upstreams", ())]
+        hosts = {str(listen).rpartition(":")[0].strip("[]") for listen in listens}
+        if holds and not hosts <= loopback:
+            assert data.get("allow_from"), f"deploy/{overlay}: {hosts} with a credential"
+
+
+def test_the_credential_secret_is_the_operators_and_shaped_as_its_example(tmp_path: Path) -> None:
+    """No overlay renders the credential Secret (so `kubectl apply -k` never puts an old value
+    back over a rotated one); its example validates, and its one key is the file the config reads,
+    with a value that is plainly a placeholder."""
+    for overlay in OVERLAYS:
+        names = [doc["metadata"]["name"] for doc in _docs(overlay, "Secret")]
+        assert CREDENTIAL_SECRET not in names, f"deploy/{overlay} renders {CREDENTIAL_SECRET}"
+    (example,) = yaml.safe_load_all(CREDENTIAL_EXAMPLE.read_text(encoding="utf-8"))
+    for version in K8S_VERSIONS:
+        _kubernetes_validate([example], version, tmp_path)
+    assert (example["kind"], example["metadata"]["name"]) == ("Secret", CREDENTIAL_SECRET)
+    files = {
+        posixpath.basename(_config(overlay, w, c)[0]["credentials"]["client_secret_file"])
+        for overlay in CLIENT_SECRET
+        for w, c in _proxies(overlay)
+    }
+    assert set(example["stringData"]) == files == {"client-secret"}
+    assert "placeholder" in example["stringData"]["client-secret"]
+
+
+@pytest.mark.parametrize("overlay", CLIENT_SECRET)
+def test_the_client_secret_is_a_whole_secret_mounted_read_only_for_the_proxy(overlay: str) -> None:
+    """client_secret_file is in the Secret defender-proxy-credential, mounted whole (no subPath,
+    no items: the kubelet's ..data swap of a rotated secret reaches the proxy) and read-only,
+    mode 0440 with the proxy's group as the pod's fsGroup; no other container mounts it."""
+    for workload, container in _proxies(overlay):
+        pod = workload["spec"]["template"]["spec"]
+        data, _ = _config(overlay, workload, container)
+        mount, volume = _volume(pod, container, data["credentials"]["client_secret_file"])
+        assert volume["secret"]["secretName"] == CREDENTIAL_SECRET
+        assert "items" not in volume["secret"]
+        assert volume["secret"].get("optional") is not True, "a pod without it would start"
+        assert mount.get("readOnly") is True
+        assert "subPath" not in mount
+        assert volume["secret"]["defaultMode"] == 0o440
+        assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+        for other in _containers(pod):
+            if other is not container:
+                names = {m["name"] for m in other.get("volumeMounts", ())}
+                assert volume["name"] not in names, f"{other['name']} can read the secret"
+
+
+def test_workload_identity_replaces_the_secret_with_the_webhooks_federated_token() -> None:
+    """The pod carries the webhook's label and runs as a ServiceAccount annotated with client and
+    tenant ids; the webhook skips every container but the proxy; no Secret volume is left, and
+    neither the config nor the container names a credential, so the proxy's token file is the one
+    the webhook projects and names in AZURE_FEDERATED_TOKEN_FILE, wherever its version puts it."""
+    template = _one(WORKLOAD_IDENTITY, "Deployment", "security-tool")["spec"]["template"]
+    assert template["metadata"]["labels"][WI_USE] == "true"
+    pod = template["spec"]
+    account = _one(WORKLOAD_IDENTITY, "ServiceAccount", pod["serviceAccountName"])
+    annotations = account["metadata"]["annotations"]
+    uuid.UUID(annotations[WI_CLIENT_ID])
+    uuid.UUID(annotations[WI_TENANT_ID])
+    ((workload, container),) = _proxies(WORKLOAD_IDENTITY)
+    skipped = set(template["metadata"]["annotations"][WI_SKIP].split(";"))
+    assert skipped == {c["name"] for c in _containers(pod)} - {container["name"]}
+    assert not [v["name"] for v in pod["volumes"] if "secret" in v or "projected" in v]
+    assert not _docs(WORKLOAD_IDENTITY, "Secret")
+    data, _ = _config(WORKLOAD_IDENTITY, workload, container)
+    assert "credentials" not in data
+    # The webhook adds a variable only where the container has none of that name.
+    assert not _env_names(container) & set(AZURE_VARIABLES)
+    added = _webhook_env(WORKLOAD_IDENTITY, workload, container, "/token")
+    assert set(added) == set(AZURE_VARIABLES)
+    assert added["AZURE_FEDERATED_TOKEN_FILE"] == "/token"
+    # The projected token's file is 0640 of the fsGroup: the proxy's group reads it.
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+
+
+def test_the_gateway_passes_its_callers_tokens_on_and_holds_no_credential() -> None:
+    """The gateway's config has no credentials and its pods mount no credential Secret; the example
+    tool, now its client, keeps neither the Secret's volume nor the proxy's fsGroup."""
+    for workload, container in _proxies(GATEWAY):
+        data, _ = _config(GATEWAY, workload, container)
+        assert "credentials" not in data
+        assert not _env_names(container) & {"AZURE_CLIENT_SECRET", *AZURE_VARIABLES}
+        secrets = {
+            v["secret"]["secretName"]
+            for v in workload["spec"]["template"]["spec"]["volumes"]
+            if "secret" in v
+        }
+        assert CREDENTIAL_SECRET not in secrets
+    tool = _one(GATEWAY, "Deployment", "security-tool")["spec"]["template"]["spec"]
+    assert not [v["name"] for v in tool["volumes"] if "secret" in v]
+    assert "fsGroup" not in tool["securityContext"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_replica_uses_the_quota_store_its_replica_count_needs(
-    overlay: str, secret_files: SecretDir
+    overlay: str, stand_ins: StandIns
 ) -> None:
     """One proxy keeps its quota in memory; several share Redis, with expected_replicas right."""
     proxies = _proxies(overlay)
     replicas = sum(workload["spec"].get("replicas", 1) for workload, _ in proxies)
     stores = set()
     for workload, container in proxies:
-        settings = _settings(overlay, workload, container, secret_files)
+        settings = _settings(overlay, workload, container, stand_ins)
         stores.add(settings.throttle.store)
         assert settings.throttle.fallback.expected_replicas == replicas, (
             f"deploy/{overlay}: fallback.expected_replicas is not the {replicas} proxies"
         )
-    if overlay == BASE:
+    if overlay in (BASE, WORKLOAD_IDENTITY):
         assert replicas == 1
         assert stores == {"memory"}
     else:
@@ -311,7 +582,7 @@ def test_every_replica_uses_the_quota_store_its_replica_count_needs(
         assert _selects({"matchLabels": service["spec"]["selector"]}, pod_labels)
 
 
-@pytest.mark.parametrize("overlay", [SHARED_REDIS, GATEWAY])
+@pytest.mark.parametrize("overlay", [SHARED_REDIS, GATEWAY, WORKLOAD_IDENTITY])
 def test_overlay_config_differs_from_the_base_only_where_intended(overlay: str) -> None:
     """An overlay's config.yaml repeats the base's, changing only the keys its deployment needs."""
 
@@ -320,6 +591,11 @@ def test_overlay_config_differs_from_the_base_only_where_intended(overlay: str) 
         return doc
 
     base, config = load(BASE), load(overlay)
+    if overlay in (GATEWAY, WORKLOAD_IDENTITY):
+        # The gateway passes its callers' tokens on; workload identity's webhook makes the section.
+        assert "credentials" in base
+        assert "credentials" not in config
+        base.pop("credentials")
     if overlay == GATEWAY:
         assert (base.pop("listen"), config.pop("listen")) == ("127.0.0.1:8080", "0.0.0.0:8080")
         assert config.pop("listen_tls") == {
@@ -364,8 +640,9 @@ def test_the_gateway_serves_the_certificate_cert_manager_issues() -> None:
     reads it (no subPath, so a renewal reaches the proxy); no other overlay has one."""
     from cloudcoil.models.cert_manager import v1  # slow import: only for this test
 
-    assert not _docs(BASE, "Certificate")
-    assert not _docs(SHARED_REDIS, "Certificate")
+    for overlay in OVERLAYS:
+        if overlay != GATEWAY:
+            assert not _docs(overlay, "Certificate"), overlay
     (certificate,) = _docs(GATEWAY, "Certificate")
     assert certificate["apiVersion"] == "cert-manager.io/v1"
     model = v1.Certificate.model_validate(certificate)
@@ -442,14 +719,14 @@ def test_gateway_rolls_a_new_pod_in_before_an_old_one_goes() -> None:
 
 
 def test_gateway_serves_through_its_prestop_delay_within_the_grace_period(
-    secret_files: SecretDir,
+    stand_ins: StandIns,
 ) -> None:
     """The gateway's preStop hook sleeps a few seconds with the image's interpreter before
     SIGTERM, and the grace period holds that delay, shutdown_grace and some room."""
     ((workload, container),) = _proxies(GATEWAY)
     seconds = _prestop_sleep(container)
     assert 1 <= seconds <= 15, seconds
-    settings = _settings(GATEWAY, workload, container, secret_files)
+    settings = _settings(GATEWAY, workload, container, stand_ins)
     grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert seconds + settings.shutdown_grace + TERMINATION_ROOM <= grace, (seconds, grace)
 
