@@ -393,10 +393,14 @@ def test_proxy_config_is_accepted_by_the_proxy(overlay: str, stand_ins: StandIns
             assert settings.listen.port == _port(container, "proxy")
 
 
-def test_the_commented_upstreams_example_is_accepted_by_the_proxy() -> None:
+def test_the_commented_upstreams_example_is_accepted_by_the_proxy(tmp_path: Path) -> None:
     """The base config's commented upstreams example, put in place of upstream + listen, parses
-    to two loopback listeners, one per origin, clear of the admin port."""
-    lines = (DEPLOY / BASE / "config.yaml").read_text(encoding="utf-8").splitlines()
+    to two loopback listeners, one per origin, clear of the admin port, each holding the
+    credential with its own origin's scope."""
+    secret = tmp_path / "client-secret"
+    secret.write_text("stand-in", encoding="utf-8")
+    text = (DEPLOY / BASE / "config.yaml").read_text(encoding="utf-8")
+    lines = text.replace("/var/run/secrets/defender/client-secret", str(secret)).splitlines()
     start = lines.index("# upstreams:")
     example = [lines[start][2:]]
     example += [line[2:] for line in lines[start + 1 :] if line.startswith("#   - ")]
@@ -405,6 +409,10 @@ def test_the_commented_upstreams_example_is_accepted_by_the_proxy() -> None:
     assert [(u.name, u.catalogue, str(u.listen)) for u in settings.listeners] == [
         ("defender", "defender", "127.0.0.1:8080"),
         ("graph", "graph", "127.0.0.1:8081"),
+    ]
+    assert [u.credentials.scope for u in settings.listeners if u.credentials] == [
+        "https://api.securitycenter.microsoft.com/.default",
+        "https://graph.microsoft.com/.default",
     ]
 
 
