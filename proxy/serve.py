@@ -27,7 +27,7 @@ from aiohttp import web
 
 from proxy import app as wiring
 from proxy import logs, tracing
-from proxy.config import Settings, redact_url
+from proxy.config import Credentials, Settings, redact_url
 from proxy.listen_tls import PairError, ServerTls
 from proxy.reload import Reloader
 
@@ -107,6 +107,9 @@ async def serve(
             "origin": proxy.upstream.origin,
             "catalogue": proxy.upstream.catalogue,
             "scheme": proxy.upstream.scheme,
+            # Whether tokenless callers get a minted token: "proxy (secret, app …)" or "none";
+            # a pod the workload identity webhook missed shows "none" here.
+            "credential": _credential(proxy.upstream.credentials),
         }
         for proxy, port in zip(proxies, bound, strict=True)
     ]
@@ -183,3 +186,10 @@ def run(settings: Settings, path: str | None = None) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve(settings, path=path))
+
+
+def _credential(credentials: Credentials | None) -> str:
+    """What a listener's line says of the credential it holds (never the secret or its file)."""
+    if credentials is None:
+        return "none"
+    return f"{credentials.kind} of app {credentials.client_id} for {credentials.scope}"

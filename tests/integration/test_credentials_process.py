@@ -93,6 +93,8 @@ async def test_a_hundred_tokenless_callers_at_start_share_one_token_request(
     try:
         await _identity(files, origins, "POST", "/delay", {"count": 1, "seconds": 2})
         proxy = await start_proxy(tmp_path, _config(tmp_path, files, origins))
+        (listener,) = proxy.events("listening")[0]["listeners"]
+        assert listener["credential"] == f"secret of app {APP} for {DEFENDER}"
         answers = await _calls(proxy, 100)
         assert [status for status, _ in answers] == [200] * 100
         stats = await _identity(files, origins)
