@@ -123,15 +123,20 @@ _LISTENING = re.compile(r"^(simulator|identity provider) listening on (\S+)")
 
 
 async def start_simulate_with_idp(
-    files: Files, apps: Path, *args: str
+    tls: Files | Path, apps: Path, *args: str, printed: list[str] | None = None
 ) -> tuple[Process, dict[str, str]]:
     """``defender-proxy simulate`` with its identity provider on ``apps`` and ``args`` more: the
     process and the origins it printed, by what listens on them (``simulator``, ``identity
-    provider``); its output is read in the background from then on."""
+    provider``); its output is read in the background from then on. ``tls`` is the provider's
+    pair (``Files``), or a directory for ``--idp-tls-dir`` to write one into; each line read
+    until both listen is added to ``printed``."""
+    pair = (
+        ["--idp-tls-dir", str(tls)]
+        if isinstance(tls, Path)
+        else ["--idp-cert", str(tls.server_cert), "--idp-key", str(tls.server_key)]
+    )
     process = await start_cli(
-        "simulate", "--port", "0", "--idp-port", "0",
-        "--idp-cert", str(files.server_cert), "--idp-key", str(files.server_key),
-        "--idp-apps", str(apps), *args,
+        "simulate", "--port", "0", "--idp-port", "0", *pair, "--idp-apps", str(apps), *args,
     )  # fmt: skip
     found: dict[str, str] = {}
     try:
@@ -139,6 +144,8 @@ async def start_simulate_with_idp(
             while len(found) < 2:
                 await process.wait_for("_text")
                 for line in process.lines:
+                    if printed is not None:
+                        printed.append(line.get("text", ""))
                     if (match := _LISTENING.match(line.get("text", ""))) is not None:
                         found[match[1]] = match[2]
                 process.lines.clear()

@@ -64,11 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     idp = parser.add_argument_group(
         "identity provider",
         "a stand-in Microsoft Entra ID on an HTTPS listener of its own (OIDC discovery, JWKS, "
-        "the v2.0 token endpoint): give all four options to start it",
+        "the v2.0 token endpoint): give --idp-port, --idp-apps and its TLS pair (--idp-cert and "
+        "--idp-key, or --idp-tls-dir) to start it",
     )
     idp.add_argument("--idp-port", type=int, help="its HTTPS port (0: any)")
     idp.add_argument("--idp-cert", metavar="FILE", help="its certificate chain (PEM)")
     idp.add_argument("--idp-key", metavar="FILE", help="its private key (PEM)")
+    idp.add_argument(
+        "--idp-tls-dir",
+        metavar="DIR",
+        help="instead of --idp-cert and --idp-key: make a throwaway pair at start (a CA and a "
+        "leaf for 127.0.0.1 and localhost, valid for a day) and write ca.pem (what a client "
+        "trusts), idp.crt and idp.key (0600) into DIR, created if missing",
+    )
     idp.add_argument(
         "--idp-apps",
         metavar="FILE",
@@ -100,27 +108,69 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 def idp_from_args(args: argparse.Namespace) -> IdpSite | None:
     """The identity provider the parsed options ask for, or None; raises ``ValueError`` with
-    every problem (a missing option, each problem of the apps file)."""
+    every problem (a missing option, both TLS ways at once, each problem of the apps file; then a
+    directory the throwaway pair cannot be written into)."""
     options = {
         "--idp-port": args.idp_port,
         "--idp-cert": args.idp_cert,
         "--idp-key": args.idp_key,
         "--idp-apps": args.idp_apps,
+        "--idp-tls-dir": args.idp_tls_dir,
     }
     if all(value is None for value in options.values()):
         return None
-    missing = [name for name, value in options.items() if value is None]
+    tls_dir: str | None = args.idp_tls_dir
+    problems: list[str] = []
+    if tls_dir is not None and (args.idp_cert is not None or args.idp_key is not None):
+        given = [name for name in ("--idp-cert", "--idp-key") if options[name] is not None]
+        problems.append(
+            f"--idp-tls-dir makes the identity provider's TLS pair itself: give it or "
+            f"--idp-cert and --idp-key, not both (got {' and '.join(['--idp-tls-dir', *given])})"
+        )
+    wanted = ["--idp-port"] + (["--idp-cert", "--idp-key"] if tls_dir is None else [])
+    missing = [name for name in [*wanted, "--idp-apps"] if options[name] is None]
     if missing:
-        raise ValueError(f"the identity provider also needs {', '.join(missing)}")
+        alternative = (
+            " (or --idp-tls-dir DIR in place of --idp-cert and --idp-key)"
+            if tls_dir is None and args.idp_cert is None and args.idp_key is None
+            else ""
+        )
+        problems.append(f"the identity provider also needs {', '.join(missing)}{alternative}")
     # Imported here: a simulator without an identity provider needs none of it.
     from proxy.simulator.directory import DirectoryError, load_directory
     from proxy.simulator.identity import IdpSite
 
-    try:
-        directory = load_directory(args.idp_apps)
-    except DirectoryError as exc:
-        raise ValueError(str(exc)) from None
-    return IdpSite(args.idp_port, args.idp_cert, args.idp_key, directory)
+    directory = None
+    if args.idp_apps is not None:
+        try:
+            directory = load_directory(args.idp_apps)
+        except DirectoryError as exc:
+            problems.append(str(exc))
+    cert, key = args.idp_cert, args.idp_key
+    pair = None
+    if tls_dir is not None and not problems:
+        # Written last, once nothing else stops the start: a refused start writes nothing.
+        from proxy.simulator.idp_tls import TlsPairError, write_pair
+
+        try:
+            pair = write_pair(tls_dir)
+        except TlsPairError as exc:
+            problems.append(f"--idp-tls-dir: {exc}")
+        else:
+            cert, key = str(pair.cert), str(pair.key)
+    if problems:
+        raise ValueError("\n".join(problems))
+    if pair is not None:
+        print(
+            f"identity provider's throwaway CA (trust it): {pair.ca}, valid until "
+            f"{pair.not_after:%Y-%m-%d %H:%M} UTC",
+            flush=True,
+        )
+    # No problem: the apps file was read and the pair is named (given, or written above).
+    assert directory is not None
+    assert cert is not None
+    assert key is not None
+    return IdpSite(args.idp_port, cert, key, directory)
 
 
 def main(argv: list[str] | None = None) -> int:
