@@ -8,6 +8,7 @@ CONFIG ?=
 SIM_PORT ?= 9000
 DEMO_PORT ?= 8080
 DEMO_ADMIN_PORT ?= 9464
+DEMO_IDP_PORT ?= 9443
 
 # The lock: every dependency pinned with its hashes, compiled from pyproject.toml by `make lock`
 # for CPython 3.11 on Linux x86_64. runtime.txt is what the image ships, dev.txt adds the dev
@@ -26,7 +27,7 @@ LOCK_FLAGS := --quiet --generate-hashes --custom-compile-command "make lock" $(L
 help:
 	@echo "make run    - create .venv, install from the lock, start the proxy on its embedded defaults"
 	@echo "make test   - install the test needs from the lock, then lint, types and the whole suite"
-	@echo "make demo   - the simulator with the proxy in front of it, and curl lines to try"
+	@echo "make demo   - the simulator, its identity provider, the proxy minting a demo app's token; curl lines"
 	@echo "make bench  - benchmarks that print figures"
 	@echo "make lock   - (maintainers) compile requirements/*.txt from pyproject.toml; UPGRADE=1 or UPGRADE=NAME"
 
@@ -90,7 +91,7 @@ unit: $(STAMP) system-tools
 test: lint types unit
 
 demo: $(VENV)/.installed
-	@bash deploy/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT)
+	@bash deploy/demo.sh $(SIM_PORT) $(DEMO_PORT) $(DEMO_ADMIN_PORT) $(DEMO_IDP_PORT)
 
 # Benchmarks use wrk for saturation figures (Debian package wrk) and nginx as the reference
 # proxy (Debian package nginx-light; nginx is in /usr/sbin); both installed here when root.
