@@ -127,7 +127,8 @@ async def start_simulate_with_idp(
 ) -> tuple[Process, dict[str, str]]:
     """``defender-proxy simulate`` with its identity provider on ``apps`` and ``args`` more: the
     process and the origins it printed, by what listens on them (``simulator``, ``identity
-    provider``); its output is read in the background from then on. ``tls`` is the provider's
+    provider``); the rest of its output is left unread (the simulator writes no line per
+    request, so its pipe does not fill). ``tls`` is the provider's
     pair (``Files``), or a directory for ``--idp-tls-dir`` to write one into; each line read
     until both listen is added to ``printed``."""
     pair = (
