@@ -118,6 +118,14 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert annotations["runbook"] == f"README.md#{name.lower()}"
 
 
+def test_every_alert_has_its_runbook_entry() -> None:
+    """The README's "Alerts and runbook" has a #### entry for each alert, and for no other."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Alerts and runbook\n", 1)[1].split("\n## ", 1)[0]
+    entries = re.findall(r"^#### (\w+)$", section, re.MULTILINE)
+    assert sorted(entries) == sorted(alert["alert"] for alert in _alerts())
+
+
 def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
     """Every defender_* metric and matcher label a rule names is exported, or pending as named."""
     exported: dict[str, set[str]] = {}
