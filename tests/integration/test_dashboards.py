@@ -66,6 +66,9 @@ _LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _LABEL_VALUES = re.compile(r"^label_values\((?:(.*),\s*)?(\w+)\)$", re.S)
 # A comparison with a number: "> 0.2", ">= 3"; not "> 5 * rate(…)", a factor.
 _ABOVE = re.compile(r">=?\s*(?:bool\s+)?(\d+(?:\.\d+)?(?:e[+-]?\d+)?)(?![\d.]|\s*[*/])", re.I)
+# A number of days the time left is compared with: "< 14 * 86400".
+_DAYS_LEFT = re.compile(r"<\s*(\d+(?:\.\d+)?)\s*\*\s*86400\b")
+EXPIRY = "defender_proxy_credential_expiry_seconds"
 
 TID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 #: the app throttle.identities.names calls soar, and one it does not name (labelled other)
@@ -421,6 +424,34 @@ def test_auth_error_panel_draws_the_alert_thresholds(status: str) -> None:
         assert drawn, panel["title"]
         if rules:
             assert drawn == expected, panel["title"]
+
+
+def test_expiry_panel_draws_the_alert_thresholds() -> None:
+    """The credential expiry panel shows days and changes colour at exactly the alerts' days."""
+    expected = {
+        float(days)
+        for rule in _rules()
+        if "alert" in rule and any(metric == EXPIRY for metric, _ in selectors(rule["expr"]))
+        for days in _DAYS_LEFT.findall(rule["expr"])
+    }
+    assert expected, f"no days-left threshold in the {EXPIRY} alert rules of {RULES}"
+    panels = [
+        panel
+        for _, dashboard in _dashboards()
+        for panel in _panels(dashboard)
+        if any(
+            metric == EXPIRY
+            for target in panel["targets"]
+            for metric, _ in selectors(target["expr"])
+        )
+    ]
+    assert panels, f"no panel shows {EXPIRY}"
+    for panel in panels:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["unit"] == "d", panel["title"]
+        assert all(target["expr"].endswith("/ 86400") for target in panel["targets"])
+        drawn = {step["value"] for step in defaults["thresholds"]["steps"]} - {None}
+        assert drawn == expected, panel["title"]
 
 
 @pytest.fixture
