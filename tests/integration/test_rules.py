@@ -22,6 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import auth_cause, hints, series
 from proxy.metrics import Metrics
+from tests.pending_metrics import PENDING
 from tests.prom import selectors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,16 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert annotations["runbook"] == f"README.md#{name.lower()}"
 
 
+def test_every_alert_has_its_runbook_entry() -> None:
+    """The README's "Alerts and runbook" has a #### entry for each alert, and for no other."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Alerts and runbook\n", 1)[1].split("\n## ", 1)[0]
+    entries = re.findall(r"^#### (\w+)$", section, re.MULTILINE)
+    assert sorted(entries) == sorted(alert["alert"] for alert in _alerts())
+
+
 def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
-    """Every defender_* metric and matcher label in an expression is one the proxy exports."""
+    """Every defender_* metric and matcher label a rule names is exported, or pending as named."""
     exported: dict[str, set[str]] = {}
     for metric in vars(Metrics(CollectorRegistry())).values():
         # Label names of metrics without children yet are only on the (private) wrapper.
@@ -129,6 +138,11 @@ def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
             exported[metric.name + "_total"] = set(metric.labelnames)
         elif isinstance(metric, series.Gauge | series.Histogram):
             exported[metric.name] = set(metric.labelnames)
+    for name, declared in PENDING.items():
+        if name in exported:
+            assert exported[name] == declared, f"{name}: the rules expect the labels {declared}"
+        else:
+            exported[name] = set(declared)
     for alert in _alerts():
         for metric, matchers in _SELECTOR.findall(alert["expr"]):
             assert metric in exported, f"{alert['alert']}: the proxy exports no {metric}"
