@@ -84,6 +84,18 @@ _TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]{1,16384}=*")
 #: The longest life a token is taken to have: Entra's are one to 24 hours.
 MAX_LIFETIME: Final = 2 * 86400.0
 
+#: The failures whose series are made at 0 when a source is made (the common ones).
+COUNTED_FROM_START: Final = (
+    "7000215",
+    "7000222",
+    "700027",
+    "700016",
+    "90002",
+    "unreachable",
+    "unknown",
+    "credential_file",
+)
+
 #: What the common AADSTS codes of the client credentials grant mean, in the 503's message.
 REASONS: Final = {
     "7000215": "the identity provider refused the client secret as not valid",
@@ -195,6 +207,11 @@ class TokenSource:
         self.requests = 0
         if credentials.secret_expires is not None:
             self._expires("secret", credentials.secret_expires)
+        # Every series an alert reads exists from the start at 0: increase() over a series born
+        # at its first failure would miss that failure.
+        metrics.token_requests.labels("ok", "")
+        for code in COUNTED_FROM_START:
+            metrics.token_requests.labels("failed", code)
 
     async def start(self) -> None:
         """Mint the first token in the background and start watching the credential's file."""

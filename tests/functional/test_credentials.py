@@ -398,3 +398,17 @@ async def _issued(held: Held, count: int) -> bool:
 
 async def _requested(held: Held, count: int) -> bool:
     return len(await held.token_requests()) >= count
+
+
+async def test_the_alerts_series_exist_at_zero_before_any_token_request(
+    hold: Hold, tmp_path: Path
+) -> None:
+    """ok and the common failure codes are exported at 0 from the start, so the first failure of
+    one of them moves increase() (a series born at its first failure would hide it)."""
+    held = await hold({"client_secret_file": str(_secret_file(tmp_path))}, start=False)
+    registry = held.metrics.registry
+    name = "defender_proxy_token_requests_total"
+    assert registry.get_sample_value(name, {"result": "ok", "code": ""}) == 0
+    for code in ("7000222", "7000215", "700027", "unreachable", "credential_file"):
+        assert registry.get_sample_value(name, {"result": "failed", "code": code}) == 0
+    assert await held.token_requests() == []

@@ -8,14 +8,16 @@ Graph, without the endpoint's role, none at all) from an app the config names an
 does not, so the panels of 401/403 by cause and app have data. Prometheus scrapes the admin port
 every second with the ``namespace`` and ``pod`` labels a Kubernetes scrape adds. Every panel's
 expression, its variables substituted, must then parse and return data; every metric a dashboard
-or an alert rule names must be in the proxy's exposition, but those ``tests/pending_metrics.py``
-names ahead of the proxy, whose expressions need only parse.
+or an alert rule names must be in the proxy's exposition. Two more listeners hold a credential
+each, minted by the simulator's identity provider: one mints (its secret ends tomorrow), one is
+refused (AADSTS7000222), so the Credentials row has data and its alerts go off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import math
 import re
@@ -35,8 +37,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.simulator.app import SimConfig, make_app
+from proxy.simulator.directory import App, Secret
 from proxy.simulator.tokens import bearer
-from tests.pending_metrics import PENDING
+from tests.idpkit import running_idp, write_files
 from tests.procs import start_cli
 from tests.prom import Matcher, PrometheusServer, selectors
 
@@ -80,9 +83,19 @@ GRAPH_AUD = "https://graph.microsoft.com"
 # max_wait) and 2 refusals. max_pause caps the pause an API 429 causes, so the next round's 429
 # reaches the API again and the throttled counter moves under rate().
 PROXY_CONFIG = """\
-upstream: http://127.0.0.1:{port}
-listen: 127.0.0.1:0
+upstreams:
+  - {{name: default, origin: "http://127.0.0.1:{port}", listen: "127.0.0.1:0"}}
+  # A listener holding a credential, so the Credentials row and its alerts have series: its
+  # secret has expired (every token request is refused, AADSTS7000222) and the config says it
+  # ends tomorrow. (One pod's successful mints would hide another credential's failures from
+  # DefenderProxyTokenMintingFailing, which has no upstream to tell them apart.)
+  - name: held
+    origin: http://127.0.0.1:{port}
+    listen: 127.0.0.1:0
+    credentials: {{tenant_id: {tid}, client_id: {held}, client_secret_file: {secret},
+                  authority: "{idp}", scope: {scope}, client_secret_expires: {tomorrow}}}
 admin_listen: 127.0.0.1:0
+tls: {{ca_bundle: {ca}}}
 timeouts: {{connect: 1s, read: 5s}}
 shutdown_grace: 1s
 throttle:
@@ -94,6 +107,15 @@ throttle:
   identities:
     names: {{soar: {soar}}}
 """
+#: the app the identity provider knows, whose secret has expired
+HELD_APP = "0ba0c3a5-1111-4b2d-9c1e-0000000000a1"
+SECRET = "dashboard-secret~value"
+#: the alerts a credential's trouble sets off, and labels each has beside the scrape's own
+CREDENTIAL_ALERTS = {
+    "DefenderProxyTokenMintingFailing": {"code": "7000222", "pod": "proxy-0"},
+    "DefenderProxyCredentialExpiringSoon": {"upstream": "held", "kind": "secret"},
+    "DefenderProxyCredentialExpiring": {"upstream": "held", "kind": "secret"},
+}
 # (method, path, X-Simulate, the status it gets): one of each answer the panels show, on several
 # routes, with a token the simulator accepts. The 401s and 403s here are the API's own on such a
 # token (token_ok); the reset is the proxy's 502.
@@ -328,17 +350,15 @@ async def _evaluated_rules(prometheus: PrometheusServer) -> list[dict[str, Any]]
 
 
 async def _query_problems(
-    prometheus: PrometheusServer, where: str, target: dict[str, Any], *, data: bool = True
+    prometheus: PrometheusServer, where: str, target: dict[str, Any]
 ) -> list[str]:
-    """What is wrong with one panel target's answer: an error, no data (when ``data``), or missing
-    legend labels."""
+    """What is wrong with one panel target's answer: an error, no data, or missing legend
+    labels."""
     expr = _substitute(target["expr"])
     try:
         result = await prometheus.query(expr)
     except AssertionError as exc:
         return [f"{where}: {exc}\n    {expr}"]
-    if not data:
-        return []
     values = [float(series["value"][1]) for series in result]
     if not any(math.isfinite(value) for value in values):
         return [f"{where}: no data ({len(values)} series, none finite)\n    {expr}"]
@@ -477,6 +497,14 @@ class Scraped:
 async def scraped(
     simulator: TestServer, tmp_path: Path, unused_tcp_port: int
 ) -> AsyncIterator[Scraped]:
+    async with contextlib.AsyncExitStack() as stack:
+        async for scrape in _scrape(stack, simulator, tmp_path, unused_tcp_port):
+            yield scrape
+
+
+async def _scrape(
+    stack: contextlib.AsyncExitStack, simulator: TestServer, tmp_path: Path, unused_tcp_port: int
+) -> AsyncIterator[Scraped]:
     """The proxy CLI in front of the simulator, scraped by Prometheus, after the traffic."""
     assert shutil.which("prometheus"), "prometheus is required (Debian package prometheus)"
     rules = _rules()
@@ -489,7 +517,19 @@ async def scraped(
         assert checked.returncode == 0, checked.stdout + checked.stderr
     job = _job(rules)
     config = tmp_path / "proxy.yaml"
-    config.write_text(PROXY_CONFIG.format(port=simulator.port, soar=SOAR))
+    files = write_files(tmp_path)
+    secret = tmp_path / "client-secret"
+    secret.write_text(SECRET, encoding="utf-8")
+    apps = (App(TID, HELD_APP, ("Machine.Read.All",), (Secret(SECRET, expired=True),)),)
+    idp = await stack.enter_async_context(running_idp(files, apps))
+    tomorrow = datetime.date.fromtimestamp(time.time() + 86400).isoformat()
+    config.write_text(
+        PROXY_CONFIG.format(
+            port=simulator.port, soar=SOAR, tid=TID, held=HELD_APP,
+            secret=secret, idp=idp.url, scope=DEFENDER_AUD + "/.default",
+            tomorrow=tomorrow, ca=files.ca_bundle,
+        )
+    )  # fmt: skip
     process = await start_cli("run", "--config", str(config))
     prometheus = PrometheusServer(tmp_path, unused_tcp_port)
     drain: asyncio.Task[None] | None = None
@@ -551,19 +591,14 @@ async def test_every_panel_returns_data_from_a_real_prometheus(scraped: Scraped)
     """After mixed traffic, every panel and variable query returns data; every metric named exists."""
     exposed = _exposed(scraped.exposition)
     problems: list[str] = []
-    # Named ahead of the proxy (tests/pending_metrics.py): this proxy has none of their series.
-    ahead = PENDING.keys() - exposed.keys()
     for where, target in _targets():
         named = selectors(target["expr"])
         for metric, matchers in named:
-            if metric in ahead:
-                continue
             problems += _selector_problems(where, metric, matchers, exposed)
             has_route = any("route" in series for series in exposed.get(metric, []))
             if has_route and ("route", "=~", "$route") not in matchers:
                 problems.append(f'{where}: {metric} is not filtered by route=~"$route"')
-        data = not any(metric in ahead for metric, _ in named)
-        problems += await _query_problems(scraped.prometheus, where, target, data=data)
+        problems += await _query_problems(scraped.prometheus, where, target)
     for name, dashboard in _dashboards():
         for variable in ("namespace", "pod", "route"):
             problems += await _variable_problems(
@@ -573,7 +608,7 @@ async def test_every_panel_returns_data_from_a_real_prometheus(scraped: Scraped)
     for rule in scraped.rules:
         where = f"{RULES.name}: {rule.get('alert') or rule.get('record')}"
         for metric, matchers in selectors(rule["expr"]):
-            if metric not in FROM_PROMETHEUS | recorded | ahead:
+            if metric not in FROM_PROMETHEUS | recorded:
                 problems += _selector_problems(where, metric, matchers, exposed)
     if scraped.rules:
         for rule in await _evaluated_rules(scraped.prometheus):
@@ -614,5 +649,25 @@ async def test_each_cause_alert_goes_off_on_the_proxys_own_series(scraped: Scrap
             found = {name: labels for name, labels in found.items() if name in wanted}
             await asyncio.sleep(0.5)
     for alert, labels in wanted.items():
+        assert {key: found[alert].get(key) for key in labels} == labels, found[alert]
+        assert found[alert]["namespace"] == SCRAPE_LABELS["namespace"]
+
+
+async def test_a_refused_credential_sets_off_its_alerts_on_the_proxys_own_series(
+    scraped: Scraped,
+) -> None:
+    """The listener whose secret has expired (AADSTS7000222), and whose config says it ends
+    tomorrow, sets DefenderProxyTokenMintingFailing and both expiry alerts pending from the real
+    proxy's series, each with its labels (promtool's tests take them on to firing)."""
+    assert set(CREDENTIAL_ALERTS) <= {rule.get("alert") for rule in scraped.rules}
+    found: dict[str, dict[str, str]] = {}
+    async with asyncio.timeout(60):
+        while set(found) != set(CREDENTIAL_ALERTS):
+            for series in await scraped.prometheus.query("ALERTS"):
+                name = series["metric"]["alertname"]
+                if name in CREDENTIAL_ALERTS:
+                    found.setdefault(name, series["metric"])
+            await asyncio.sleep(0.5)
+    for alert, labels in CREDENTIAL_ALERTS.items():
         assert {key: found[alert].get(key) for key in labels} == labels, found[alert]
         assert found[alert]["namespace"] == SCRAPE_LABELS["namespace"]

@@ -22,7 +22,6 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import auth_cause, hints, series
 from proxy.metrics import Metrics
-from tests.pending_metrics import PENDING
 from tests.prom import selectors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +126,7 @@ def test_every_alert_has_its_runbook_entry() -> None:
 
 
 def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
-    """Every defender_* metric and matcher label a rule names is exported, or pending as named."""
+    """Every defender_* metric and matcher label a rule names is exported."""
     exported: dict[str, set[str]] = {}
     for metric in vars(Metrics(CollectorRegistry())).values():
         # Label names of metrics without children yet are only on the (private) wrapper.
@@ -138,11 +137,6 @@ def test_rules_use_only_metrics_and_labels_the_proxy_exports() -> None:
             exported[metric.name + "_total"] = set(metric.labelnames)
         elif isinstance(metric, series.Gauge | series.Histogram):
             exported[metric.name] = set(metric.labelnames)
-    for name, declared in PENDING.items():
-        if name in exported:
-            assert exported[name] == declared, f"{name}: the rules expect the labels {declared}"
-        else:
-            exported[name] = set(declared)
     for alert in _alerts():
         for metric, matchers in _SELECTOR.findall(alert["expr"]):
             assert metric in exported, f"{alert['alert']}: the proxy exports no {metric}"
