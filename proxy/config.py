@@ -562,9 +562,11 @@ def _read(path: str) -> str:
     """The text of the config file at ``path``; never blocks on a FIFO or reads past the bound."""
     # Without O_NONBLOCK, opening a FIFO waits for a writer: a start or reload that never ends.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # Checked before fdopen, which raises on a directory and leaves the descriptor open.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _UnreadableError("not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _UnreadableError("not a regular file")
         raw = file.read(MAX_FILE + 1)
     if len(raw) > MAX_FILE:
         raise _UnreadableError(f"it is over the limit of {format_size(MAX_FILE)}")

@@ -156,9 +156,11 @@ def _read(path: str) -> bytes:
         raise CredentialFileError(
             f"cannot read {shown(path, PATH_CHARACTERS)}: {error.strerror or error}"
         ) from None
+    # Checked before fdopen, which raises on a directory and leaves the descriptor open.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CredentialFileError(f"{shown(path, PATH_CHARACTERS)} is not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CredentialFileError(f"{shown(path, PATH_CHARACTERS)} is not a regular file")
         try:
             raw = file.read(MAX_FILE + 1)
         except OSError as error:
