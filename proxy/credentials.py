@@ -129,14 +129,15 @@ def default_scope(origin: str) -> str | None:
 
 
 def with_scope(credentials: Credentials, origin: str) -> Credentials:
-    """``credentials`` with its scope settled for ``origin``; raises ValueError if it cannot be."""
+    """``credentials`` with its scope settled for ``origin``; raises ValueError (saying why) if
+    it cannot be."""
     if credentials.scope is not None:
         return credentials
     scope = default_scope(origin)
     if scope is None:
         raise ValueError(
-            f"scope: required for {origin}: it is not a Defender or Graph host, so the scope "
-            "of its tokens cannot be derived (e.g. https://api.securitycenter.microsoft.com/.default)"
+            "it is not a Defender or Graph host, so the scope of its tokens cannot be derived "
+            "(e.g. https://api.securitycenter.microsoft.com/.default)"
         )
     return replace(credentials, scope=scope)
 
@@ -321,8 +322,9 @@ def parse_credentials(
 ) -> Credentials:
     """A ``credentials`` section; every problem is raised at once as ``NestedValueError``.
 
-    ``given_by`` maps the keys that came from the environment to their variables (problems with
-    them name the variable); ``secret`` is ``AZURE_CLIENT_SECRET``'s value.
+    ``given_by`` maps the keys that came from the environment to their variables (two proofs
+    are named by them; ``config`` names a key's variable beside its problem); ``secret`` is
+    ``AZURE_CLIENT_SECRET``'s value.
     """
     if not isinstance(value, Mapping):
         raise ValueError(
@@ -331,10 +333,6 @@ def parse_credentials(
         )
     given_by = given_by or {}
     problems: list[tuple[str, str]] = []
-
-    def where(key: str) -> str:
-        variable = given_by.get(key)
-        return f".{key} (from {variable})" if variable else f".{key}"
 
     for key in value:
         if key == "client_secret":
@@ -364,7 +362,7 @@ def parse_credentials(
         try:
             parsed[key] = parse(raw)
         except ValueError as error:
-            problems.append((where(key), str(error)))
+            problems.append((f".{key}", str(error)))
     problems.extend(
         (f".{key}", f"required: credentials need the app's {key}")
         for key in ("tenant_id", "client_id")
@@ -406,12 +404,12 @@ def parse_credentials(
             try:
                 expires = _check_file(kind, file)
             except ValueError as error:
-                problems.append((where(key), str(error)))
+                problems.append((f".{key}", str(error)))
     if "client_secret_expires" in parsed:
         if kind is not None and kind != "secret":
             problems.append(
                 (
-                    where("client_secret_expires"),
+                    ".client_secret_expires",
                     f"only for a client secret: a {kind} credential "
                     + (
                         "says when it expires itself"
