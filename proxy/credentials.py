@@ -37,6 +37,7 @@ __all__ = [
     "CredentialFileError",
     "Credentials",
     "default_scope",
+    "describe",
     "from_environment",
     "parse_credentials",
     "read_certificate",
@@ -140,6 +141,41 @@ def with_scope(credentials: Credentials, origin: str) -> Credentials:
             "(e.g. https://api.securitycenter.microsoft.com/.default)"
         )
     return replace(credentials, scope=scope)
+
+
+#: How ``describe`` names each kind's proof.
+_PROOFS: Final = {
+    "secret": "client secret",
+    "certificate": "certificate",
+    "federated": "federated token",
+}
+
+
+def _moment(timestamp: float) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (ValueError, OverflowError, OSError):  # past year 9999 (an offset can take it there)
+        return f"Unix time {timestamp:.0f}"
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def describe(credentials: Credentials, now: float) -> str:
+    """One line on ``credentials`` for ``check-config``: the app, its proof and where it is
+    kept, the scope and the authority; never the secret."""
+    proof = _PROOFS[credentials.kind]
+    where = (
+        "from AZURE_CLIENT_SECRET"
+        if credentials.file is None
+        else f"in {shown(credentials.file, PATH_CHARACTERS)}"
+    )
+    expires = credentials.secret_expires
+    if expires is not None:
+        ends = "expired" if expires <= now else "expires"
+        where = f"{where} ({ends} {_moment(expires)})"
+    return (
+        f"app {credentials.client_id} of tenant {credentials.tenant_id}, {proof} {where}, "
+        f"scope {credentials.scope or '(unsettled)'}, authority {credentials.authority}"
+    )
 
 
 def restricts(networks: tuple[str, ...]) -> bool:
