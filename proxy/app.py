@@ -67,7 +67,8 @@ def build(
     throttle = settings.throttle
     routers = routers_for(settings)
     routes, policies = quota_routes(settings, routers)
-    limiter = Limiter(throttle, routes, policies, make_store(throttle, metrics), metrics)
+    store = make_store(throttle, metrics, settings.tls.ca_bundle)
+    limiter = Limiter(throttle, routes, policies, store, metrics)
     errors = RecentErrors(settings.limits.recent_errors)
     tokens = _token_sources(settings, metrics)
     proxies = tuple(

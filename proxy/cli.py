@@ -117,8 +117,10 @@ def _run(path: str | None) -> int:
 
 def _check(path: str) -> int:
     import os
+    import time
 
     from proxy.config import ConfigError, load_settings
+    from proxy.credentials import describe
     from proxy.tracing import plan
 
     # What `run` would warn about the OTEL_* environment: said, never fatal (as at start).
@@ -136,6 +138,8 @@ def _check(path: str) -> int:
             f"{path}: ok (upstream {settings.upstream}, listen {settings.listen}{https}, "
             f"catalogue {listeners[0].catalogue}, admin {settings.admin_listen})"
         )
+        if settings.credentials is not None:
+            print(f"  credentials: {describe(settings.credentials, time.time())}")
         return 0
     print(f"{path}: ok ({len(listeners)} upstreams, admin {settings.admin_listen})")
     rows = [("name", "listen", "scheme", "catalogue", "origin")]
@@ -144,6 +148,10 @@ def _check(path: str) -> int:
     for row in rows:
         cells = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))
+    for upstream in listeners:
+        if upstream.credentials is not None:
+            line = describe(upstream.credentials, time.time())
+            print(f"  credentials of {upstream.name}: {line}")
     return 0
 
 

@@ -62,7 +62,7 @@ from proxy.units import (
     shown,
     shown_key,
 )
-from proxy.upstreams import Upstream, parse_upstreams, shorthand
+from proxy.upstreams import DEFAULT_NAME, Upstream, parse_upstreams, shorthand
 
 __all__ = [
     "Address",
@@ -424,13 +424,21 @@ def _parse(data: object, source: str, environ: Mapping[str, str], problems: list
             put(path, _leaf(path), raw, variable)
     section, given_by, secret = from_environment(sections.get("credentials"), environ)
     if section is not None:
-        origin = f"{source}: credentials" if "credentials" in sections else "AZURE_* variables"
-        put(
-            ("credentials",),
-            lambda raw: parse_credentials(raw, given_by, secret),
-            section,
-            origin,
-        )
+        origin = "AZURE_* variables" if "credentials" not in sections else source
+        origin = f"{origin}: credentials"
+        given[("credentials",)] = origin
+        try:
+            values[("credentials",)] = parse_credentials(section, given_by, secret)
+        except NestedValueError as error:
+            # A value a variable gave is named by its variable, as DEFENDER_PROXY_* values are.
+            problems.extend(
+                f"{given_by[where[1:]]}: {text}"
+                if where[1:] in given_by
+                else f"{origin}{where}: {text}"
+                for where, text in error.problems
+            )
+        except ValueError as error:
+            problems.append(f"{origin}: {error}")
 
     def build(defaults: Any, schema: Mapping[str, _Spec], path: tuple[str, ...]) -> Any:
         changes = {
@@ -474,32 +482,41 @@ def _settle_credentials(
     settings: Settings, given: Mapping[tuple[str, ...], str], problems: list[str]
 ) -> Settings:
     """Each listener's credentials with their scope settled for its origin (the top-level
-    section is every entry's without its own), and checked against who may reach it."""
+    section is every entry's without its own), and checked against who may reach it.
+
+    A problem names the section that holds the credentials: an entry's own, or the top-level
+    one (and then the entry it was settled for)."""
     top = settings.credentials
     where = given.get(("credentials",), "credentials")
+    #: the key path of the section each listener's credentials come from, by upstream name
+    held: dict[str, str] = {}
     if settings.upstreams:
         upstreams = []
         for index, upstream in enumerate(settings.upstreams):
-            own = upstream.credentials is not None
             credentials = upstream.credentials or top
             if credentials is not None:
+                own = upstream.credentials is not None
                 at = f"{given[('upstreams',)]}[{index}].credentials" if own else where
+                held[upstream.name] = at
                 try:
                     credentials = with_scope(credentials, upstream.origin)
                 except ValueError as error:
-                    problems.append(f"{at}.{error}")
+                    whose = "" if own else f"upstreams[{index}] ({upstream.name}), "
+                    problems.append(f"{at}.scope: required for {whose}{upstream.origin}: {error}")
             upstreams.append(replace(upstream, credentials=credentials))
         settings = replace(settings, upstreams=tuple(upstreams))
     elif top is not None:
+        held[DEFAULT_NAME] = where
         try:
             settings = replace(settings, credentials=with_scope(top, settings.upstream))
         except ValueError as error:
-            problems.append(f"{where}.{error}")
+            problems.append(f"{where}.scope: required for {settings.upstream}: {error}")
     holders = [upstream for upstream in settings.listeners if upstream.credentials is not None]
     if holders and not settings.tls.verify:
         problems.append(
-            f"{where}: tls.verify is false, so the app's secret would go to an authority whose "
-            "certificate is not checked; trust a private CA with tls.ca_bundle instead"
+            f"{given.get(('tls', 'verify'), 'tls.verify')}: false, but credentials are given: the app's secret "
+            "would go to an authority whose certificate is not checked; trust a private CA with "
+            "tls.ca_bundle instead"
         )
     for upstream in holders:
         parts = urlsplit(upstream.origin)
@@ -513,9 +530,9 @@ def _settle_credentials(
             if not upstream.listen.loopback:
                 assert upstream.credentials is not None
                 problems.append(
-                    f"{where}: the proxy port {upstream.listen} ({upstream.name}) can be reached "
-                    "from beyond this host, and every caller that reaches it acts as app "
-                    f"{upstream.credentials.client_id}: restrict callers with allow_from "
+                    f"{held[upstream.name]}: the proxy port {upstream.listen} ({upstream.name}) "
+                    "can be reached from beyond this host, and every caller that reaches it acts "
+                    f"as app {upstream.credentials.client_id}: restrict callers with allow_from "
                     "(e.g. [10.1.0.0/16]) or listen on 127.0.0.1"
                 )
     return settings
@@ -570,9 +587,11 @@ def _read(path: str) -> str:
     """The text of the config file at ``path``; never blocks on a FIFO or reads past the bound."""
     # Without O_NONBLOCK, opening a FIFO waits for a writer: a start or reload that never ends.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # Checked before fdopen, which raises on a directory and leaves the descriptor open.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _UnreadableError("not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _UnreadableError("not a regular file")
         raw = file.read(MAX_FILE + 1)
     if len(raw) > MAX_FILE:
         raise _UnreadableError(f"it is over the limit of {format_size(MAX_FILE)}")

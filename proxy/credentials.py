@@ -37,6 +37,7 @@ __all__ = [
     "CredentialFileError",
     "Credentials",
     "default_scope",
+    "describe",
     "from_environment",
     "parse_credentials",
     "read_certificate",
@@ -129,16 +130,52 @@ def default_scope(origin: str) -> str | None:
 
 
 def with_scope(credentials: Credentials, origin: str) -> Credentials:
-    """``credentials`` with its scope settled for ``origin``; raises ValueError if it cannot be."""
+    """``credentials`` with its scope settled for ``origin``; raises ValueError (saying why) if
+    it cannot be."""
     if credentials.scope is not None:
         return credentials
     scope = default_scope(origin)
     if scope is None:
         raise ValueError(
-            f"scope: required for {origin}: it is not a Defender or Graph host, so the scope "
-            "of its tokens cannot be derived (e.g. https://api.securitycenter.microsoft.com/.default)"
+            "it is not a Defender or Graph host, so the scope of its tokens cannot be derived "
+            "(e.g. https://api.securitycenter.microsoft.com/.default)"
         )
     return replace(credentials, scope=scope)
+
+
+#: How ``describe`` names each kind's proof.
+_PROOFS: Final = {
+    "secret": "client secret",
+    "certificate": "certificate",
+    "federated": "federated token",
+}
+
+
+def _moment(timestamp: float) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (ValueError, OverflowError, OSError):  # past year 9999 (an offset can take it there)
+        return f"Unix time {timestamp:.0f}"
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def describe(credentials: Credentials, now: float) -> str:
+    """One line on ``credentials`` for ``check-config``: the app, its proof and where it is
+    kept, the scope and the authority; never the secret."""
+    proof = _PROOFS[credentials.kind]
+    where = (
+        "from AZURE_CLIENT_SECRET"
+        if credentials.file is None
+        else f"in {shown(credentials.file, PATH_CHARACTERS)}"
+    )
+    expires = credentials.secret_expires
+    if expires is not None:
+        ends = "expired" if expires <= now else "expires"
+        where = f"{where} ({ends} {_moment(expires)})"
+    return (
+        f"app {credentials.client_id} of tenant {credentials.tenant_id}, {proof} {where}, "
+        f"scope {credentials.scope or '(unsettled)'}, authority {credentials.authority}"
+    )
 
 
 def restricts(networks: tuple[str, ...]) -> bool:
@@ -156,9 +193,11 @@ def _read(path: str) -> bytes:
         raise CredentialFileError(
             f"cannot read {shown(path, PATH_CHARACTERS)}: {error.strerror or error}"
         ) from None
+    # Checked before fdopen, which raises on a directory and leaves the descriptor open.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CredentialFileError(f"{shown(path, PATH_CHARACTERS)} is not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CredentialFileError(f"{shown(path, PATH_CHARACTERS)} is not a regular file")
         try:
             raw = file.read(MAX_FILE + 1)
         except OSError as error:
@@ -325,8 +364,9 @@ def parse_credentials(
 ) -> Credentials:
     """A ``credentials`` section; every problem is raised at once as ``NestedValueError``.
 
-    ``given_by`` maps the keys that came from the environment to their variables (problems with
-    them name the variable); ``secret`` is ``AZURE_CLIENT_SECRET``'s value.
+    ``given_by`` maps the keys that came from the environment to their variables (two proofs
+    are named by them; ``config`` names a key's variable beside its problem); ``secret`` is
+    ``AZURE_CLIENT_SECRET``'s value.
     """
     if not isinstance(value, Mapping):
         raise ValueError(
@@ -335,10 +375,6 @@ def parse_credentials(
         )
     given_by = given_by or {}
     problems: list[tuple[str, str]] = []
-
-    def where(key: str) -> str:
-        variable = given_by.get(key)
-        return f".{key} (from {variable})" if variable else f".{key}"
 
     for key in value:
         if key == "client_secret":
@@ -368,7 +404,7 @@ def parse_credentials(
         try:
             parsed[key] = parse(raw)
         except ValueError as error:
-            problems.append((where(key), str(error)))
+            problems.append((f".{key}", str(error)))
     problems.extend(
         (f".{key}", f"required: credentials need the app's {key}")
         for key in ("tenant_id", "client_id")
@@ -410,12 +446,12 @@ def parse_credentials(
             try:
                 expires = _check_file(kind, file)
             except ValueError as error:
-                problems.append((where(key), str(error)))
+                problems.append((f".{key}", str(error)))
     if "client_secret_expires" in parsed:
         if kind is not None and kind != "secret":
             problems.append(
                 (
-                    where("client_secret_expires"),
+                    ".client_secret_expires",
                     f"only for a client secret: a {kind} credential "
                     + (
                         "says when it expires itself"

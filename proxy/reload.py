@@ -103,8 +103,16 @@ def needs_restart(key: str) -> bool:
     return any(key == path or key.startswith(f"{path}.") for path in RESTART_ONLY)
 
 
-def _without_tls(upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
-    return tuple(replace(upstream, listen_tls=None) for upstream in upstreams)
+def _listeners_alone(upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+    """The entries without what ``diff`` names apart: their pairs and their credentials."""
+    return tuple(replace(upstream, listen_tls=None, credentials=None) for upstream in upstreams)
+
+
+def _credentials_differ(running: Settings, loaded: Settings) -> bool:
+    """Whether a listener both settings serve holds other credentials, its own or inherited."""
+    before = {upstream.name: upstream.credentials for upstream in running.listeners}
+    after = {upstream.name: upstream.credentials for upstream in loaded.listeners}
+    return any(before[name] != after[name] for name in before.keys() & after.keys())
 
 
 def _served_tls(settings: Settings) -> dict[str, ListenTls | None]:
@@ -116,18 +124,20 @@ def diff(running: Settings, loaded: Settings) -> Changes:
 
     The pairs the listeners serve are ``listen_tls``, whether the top-level key or an
     ``upstreams`` entry's own named them: new files apply live, but a listener that would switch
-    between HTTP and HTTPS needs a restart (its socket is made with its scheme).
+    between HTTP and HTTPS needs a restart (its socket is made with its scheme). Likewise the
+    credentials the listeners hold are ``credentials``, whichever section named them.
     """
     theirs = dict(_leaves(loaded))
+
+    def differs(key: str, value: Any) -> bool:
+        if key == "upstreams":
+            return _listeners_alone(theirs[key]) != _listeners_alone(value)
+        if key == "credentials":
+            return bool(theirs[key] != value) or _credentials_differ(running, loaded)
+        return bool(theirs[key] != value)
+
     changed = [
-        key
-        for key, value in _leaves(running)
-        if key != "listen_tls"
-        and (
-            _without_tls(theirs[key]) != _without_tls(value)
-            if key == "upstreams"
-            else theirs[key] != value
-        )
+        key for key, value in _leaves(running) if key != "listen_tls" and differs(key, value)
     ]
     live = [key for key in changed if not needs_restart(key)]
     restart = [key for key in changed if needs_restart(key)]

@@ -16,8 +16,9 @@ from proxy.quota.memory import MemoryStore
 from proxy.quota.store import QuotaStore, StoreUnavailable
 
 
-def make_store(throttle: Throttle, metrics: Metrics) -> QuotaStore:
-    """The store ``throttle.store`` names: in-process, or Redis behind the circuit breaker."""
+def make_store(throttle: Throttle, metrics: Metrics, ca_bundle: str | None = None) -> QuotaStore:
+    """The store ``throttle.store`` names: in-process, or Redis behind the circuit breaker,
+    trusting ``ca_bundle`` (``tls.ca_bundle``) over TLS."""
     if throttle.store == "memory":
         return MemoryStore()
     # Imported only when a Redis store is configured: the client adds ~7 MiB to every process.
@@ -30,7 +31,7 @@ def make_store(throttle: Throttle, metrics: Metrics) -> QuotaStore:
             metrics.store_fallbacks.inc()
 
     return FallbackStore(
-        RedisStore(throttle.store, throttle.store_timeout),
+        RedisStore(throttle.store, throttle.store_timeout, ca_bundle=ca_bundle),
         cooldown=throttle.fallback.cooldown,
         expected_replicas=throttle.fallback.expected_replicas,
         on_change=changed,

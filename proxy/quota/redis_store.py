@@ -8,6 +8,9 @@ are called by SHA and loaded again when the server lost them (after a restart). 
 ``resp``; Redis Cluster, unix sockets and URLs with options by redis-py.
 Time comes from the Redis server (``TIME`` inside the script), never from a replica's clock.
 
+Over TLS (``rediss://``, ``rediss+cluster://``) the server's certificate is checked against
+``tls.ca_bundle`` when the config names one, unless the URL names its own ``ssl_ca_certs``.
+
 Every call keeps to ``timeout`` (the lean client by itself, redis-py's calls under a deadline of
 ``deadline``, ``timeout`` unless given) and every error either client raises, timeouts and Redis
 Cluster's own included, reaches the caller as ``StoreUnavailable``.
@@ -19,6 +22,7 @@ import asyncio
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from proxy.quota import resp
 from proxy.quota.schedule import cap_for
@@ -37,7 +41,13 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, timeout: float, deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        deadline: float | None = None,
+        ca_bundle: str | None = None,
+    ) -> None:
         scheme, sep, rest = url.partition("://")
         self.client: Any
         #: what a call may raise when the store is unreachable or refuses it
@@ -48,10 +58,10 @@ class RedisStore:
         self._cluster = scheme.lower().endswith("+cluster")
         if scheme.lower() in ("redis", "rediss") and "?" not in rest:
             # One server, no options: the lean pipelined client (proxy.quota.resp).
-            self.client = resp.Client(url, timeout)
+            self.client = resp.Client(url, timeout, ca_bundle)
             self._bounded = True
         else:
-            self.client = self._redis_py(url, scheme, sep, rest, timeout)
+            self.client = self._redis_py(url, scheme, sep, rest, timeout, ca_bundle)
             import redis.exceptions
 
             # RedisClusterException is not a RedisError: it is what an unreachable cluster
@@ -94,7 +104,9 @@ class RedisStore:
             raise StoreUnavailable.wrapping(exc) from exc
 
     @staticmethod
-    def _redis_py(url: str, scheme: str, sep: str, rest: str, timeout: float) -> Any:
+    def _redis_py(
+        url: str, scheme: str, sep: str, rest: str, timeout: float, ca_bundle: str | None
+    ) -> Any:
         """redis-py's client: for Redis Cluster, unix sockets and URLs with query options."""
         import redis.asyncio as redis
         from redis.asyncio.cluster import RedisCluster
@@ -103,6 +115,15 @@ class RedisStore:
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
         }
+        query = urlsplit(url).query
+        if (
+            ca_bundle
+            and scheme.lower().startswith("rediss")
+            and "ssl_ca_certs" not in parse_qs(query)
+        ):
+            # tls.ca_bundle, unless the URL names CAs of its own (a plain redis:// connection
+            # would refuse the argument).
+            options["ssl_ca_certs"] = ca_bundle
         if scheme.lower().endswith("+cluster"):
             # redis+cluster://host:port names one node; the client discovers the rest.
             plain = scheme[: -len("+cluster")] + sep + rest

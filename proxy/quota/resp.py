@@ -185,16 +185,19 @@ class Script:
 
 
 class Client:
-    """A single pipelined connection to one Redis server, made on first use and after a loss."""
+    """A single pipelined connection to one Redis server, made on first use and after a loss;
+    over ``rediss://``, the server's certificate is checked against ``ca_bundle`` when given,
+    else against the system's CAs."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, ca_bundle: str | None = None) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("redis", "rediss") or parts.query or not parts.hostname:
             raise ValueError("the lean client takes redis:// or rediss:// URLs without options")
         self._host = parts.hostname
         self._port = parts.port or 6379
-        self._tls = ssl.create_default_context() if scheme == "rediss" else None
+        # ca_bundle (tls.ca_bundle) replaces the system's CAs, as for the upstream.
+        self._tls = ssl.create_default_context(cafile=ca_bundle) if scheme == "rediss" else None
         database = parts.path.strip("/")
         self._hello: list[list[Arg]] = []
         if parts.password is not None:

@@ -474,6 +474,18 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     assert _load_in_a_thread(path) == [f"{path}: cannot read the config file: not a regular file"]
 
 
+def test_a_directory_is_refused_and_closed_again(tmp_path: Path) -> None:
+    """A directory where the config file should be is not a regular file, and checking it
+    leaves no descriptor open (a reload checks the path again each time)."""
+    path = tmp_path / "contoso.yaml"
+    path.mkdir()
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), environ={})
+    assert caught.value.problems == [f"{path}: cannot read the config file: not a regular file"]
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_a_device_is_refused(tmp_path: Path, device: str) -> None:
     """A symlink to a device where the config file should be is refused, never read."""

@@ -11,9 +11,11 @@ import yaml
 
 from proxy.config import Settings, parse_settings
 from proxy.reload import RESTART_ONLY, Changes, applicable, diff
+from tests.idpkit import APP, TENANT
 from tests.tlsfiles import SecretDir, issue
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+OTHER_APP = "0ba0c3a5-1111-4b2d-9c1e-0000000000a2"
 
 LIVE = [
     ("log_level: debug", "log_level"),
@@ -163,3 +165,50 @@ def test_an_upstream_entry_takes_its_new_pair_while_the_listeners_stay(tmp_path:
     kept = applicable(running, moved)
     assert [str(u.listen) for u in kept.listeners] == ["127.0.0.1:9001", "127.0.0.1:9002"]
     assert [u.listen_tls for u in kept.listeners] == [second.files] * 2
+
+
+def _secret(root: Path, name: str) -> Path:
+    path = root / name
+    path.write_text(f"{name}-value\n", encoding="utf-8")
+    return path
+
+
+def _credentials(secret: Path, client: str = APP) -> str:
+    return f"{{tenant_id: {TENANT}, client_id: {client}, client_secret_file: '{secret}'}}"
+
+
+def test_new_credentials_need_a_restart_and_the_running_ones_stay(tmp_path: Path) -> None:
+    """Credentials added, changed or dropped are named as needing a restart (the token sources
+    are made at start), and the listener keeps what it holds; a live key beside them applies."""
+    first, second = _secret(tmp_path, "first"), _secret(tmp_path, "second")
+    running = settings(f"credentials: {_credentials(first)}\n")
+    loaded = settings(f"credentials: {_credentials(second)}\nlog_level: debug\n")
+    assert diff(running, loaded) == Changes(("log_level",), ("credentials",))
+    kept = applicable(running, loaded)
+    assert (kept.log_level, kept.listeners[0].credentials) == ("debug", running.credentials)
+    assert diff(DEFAULTS, running) == Changes((), ("credentials",))
+    assert applicable(DEFAULTS, running).listeners[0].credentials is None
+    assert diff(running, DEFAULTS) == Changes((), ("credentials",))
+    assert applicable(running, DEFAULTS).listeners[0].credentials == running.credentials
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["top-level", "entry"])
+def test_credentials_of_an_upstream_entry_are_named_as_credentials(
+    tmp_path: Path, own: bool
+) -> None:
+    """With upstreams, other credentials for an entry, whether the top-level section it
+    inherits or its own, are named as credentials, not as upstreams (the listeners stay)."""
+    secret = _secret(tmp_path, "secret")
+    entry = "{name: a, origin: 'https://graph.microsoft.com', listen: '127.0.0.1:9001'"
+
+    def text(client: str) -> str:
+        if own:
+            return f"upstreams:\n  - {entry}, credentials: {_credentials(secret, client)}}}\n"
+        return f"upstreams:\n  - {entry}}}\ncredentials: {_credentials(secret, client)}\n"
+
+    running, loaded = settings(text(APP)), settings(text(OTHER_APP))
+    assert diff(running, loaded) == Changes((), ("credentials",))
+    kept = applicable(running, loaded)
+    assert [u.credentials for u in kept.listeners] == [u.credentials for u in running.listeners]
+    assert kept.listeners[0].credentials is not None
+    assert kept.listeners[0].credentials.client_id == APP
