@@ -34,8 +34,10 @@ __all__ = [
     "DEFAULT_AUTHORITY",
     "ENVIRONMENT",
     "KINDS",
+    "US_GOVERNMENT_AUTHORITY",
     "CredentialFileError",
     "Credentials",
+    "default_authority",
     "default_scope",
     "describe",
     "from_environment",
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 DEFAULT_AUTHORITY: Final = "https://login.microsoftonline.com"
+#: Where GCC High and DoD tenants sign in.
+US_GOVERNMENT_AUTHORITY: Final = "https://login.microsoftonline.us"
 #: The keys that name the app's proof, each with the kind of credential it makes.
 KINDS: Final = {
     "client_secret_file": "secret",
@@ -101,8 +105,9 @@ class Credentials:
     kind: str
     #: the file named by the kind's key (None: a secret given by ``AZURE_CLIENT_SECRET``)
     file: str | None
-    authority: str = DEFAULT_AUTHORITY
-    #: None until resolved against the upstream (``with_scope``)
+    #: "" until settled against the upstream (``with_scope``) when the config names none
+    authority: str = ""
+    #: None until settled against the upstream (``with_scope``)
     scope: str | None = None
     #: when the secret expires, as a Unix time (``client_secret_expires``), if given
     secret_expires: float | None = None
@@ -129,9 +134,24 @@ def default_scope(origin: str) -> str | None:
     return None
 
 
+def default_authority(origin: str) -> str:
+    """The authority that mints tokens for ``origin``'s API: US Government's for the hosts of
+    GCC High and DoD (Defender's ``api-gov``, Graph's ``.us`` hosts), else the global one (GCC
+    signs in at the global authority)."""
+    host = (urlsplit(origin).hostname or "").rstrip(".")
+    name = catalogue_for_origin(origin)
+    if host.endswith(".microsoft.us") and (
+        name == GRAPH or (name == DEFENDER and "gcc" not in host.partition(".")[0])
+    ):
+        return US_GOVERNMENT_AUTHORITY
+    return DEFAULT_AUTHORITY
+
+
 def with_scope(credentials: Credentials, origin: str) -> Credentials:
-    """``credentials`` with its scope settled for ``origin``; raises ValueError (saying why) if
-    it cannot be."""
+    """``credentials`` with its scope and authority settled for ``origin``; raises ValueError
+    (saying why) if the scope cannot be."""
+    if not credentials.authority:
+        credentials = replace(credentials, authority=default_authority(origin))
     if credentials.scope is not None:
         return credentials
     scope = default_scope(origin)
@@ -435,9 +455,7 @@ def parse_credentials(
             )
         )
     elif secret is not None:
-        kind = "secret"
-        if not secret.strip():
-            problems.append(("", "AZURE_CLIENT_SECRET is empty"))
+        kind = "secret"  # never blank: from_environment drops a blank variable
     else:
         key = proofs[0]
         kind = KINDS[key]
@@ -470,7 +488,7 @@ def parse_credentials(
         client_id=str(parsed["client_id"]),
         kind=kind,
         file=file,
-        authority=str(parsed.get("authority", DEFAULT_AUTHORITY)),
+        authority=str(parsed.get("authority", "")),
         scope=None if "scope" not in parsed else str(parsed["scope"]),
         secret_expires=expires,
         secret=None if secret is None else secret.strip(),

@@ -717,8 +717,35 @@ def test_the_variables_alone_give_credentials(kit: Kit) -> None:
     }
     credentials = held(settings_of(None, environ))
     assert credentials == Credentials(
-        TENANT, APP, "federated", str(kit.token), scope=DEFENDER_SCOPE
+        TENANT,
+        APP,
+        "federated",
+        str(kit.token),
+        authority="https://login.microsoftonline.com",
+        scope=DEFENDER_SCOPE,
     )
+
+
+@pytest.mark.parametrize(
+    ("origin", "authority"),
+    [
+        ("https://api.securitycenter.microsoft.com", "https://login.microsoftonline.com"),
+        ("https://api-gcc.securitycenter.microsoft.us", "https://login.microsoftonline.com"),
+        ("https://api-gov.securitycenter.microsoft.us", "https://login.microsoftonline.us"),
+        ("https://api-gov.security.microsoft.us", "https://login.microsoftonline.us"),
+        ("https://graph.microsoft.us", "https://login.microsoftonline.us"),
+        ("https://dod-graph.microsoft.us", "https://login.microsoftonline.us"),
+        ("https://graph.microsoft.com", "https://login.microsoftonline.com"),
+    ],
+)
+def test_the_authority_follows_the_upstreams_cloud(kit: Kit, origin: str, authority: str) -> None:
+    """Without ``authority``, GCC High and DoD hosts sign in at login.microsoftonline.us, GCC
+    and the commercial cloud at login.microsoftonline.com; a given authority is kept."""
+    section = kit.section()
+    assert held(settings_of({"upstream": origin, "credentials": section})).authority == authority
+    given = kit.section(authority="https://login.example.test")
+    kept = held(settings_of({"upstream": origin, "credentials": given}))
+    assert kept.authority == "https://login.example.test"
 
 
 def test_the_client_secret_variable_is_the_secret_itself() -> None:
