@@ -79,8 +79,11 @@ POLL_INTERVAL: Final = 2.0
 #: authority cannot grow the metric without bound).
 MAX_CODES: Final = 32
 _AADSTS: Final = re.compile(r"AADSTS(\d{1,9})\b")
-#: What a bearer token may hold (RFC 6750's b64token), up to a length no real token nears.
-_TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]{1,16384}=*")
+#: What a bearer token may hold (RFC 6750's b64token); its length is bounded apart (padding
+#: included: ``a`` and a megabyte of ``=`` is b64token too).
+_TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: The longest token sent: Entra's are a few KiB, and an API refuses a header line much longer.
+MAX_TOKEN: Final = 16384
 #: The longest life a token is taken to have: Entra's are one to 24 hours.
 MAX_LIFETIME: Final = 2 * 86400.0
 
@@ -279,7 +282,7 @@ class TokenSource:
             raise late from None
         token, expires_on, refresh_on = info
         now = self._clock()
-        if not _TOKEN.fullmatch(token) or not now < expires_on < now + MAX_LIFETIME:
+        if not _usable(token) or not now < expires_on < now + MAX_LIFETIME:
             # It goes into a header line as it is: a CR or LF in it would be a header of the
             # authority's choosing, sent to the API.
             odd = MintError(
@@ -341,21 +344,26 @@ class TokenSource:
             self._metrics.credential_expiry.labels(name, kind).set(when)
 
     async def _request(self) -> tuple[str, float, float | None]:
-        """One token request: the files read now, a credential made from them, and its answer."""
-        # In a thread, so that a file on a slow volume holds no request in flight. (Loading a
-        # certificate credential's RSA key is CPU that holds the GIL: azure-identity loads it
-        # twice, ~80 ms in all for 2048 bits, once per mint; python -m bench.credentials.)
-        credential = await asyncio.to_thread(self._credential)
+        """One token request: the files read now, a credential made from them, and its answer.
+
+        Whatever fails in it is a ``MintError``: anything else would end the refresher's task
+        and reach the waiting requests as a 500, with no back-off before the next request."""
+        credential: AsyncSupportsTokenInfo | None = None
         try:
+            # In a thread, so that a file on a slow volume holds no request in flight. (Loading a
+            # certificate credential's RSA key is CPU that holds the GIL: azure-identity loads it
+            # twice, ~80 ms in all for 2048 bits, once per mint; python -m bench.credentials.)
+            credential = await asyncio.to_thread(self._credential)
             info = await credential.get_token_info(self._scope)
+            return info.token, float(info.expires_on), info.refresh_on
         except MintError:
             raise
         except Exception as error:
             raise _failure(error) from None
         finally:
-            with contextlib.suppress(Exception):
-                await credential.close()
-        return info.token, float(info.expires_on), info.refresh_on
+            if credential is not None:
+                with contextlib.suppress(Exception):
+                    await credential.close()
 
     def _credential(self) -> AsyncSupportsTokenInfo:
         # Imported here: a proxy that holds no credential never loads azure-identity.
@@ -439,6 +447,12 @@ class TokenSource:
                 self._failures = 0
                 self._retry_at = 0.0
                 self._wake.set()
+
+
+def _usable(token: object) -> bool:
+    """Whether ``token`` may go into an ``Authorization`` line as it is (the identity provider's
+    JSON may hold anything where the token belongs: a number, null, a header of its own)."""
+    return isinstance(token, str) and len(token) <= MAX_TOKEN and bool(_TOKEN.fullmatch(token))
 
 
 def _signature(path: str) -> tuple[int, ...]:

@@ -18,7 +18,9 @@ grants them, ``exp`` (``token_lifetime``), signed RS256 — the simulator's API 
 ``GET /_sim/identity`` (token requests counted, by outcome and by app, and the last ones in
 order; discovery and key requests; any other request, answered 404), ``POST /_sim/identity/fail`` (``{"count": N, "code": 7000215}``: the next N token
 requests get that AADSTS refusal; ``{"count": N, "status": 429, "retry_after": S}``: throttled;
-``"status": 503``: unavailable), ``POST /_sim/identity/delay`` (``{"count": N, "seconds": S}``:
+``"status": 503``: unavailable), ``POST /_sim/identity/answer`` (``{"count": N, "status": S,
+"body": …}``: the next N token requests get that answer verbatim, unchecked:
+``proxy.simulator.idp_answers``), ``POST /_sim/identity/delay`` (``{"count": N, "seconds": S}``:
 the next N token requests are answered S seconds late) and ``POST /_sim/identity/reset``. Each
 remembered request names the proof it was checked with: ``secret[i]`` (the app's i-th secret
 in the file), ``certificate[i]`` or ``federated[i]``.
@@ -34,7 +36,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import jwt
@@ -45,6 +47,7 @@ from jwt.exceptions import InvalidSubjectError
 
 from proxy.simulator.aadsts import CODES, THROTTLED, UNAVAILABLE, refuse
 from proxy.simulator.directory import App, Directory, VerifyingKey
+from proxy.simulator.idp_answers import Answer, parse_answer
 
 JWT_BEARER: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: The resources a ``/.default`` scope may name, by their application ID URI.
@@ -111,11 +114,13 @@ class Provider:
         self.kid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         self.jwks: dict[str, Any] = {"keys": [{**jwk, "kid": self.kid, "use": "sig"}]}
         self._plan: deque[Failure] = deque()
+        self._answers: deque[Answer] = deque()
         self.reset()
 
     def reset(self) -> None:
-        """Forget every count and every planned failure."""
+        """Forget every count, every planned failure and every planned answer."""
         self._plan.clear()
+        self._answers.clear()
         self.delays: deque[float] = deque()
         self.token_requests = 0
         self.discovery_requests = 0
@@ -128,6 +133,21 @@ class Provider:
     def plan(self, failure: Failure) -> None:
         """Refuse the next ``failure.count`` token requests (after those planned already)."""
         self._plan.append(failure)
+
+    def plan_answer(self, answer: Answer) -> None:
+        """Answer the next ``answer.count`` token requests so (after those planned already)."""
+        self._answers.append(answer)
+
+    def next_answer(self) -> Answer | None:
+        """The planned answer the token request arriving now gets, if any."""
+        if not self._answers:
+            return None
+        answer = self._answers[0]
+        if answer.count <= 1:
+            self._answers.popleft()
+        else:
+            self._answers[0] = replace(answer, count=answer.count - 1)
+        return answer
 
     def next_failure(self) -> Failure | None:
         """The planned failure the token request arriving now gets, if any."""
@@ -173,6 +193,7 @@ class Provider:
             "other_requests": list(self.elsewhere),
             "apps": {name: dict(counts) for name, counts in self.by_app.items()},
             "planned": [failure.as_json() for failure in self._plan],
+            "answers": [answer.as_json() for answer in self._answers],
             "requests": list(self.recent),
         }
 
@@ -220,6 +241,7 @@ def make_idp_app(provider: Provider) -> web.Application:
     app.router.add_post("/_sim/identity/fail", _fail)
     app.router.add_post("/_sim/identity/reset", _reset)
     app.router.add_post("/_sim/identity/delay", _delay)
+    app.router.add_post("/_sim/identity/answer", _answer)
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _discovery)
     app.router.add_get("/{tenant}/discovery/v2.0/keys", _keys)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
@@ -282,9 +304,13 @@ async def _token(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     client_id = fields.get("client_id", "")
     credential = _credential_kind(fields)
-    failure = provider.next_failure()
+    answer = provider.next_answer()
+    failure = None if answer is not None else provider.next_failure()
     if provider.delays:
         await asyncio.sleep(provider.delays.popleft())
+    if answer is not None:
+        provider.record(tenant, client_id, credential, "answered")
+        return answer.response()
     try:
         if failure is not None:
             provider.record(tenant, client_id, credential, str(failure.code))
@@ -478,6 +504,15 @@ async def _delay(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=400)
     request.app[PROVIDER].delays.extend([float(seconds)] * count)
     return web.json_response({"delayed": count, "seconds": seconds})
+
+
+async def _answer(request: web.Request) -> web.Response:
+    try:
+        answer = parse_answer(await request.json())
+    except ValueError as exc:  # orjson's and json's decode errors are ValueErrors too
+        return web.json_response({"error": str(exc)}, status=400)
+    request.app[PROVIDER].plan_answer(answer)
+    return web.json_response({"planned": answer.as_json()})
 
 
 async def _fail(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import CertificateCredential
@@ -278,3 +279,64 @@ async def test_a_bad_failure_plan_is_refused(idp: Idp, body: object) -> None:
         assert response.status == 400
         assert (await response.json())["error"]
     assert idp.provider.stats()["planned"] == []
+
+
+async def _raw_token_request(idp: Idp) -> tuple[int, str, bytes]:
+    """One client-credentials request with the app's secret: status, Content-Type and body."""
+    form = {"grant_type": "client_credentials", "client_id": APP, "client_secret": SECRET}
+    connector = aiohttp.TCPConnector(ssl=tls_client(idp.files))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            f"{idp.url}/{TENANT}/oauth2/v2.0/token", data={**form, "scope": DEFENDER}
+        ) as response,
+    ):
+        return response.status, response.headers["Content-Type"], await response.read()
+
+
+async def test_planned_answers_come_verbatim_in_order_before_planned_refusals(idp: Idp) -> None:
+    """Two planned answers (a JSON one twice, then a text one with a header) and a planned
+    refusal: the token requests get them in that order, unchecked and byte for byte, then the
+    refusal, then a token; each planned answer is remembered as ``answered``."""
+    hostile = {"access_token": "a\r\nb", "expires_in": -1}
+    await idp.control("POST", "/_sim/identity/fail", {"code": 7000215})
+    await idp.control("POST", "/_sim/identity/answer", {"count": 2, "body": hostile})
+    plan = {"status": 502, "text": "<html/>", "content_type": "text/html", "headers": {"X-A": "1"}}
+    await idp.control("POST", "/_sim/identity/answer", plan)
+    planned = await idp.control("GET", "/_sim/identity")
+    assert [a["bytes"] for a in planned["answers"]] == [len(orjson.dumps(hostile)), 7]
+    got = [await _raw_token_request(idp) for _ in range(5)]
+    assert got[0] == got[1] == (200, "application/json; charset=utf-8", orjson.dumps(hostile))
+    assert got[2] == (502, "text/html", b"<html/>")
+    assert got[3][0] == 401
+    assert (got[4][0], "access_token" in orjson.loads(got[4][2])) == (200, True)
+    stats = await idp.control("GET", "/_sim/identity")
+    outcomes = [request["outcome"] for request in stats["requests"]]
+    assert outcomes == ["answered", "answered", "answered", "7000215", "issued"]
+    assert stats["answers"] == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"status": 200},
+        {"body": {}, "text": ""},
+        {"count": 0, "body": {}},
+        {"status": 99, "body": {}},
+        {"text": 5},
+        {"body": {}, "headers": {"X-A": "1\r\n2"}},
+        {"body": {}, "x": 1},
+    ],
+)
+async def test_a_bad_answer_plan_is_refused(idp: Idp, body: object) -> None:
+    """POST /_sim/identity/answer answers 400 with the reason for a plan it cannot follow, and
+    plans nothing."""
+    connector = aiohttp.TCPConnector(ssl=tls_client(idp.files))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(f"{idp.url}/_sim/identity/answer", json=body) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"]
+    assert idp.provider.stats()["answers"] == []

@@ -4,12 +4,13 @@ identity provider: the processes as deployed, compared through what each of them
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.faultkit import CliProxy, start_proxy
+from tests.faultkit import CliProxy, sample, start_proxy
 from tests.idpkit import (
     APP,
     DEFENDER,
@@ -136,3 +137,51 @@ async def test_an_expired_secret_gives_clear_503s_and_no_401_from_the_api(
         if proxy is not None:
             await proxy.close()
         await simulate.stop()
+
+
+async def test_sigterm_while_a_mint_hangs_exits_cleanly_without_waiting_for_it(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the start's token request is held by the provider (20 s) and 5 tokenless
+    callers wait on it: the proxy exits 0 within its grace and some seconds, long before the
+    provider answers, with no traceback or error line; nothing reached the API."""
+    files = write_files(tmp_path)
+    simulate, origins = await start_simulate_with_idp(files, _apps(tmp_path), "--check-tokens")
+    proxy = None
+    callers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        await _identity(files, origins, "POST", "/delay", {"count": 1, "seconds": 20})
+        config = _config(tmp_path, files, origins) + "shutdown_grace: 1s\ntimeouts: {read: 25s}\n"
+        proxy = await start_proxy(tmp_path, config)
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET /api/machines HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+            callers.append((reader, writer))
+        async with asyncio.timeout(10):
+            while await _in_flight(proxy) < 5:  # noqa: ASYNC110 - another process, polled
+                await asyncio.sleep(0.05)
+        proxy.signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            code = await proxy.process.proc.wait()
+            await proxy.reader
+        assert code == 0
+        answered = [await reader.read() for reader, _ in callers]
+        assert all(raw == b"" or raw.startswith(b"HTTP/1.1 503") for raw in answered)
+        lines = proxy.process.lines
+        assert lines[-1]["event"] == "stopped"
+        assert [line for line in lines if line["event"] == "_text"] == []
+        assert [line for line in lines if line.get("level") in ("error", "critical")] == []
+        assert await _journal(origins) == []
+    finally:
+        for _, writer in callers:
+            writer.close()
+        if proxy is not None:
+            await proxy.close()
+        await simulate.stop()
+
+
+async def _in_flight(proxy: CliProxy) -> float:
+    """The requests in flight, by the proxy's own gauge."""
+    async with aiohttp.ClientSession() as session:
+        exposition = await proxy.metrics(session)
+    return sample(exposition, "defender_proxy_in_flight_requests") or 0.0
