@@ -141,13 +141,17 @@ class MintError(Exception):
     """A mint that failed: ``code`` (an AADSTS number, ``unreachable``, ``unknown`` or
     ``credential_file``), a reason fit for a caller, and how long the authority asked to wait."""
 
-    def __init__(self, code: str, reason: str, retry_after: float = 0.0, error: str = "") -> None:
+    def __init__(
+        self, code: str, reason: str, retry_after: float = 0.0, error: str = "", detail: str = ""
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.retry_after = retry_after
         #: the OAuth ``error`` (invalid_client …) or the failure's type; never its description
         self.error = error
+        #: more for the proxy's own log line only, never for a caller (a file's path, say)
+        self.detail = detail
 
 
 class TokenUnavailableError(ProxyError):
@@ -300,7 +304,10 @@ class TokenSource:
         self._failures = 0
         self._count("ok", "")
         ahead = min(REFRESH_AHEAD, life / 2)
-        due = refresh_on if refresh_on and refresh_on < expires_on else expires_on - ahead
+        # Entra's refresh_in, unless it is nonsense: past already, or so soon that the proxy
+        # would mint again and again (a broken or hostile authority).
+        sensible = refresh_on is not None and now + min(60.0, life / 4) <= refresh_on < expires_on
+        due = refresh_on if sensible and refresh_on is not None else expires_on - ahead
         self._refresh_at = max(due, now + 1.0)
         self._wake.set()
         self._log.info(
@@ -323,7 +330,7 @@ class TokenSource:
             kind=self.credentials.kind,
             token_error=_shown(failure.code),
             error=failure.error,
-            reason=failure.reason,
+            reason=failure.detail or failure.reason,
             failures_in_a_row=self._failures,
             retry_in_s=round(self._retry_at - self._clock(), 1),
             token_still_usable=self._current is not None
@@ -400,7 +407,9 @@ class TokenSource:
                     tenant, client, certificate_data=certificate.pem, **options
                 )
         except CredentialFileError as error:
-            raise MintError("credential_file", str(error), error="file") from None
+            raise MintError(
+                "credential_file", REASONS["credential_file"], error="file", detail=str(error)
+            ) from None
         path = credentials.file
         assert path is not None
 
@@ -408,7 +417,9 @@ class TokenSource:
             try:
                 return read_secret(path)
             except CredentialFileError as error:
-                raise MintError("credential_file", str(error), error="file") from None
+                raise MintError(
+                    "credential_file", REASONS["credential_file"], error="file", detail=str(error)
+                ) from None
 
         return ClientAssertionCredential(tenant, client, assertion, **options)
 

@@ -412,3 +412,37 @@ async def test_the_alerts_series_exist_at_zero_before_any_token_request(
     for code in ("7000222", "7000215", "700027", "unreachable", "credential_file"):
         assert registry.get_sample_value(name, {"result": "failed", "code": code}) == 0
     assert await held.token_requests() == []
+
+
+async def test_an_unreadable_secret_file_is_named_in_the_log_not_to_the_caller(
+    hold: Hold, tmp_path: Path
+) -> None:
+    """A secret file gone before the first mint: the caller's 503 says the proxy cannot read
+    its credential file, without the file's path; the proxy's own line names the path."""
+    path = _secret_file(tmp_path)
+    held = await hold({"client_secret_file": str(path)}, start=False)
+    path.unlink()
+    answer = await held.client.get("/api/machines")
+    assert answer.status == 503
+    message = (await answer.json())["error"]["message"]
+    assert "cannot read its credential file" in message
+    assert str(tmp_path) not in message
+    assert "client-secret" in held.logs.lines("token request failed")[0]["reason"]
+    assert await held.token_requests() == []
+
+
+async def test_a_refresh_in_of_zero_does_not_make_the_proxy_mint_again_and_again(
+    hold: Hold, tmp_path: Path
+) -> None:
+    """An authority that says to refresh at once (refresh_in 0) is not taken at its word: the
+    next mint waits for the token's own schedule, not a second."""
+    held = await hold({"client_secret_file": str(_secret_file(tmp_path))}, start=False)
+    body = {"token_type": "Bearer", "access_token": "e30.e30.sig", "expires_in": 3599}
+    await held.idp.control(
+        "POST", "/_sim/identity/answer", {"count": 5, "body": {**body, "refresh_in": 0}}
+    )
+    await held.source.start()
+    await _until(lambda: _requested(held, 1))
+    await asyncio.sleep(2.5)  # a mint a second would have made two more by now
+    assert len(await held.token_requests()) == 1
+    await held.source.close()
