@@ -11,6 +11,7 @@ proxy logged, counted and kept in its recent errors.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,7 +32,7 @@ from proxy.simulator.directory import App, Secret
 from proxy.tokens import TokenSource
 from tests.conftest import LogCapture
 from tests.httpraw import RawResponse, read_response
-from tests.idpkit import APP, DEFENDER, ROLES, SECRET, TENANT, Files, Idp, running_idp
+from tests.idpkit import APP, ROLES, SECRET, TENANT, Files, Idp, held_config, running_idp
 from tests.rawupstream import RawUpstream, UpstreamRequest
 
 if TYPE_CHECKING:
@@ -136,19 +137,7 @@ async def holding(
             upstream = f"http://127.0.0.1:{recording.port}"
         secret = root / "client-secret"
         secret.write_text(SECRET + "\n", encoding="utf-8")
-        config = {
-            "upstream": upstream,
-            "tls": {"ca_bundle": str(files.ca_bundle)},
-            "timeouts": {"connect": 1, "read": 5},
-            "credentials": {
-                "tenant_id": TENANT,
-                "client_id": APP,
-                "authority": idp.url,
-                "scope": DEFENDER,
-                "client_secret_file": str(secret),
-            },
-            **top,
-        }
+        config = held_config(upstream, idp, {"client_secret_file": str(secret)}, **top)
         settings = parse_settings(config, "test.yaml", environ={})
         credentials = settings.listeners[0].credentials
         assert credentials is not None
@@ -188,3 +177,18 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> 
     async with asyncio.timeout(seconds):
         while not await check():  # noqa: ASYNC110 - another server's state, polled
             await asyncio.sleep(0.02)
+
+
+def make_fifo(path: Path) -> None:
+    """Put a FIFO at ``path``: opening it for reading would wait for a writer."""
+    os.mkfifo(path)
+
+
+def make_directory(path: Path) -> None:
+    """Put a directory at ``path``."""
+    path.mkdir()
+
+
+def link_dev_zero(path: Path) -> None:
+    """Put a symlink to /dev/zero at ``path``: reading it never ends."""
+    path.symlink_to("/dev/zero")

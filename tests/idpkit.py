@@ -154,3 +154,23 @@ async def start_simulate_with_idp(
         await process.stop()
         raise
     return process, found
+
+
+def held_config(
+    upstream: str, idp: Idp, section: dict[str, Any], read: float = 5, **top: Any
+) -> dict[str, Any]:
+    """A proxy config for ``upstream`` holding the app's credential (``section`` over it: the
+    proof, say), minted by ``idp`` and trusting its CA; ``top`` more keys at the top."""
+    return {
+        "upstream": upstream,
+        "tls": {"ca_bundle": str(idp.files.ca_bundle)},
+        "timeouts": {"connect": 1, "read": read},
+        "credentials": {
+            "tenant_id": TENANT,
+            "client_id": APP,
+            "authority": idp.url,
+            "scope": DEFENDER,
+            **section,
+        },
+        **top,
+    }

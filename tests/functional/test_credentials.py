@@ -27,7 +27,7 @@ from proxy.simulator import SimConfig, make_app
 from proxy.simulator.directory import EXCHANGE_AUDIENCE, App, Federated, Secret, certificate
 from proxy.tokens import TokenSource, sources_for
 from tests.conftest import LogCapture
-from tests.idpkit import APP, DEFENDER, ROLES, SECRET, TENANT, Files, Idp, running_idp, write_files
+from tests.idpkit import APP, ROLES, SECRET, TENANT, Files, Idp, held_config, running_idp
 from tests.tlsfiles import SecretDir
 
 NEW_SECRET = "n3w-secret~after.rotation"
@@ -75,12 +75,6 @@ Hold = Callable[..., Awaitable[Held]]
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> Files:
-    """The provider's TLS pair and the app's certificates."""
-    return write_files(tmp_path)
-
-
-@pytest.fixture
 async def hold(
     tmp_path: Path,
     files: Files,
@@ -107,19 +101,7 @@ async def hold(
         app = App(TENANT, APP, ROLES, (Secret(SECRET), Secret(NEW_SECRET)))
         idp = await stack.enter_async_context(running_idp(files, apps or (app,), lifetime))
         simulator: TestServer = await aiohttp_server(make_app(SimConfig(check_tokens=True)))
-        config = {
-            "upstream": _origin(simulator),
-            "tls": {"ca_bundle": str(files.ca_bundle)},
-            "timeouts": {"connect": 1, "read": 2},
-            "credentials": {
-                "tenant_id": TENANT,
-                "client_id": APP,
-                "authority": idp.url,
-                "scope": DEFENDER,
-                **section,
-            },
-            **top,
-        }
+        config = held_config(_origin(simulator), idp, section, read=2, **top)
         settings = parse_settings(config, "test.yaml", environ={})
         metrics = Metrics()
         source = sources_for(settings, metrics)["default"]

@@ -23,25 +23,12 @@ from proxy import tracing
 from proxy.spans import Spans
 from tests.conftest import LogCapture
 from tests.credkit import Front, holding
-from tests.idpkit import Files, write_files
+from tests.idpkit import Files
 from tests.otlp_collector import Collector
 from tests.rawupstream import UpstreamRequest
 
 OWN = "Bearer the-callers-own.token"
 MINTED = "minted"  # stands for the proxy's token in the expectations below
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    """The provider's TLS pair and the app's certificates."""
-    return write_files(tmp_path)
-
-
-@pytest.fixture
-async def front(files: Files, tmp_path: Path, captured_logs: LogCapture) -> AsyncIterator[Front]:
-    """The proxy holding a secret, in front of the recording upstream; nothing minted yet."""
-    async with holding(files, tmp_path, captured_logs) as held:
-        yield held
 
 
 def _head(*lines: bytes, method: bytes = b"GET", target: bytes = b"/api/machines") -> bytes:

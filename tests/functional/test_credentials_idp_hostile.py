@@ -9,8 +9,7 @@ source's clock is moved past each back-off (``Front.later``) instead of sleeping
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +17,20 @@ import pytest
 
 from proxy.tokens import COUNTED_FROM_START, MAX_CODES
 from tests.conftest import LogCapture
-from tests.credkit import TOKENLESS, Front, holding, until
+from tests.credkit import (
+    TOKENLESS,
+    Front,
+    holding,
+    link_dev_zero,
+    make_directory,
+    make_fifo,
+    until,
+)
 from tests.httpraw import RawResponse
-from tests.idpkit import SECRET, Files, write_files
+from tests.idpkit import SECRET, Files
 
 FAILED = "defender_proxy_token_requests_total"
 JWT = "eyJhbGciOiJub25lIn0.eyJleHAiOjF9.c2lnbmF0dXJlLW9mLWEtand0"
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    """The provider's TLS pair and the app's certificates."""
-    return write_files(tmp_path)
-
-
-@pytest.fixture
-async def front(files: Files, tmp_path: Path, captured_logs: LogCapture) -> AsyncIterator[Front]:
-    """The proxy holding a secret, in front of the recording upstream; nothing minted yet."""
-    async with holding(files, tmp_path, captured_logs) as held:
-        yield held
 
 
 def _issued(token: object = JWT, **more: Any) -> dict[str, Any]:
@@ -198,18 +192,6 @@ async def _waiting(front: Front, count: int) -> bool:
     return front.proxy.in_flight == count
 
 
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def _directory(path: Path) -> None:
-    path.mkdir()
-
-
-def _dev_zero(path: Path) -> None:
-    path.symlink_to("/dev/zero")
-
-
 def _ten_megabytes(path: Path) -> None:
     path.write_bytes(b"s" * (10 << 20))
 
@@ -219,9 +201,9 @@ def _removed(path: Path) -> None:
 
 
 REPLACEMENTS: dict[str, Callable[[Path], None]] = {
-    "a FIFO": _fifo,
-    "a directory": _directory,
-    "a symlink to /dev/zero": _dev_zero,
+    "a FIFO": make_fifo,
+    "a directory": make_directory,
+    "a symlink to /dev/zero": link_dev_zero,
     "a 10 MB file": _ten_megabytes,
     "nothing": _removed,
 }

@@ -271,13 +271,7 @@ async def test_malformed_requests_get_their_codes(
 async def test_a_bad_failure_plan_is_refused(idp: Idp, body: object) -> None:
     """POST /_sim/identity/fail answers 400 with the reason for a plan it cannot follow, and
     plans nothing."""
-    connector = aiohttp.TCPConnector(ssl=tls_client(idp.files))
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.post(f"{idp.url}/_sim/identity/fail", json=body) as response,
-    ):
-        assert response.status == 400
-        assert (await response.json())["error"]
+    await _refuses_the_plan(idp, "fail", body)
     assert idp.provider.stats()["planned"] == []
 
 
@@ -332,11 +326,16 @@ async def test_planned_answers_come_verbatim_in_order_before_planned_refusals(id
 async def test_a_bad_answer_plan_is_refused(idp: Idp, body: object) -> None:
     """POST /_sim/identity/answer answers 400 with the reason for a plan it cannot follow, and
     plans nothing."""
+    await _refuses_the_plan(idp, "answer", body)
+    assert idp.provider.stats()["answers"] == []
+
+
+async def _refuses_the_plan(idp: Idp, plan: str, body: object) -> None:
+    """POST /_sim/identity/``plan`` with ``body`` answers 400 with a reason."""
     connector = aiohttp.TCPConnector(ssl=tls_client(idp.files))
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        session.post(f"{idp.url}/_sim/identity/answer", json=body) as response,
+        session.post(f"{idp.url}/_sim/identity/{plan}", json=body) as response,
     ):
         assert response.status == 400
         assert (await response.json())["error"]
-    assert idp.provider.stats()["answers"] == []

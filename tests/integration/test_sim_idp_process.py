@@ -36,32 +36,9 @@ async def test_simulate_serves_tokens_its_api_accepts(tmp_path: Path) -> None:
     """--idp-port/--idp-cert/--idp-key/--idp-apps start the HTTPS token service next to the API;
     ClientSecretCredential's token for the Defender scope is served by --check-tokens."""
     files = write_files(tmp_path)
-    apps = tmp_path / "apps.yaml"
-    roles = ", ".join(ROLES)
-    apps.write_text(
-        f"apps:\n  - {{tenant: {TENANT}, client_id: {APP}, roles: [{roles}],"
-        f" secrets: [{{value: {SECRET}}}]}}\n",
-        encoding="utf-8",
-    )
-    process, origins = await start_simulate_with_idp(files, apps, "--check-tokens")
+    process, origins = await start_simulate_with_idp(files, _apps(tmp_path), "--check-tokens")
     try:
-        async with ClientSecretCredential(
-            TENANT,
-            APP,
-            SECRET,
-            authority=origins["identity provider"],
-            disable_instance_discovery=True,
-            connection_verify=str(files.ca_bundle),
-        ) as credential:
-            token = (await credential.get_token(DEFENDER)).token
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{origins['simulator']}/api/machines",
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response,
-        ):
-            assert response.status == 200
+        await _token_is_accepted(origins, files.ca_bundle)
     finally:
         await process.stop()
 
@@ -98,23 +75,7 @@ async def test_simulate_makes_its_own_tls_pair_with_idp_tls_dir(tmp_path: Path) 
     try:
         shown = f"identity provider's throwaway CA (trust it): {tls / 'ca.pem'}, valid until "
         assert any(line.startswith(shown) for line in printed)
-        async with ClientSecretCredential(
-            TENANT,
-            APP,
-            SECRET,
-            authority=origins["identity provider"],
-            disable_instance_discovery=True,
-            connection_verify=str(tls / "ca.pem"),
-        ) as credential:
-            token = (await credential.get_token(DEFENDER)).token
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{origins['simulator']}/api/machines",
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response,
-        ):
-            assert response.status == 200
+        await _token_is_accepted(origins, tls / "ca.pem")
     finally:
         await process.stop()
     assert sorted(path.name for path in tls.iterdir()) == ["ca.pem", "idp.crt", "idp.key"]
@@ -142,3 +103,25 @@ async def test_simulate_refuses_both_tls_ways_or_a_directory_it_cannot_write(
     text = await _refused("simulate", "--port", "0", "--idp-tls-dir", str(tls))
     assert "the identity provider also needs --idp-port, --idp-apps" in text
     assert not tls.exists()
+
+
+async def _token_is_accepted(origins: dict[str, str], ca_bundle: Path) -> None:
+    """ClientSecretCredential gets a Defender token from the provider at ``origins``, trusting
+    ``ca_bundle``, and the simulator's API (checking tokens) answers 200 to it."""
+    async with ClientSecretCredential(
+        TENANT,
+        APP,
+        SECRET,
+        authority=origins["identity provider"],
+        disable_instance_discovery=True,
+        connection_verify=str(ca_bundle),
+    ) as credential:
+        token = (await credential.get_token(DEFENDER)).token
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{origins['simulator']}/api/machines",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert response.status == 200

@@ -17,22 +17,11 @@ from proxy.credentials import (
     read_secret,
 )
 from proxy.throttle_config import NestedValueError
+from tests.credkit import link_dev_zero, make_directory, make_fifo
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 APP = "0ba0c3a5-1111-4b2d-9c1e-0000000000a1"
 CONTENT = b"s3cret-in-the-file"
-
-
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def _directory(path: Path) -> None:
-    path.mkdir()
-
-
-def _dev_zero(path: Path) -> None:
-    path.symlink_to("/dev/zero")
 
 
 def _over_the_limit(path: Path) -> None:
@@ -60,9 +49,9 @@ def _not_utf8(path: Path) -> None:
 
 
 HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "a FIFO": (_fifo, "is not a regular file"),
-    "a directory": (_directory, "is not a regular file"),
-    "a symlink to /dev/zero": (_dev_zero, "is not a regular file"),
+    "a FIFO": (make_fifo, "is not a regular file"),
+    "a directory": (make_directory, "is not a regular file"),
+    "a symlink to /dev/zero": (link_dev_zero, "is not a regular file"),
     "one byte over the limit": (_over_the_limit, "is over the limit of 64 KiB"),
     "10 MB": (_ten_megabytes, "is over the limit of 64 KiB"),
     "missing": (_missing, "No such file or directory"),
@@ -106,7 +95,7 @@ def test_a_certificate_file_that_is_no_file_is_refused(tmp_path: Path, case: str
 
 
 @pytest.mark.parametrize("key", ["client_secret_file", "federated_token_file", "certificate_file"])
-def test_a_credential_file_that_is_a_directory_is_a_config_problem(
+def test_a_credential_file_that_is_amake_directory_is_a_config_problem(
     tmp_path: Path, key: str
 ) -> None:
     """A directory where a credential file should be is reported as a problem of its key, as

@@ -1002,15 +1002,24 @@ def test_no_secret_reaches_a_problem_or_a_repr(
     beside it: no problem text and no repr of the settings holds any of it."""
     secret = f"{MARK}{text}{MARK}"
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "client-secret"
-        path.write_text(secret, encoding="utf-8")
-        section = shared_kit.section(client_secret_file=str(path), **broken)
-        environ: dict[str, str] = {}
-        if via_variable:
-            section.pop("client_secret_file")
-            environ["AZURE_CLIENT_SECRET"] = secret
+        section, environ = _holding_secret(shared_kit, secret, via_variable, broken, directory)
         said = _texts({"listen": listen, "credentials": section}, environ)
     assert MARK not in said
+
+
+def _holding_secret(
+    kit: Kit, secret: str, via_variable: bool, broken: dict[str, object], directory: str
+) -> tuple[dict[str, object], dict[str, str]]:
+    """A section (with ``broken`` over it) and environment that give ``secret``: in a file in
+    ``directory``, or in AZURE_CLIENT_SECRET when ``via_variable``."""
+    path = Path(directory) / "client-secret"
+    path.write_text(secret, encoding="utf-8")
+    section = kit.section(client_secret_file=str(path), **broken)
+    environ: dict[str, str] = {}
+    if via_variable:
+        section.pop("client_secret_file")
+        environ["AZURE_CLIENT_SECRET"] = secret
+    return section, environ
 
 
 def check_config(text: str, environ: dict[str, str]) -> tuple[int, str]:
@@ -1048,13 +1057,7 @@ def test_no_secret_reaches_check_configs_output(
     AZURE_CLIENT_SECRET."""
     secret = f"{MARK}{text}{MARK}"
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "client-secret"
-        path.write_text(secret, encoding="utf-8")
-        section = shared_kit.section(client_secret_file=str(path), **broken)
-        environ: dict[str, str] = {}
-        if via_variable:
-            section.pop("client_secret_file")
-            environ["AZURE_CLIENT_SECRET"] = secret
+        section, environ = _holding_secret(shared_kit, secret, via_variable, broken, directory)
         code, printed = check_config(yaml.safe_dump({"credentials": section}), environ)
     assert code in (0, 2)
     assert MARK not in printed
