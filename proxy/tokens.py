@@ -210,8 +210,8 @@ class TokenSource:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._codes: set[str] = set()
-        #: token requests made (each one counted in the metric as well)
-        self.requests = 0
+        #: the credential's file changed since the last mint (``_watch``)
+        self._changed = False
         if credentials.secret_expires is not None:
             self._expires("secret", credentials.secret_expires)
         # Every series an alert reads exists from the start at 0: increase() over a series born
@@ -250,16 +250,12 @@ class TokenSource:
             failure = self._failure
             wait = self._retry_at - self._clock()
             if failure is not None and wait > 0:
-                raise self._refusal(failure, wait)
+                raise TokenUnavailableError(failure, wait)
             task = self._mint_soon()
         try:
             return await asyncio.shield(task)
         except MintError as failure:
-            raise self._refusal(failure, self._retry_at - self._clock()) from None
-
-    @staticmethod
-    def _refusal(failure: MintError, wait: float) -> TokenUnavailableError:
-        return TokenUnavailableError(failure, wait)
+            raise TokenUnavailableError(failure, self._retry_at - self._clock()) from None
 
     def _mint_soon(self) -> asyncio.Task[Minted]:
         if self._minting is None or self._minting.done():
@@ -279,8 +275,9 @@ class TokenSource:
         except TimeoutError:
             late = MintError(
                 "unreachable",
-                f"no token within {self._timeout:g} s from {self.credentials.authority}",
+                REASONS["unreachable"],
                 error="timeout",
+                detail=f"no token within {self._timeout:g} s from {self.credentials.authority}",
             )
             self._failed(late)
             raise late from None
@@ -338,7 +335,6 @@ class TokenSource:
         )
 
     def _count(self, result: str, code: str) -> None:
-        self.requests += 1
         if code and code not in self._codes:
             if len(self._codes) >= MAX_CODES:
                 code = "other"
@@ -441,8 +437,6 @@ class TokenSource:
                 self._changed = False
                 with contextlib.suppress(MintError):
                     await asyncio.shield(self._mint_soon())
-
-    _changed = False
 
     async def _watch(self, path: str) -> None:
         """Poll ``path``; a change (kubelet's symlink swap included) is minted with at once."""
