@@ -44,7 +44,7 @@ async def serve(
     ``DEFENDER_PROXY_CONFIG`` names, if any).
     """
     log = logs.get_logger("lifecycle")
-    traces, spans = tracing.start()
+    traces, spans = tracing.start(ca_bundle=settings.tls.ca_bundle)
     proxies, admin = wiring.build(settings, tracing=spans)
     admin[wiring.METRICS].config_loaded.set(time.time())
     try:

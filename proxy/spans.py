@@ -25,6 +25,7 @@ attaches no context to its task; the SDK's batch processor exports from its own 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -62,11 +63,11 @@ Attributes = dict[str, AttributeValue]
 class Spans:
     """The process's tracer: one batch processor per exporter, and the resource that names it."""
 
-    def __init__(self, exporters: Sequence[str]) -> None:
+    def __init__(self, exporters: Sequence[str], ca_bundle: str | None = None) -> None:
         # The process stops the SDK itself, within a bound (proxy.tracing.stop), not at exit.
         self.provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
         for name in exporters:
-            self.provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+            self.provider.add_span_processor(BatchSpanProcessor(_exporter(name, ca_bundle)))
         self._tracer = self.provider.get_tracer("defender-proxy", __version__)
 
     def listener(self, name: str, origin: str, scheme: str) -> ListenerSpans:
@@ -244,11 +245,23 @@ def _resource() -> Resource:
     return Resource({SERVICE_VERSION: __version__}).merge(detected)
 
 
-def _exporter(name: str) -> SpanExporter:
+#: The variables that name the CA an OTLP exporter trusts; either wins over ``tls.ca_bundle``.
+_CERTIFICATE_VARIABLES: Final = (
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+)
+
+
+def _exporter(name: str, ca_bundle: str | None) -> SpanExporter:
     if name == "console":
         # stdout carries the JSON log lines.
         return ConsoleSpanExporter(out=sys.stderr)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    # Endpoint, headers, timeout, compression and certificates come from OTEL_EXPORTER_OTLP_*.
+    # Endpoint, headers, timeout, compression and certificates come from OTEL_EXPORTER_OTLP_*;
+    # without a certificate of theirs, the collector is trusted as every TLS peer of the proxy
+    # is, by tls.ca_bundle (the argument wins over the variables in the SDK, so it is given
+    # only when they say nothing).
+    if ca_bundle is not None and not any(os.environ.get(v) for v in _CERTIFICATE_VARIABLES):
+        return OTLPSpanExporter(certificate_file=ca_bundle)
     return OTLPSpanExporter()

@@ -104,9 +104,13 @@ def _protocol(environ: Mapping[str, str]) -> tuple[str, str]:
     return "OTEL_EXPORTER_OTLP_PROTOCOL", PROTOCOL
 
 
-def start(environ: Mapping[str, str] | None = None) -> tuple[Plan, Spans | None]:
+def start(
+    environ: Mapping[str, str] | None = None, ca_bundle: str | None = None
+) -> tuple[Plan, Spans | None]:
     """The plan of the environment (default: the process's) with its warnings logged, and the
-    started SDK when tracing is on (else None: nothing of OpenTelemetry is imported)."""
+    started SDK when tracing is on (else None: nothing of OpenTelemetry is imported). An OTLP
+    collector over HTTPS is trusted by ``ca_bundle`` (``tls.ca_bundle``) unless
+    ``OTEL_EXPORTER_OTLP_*CERTIFICATE`` names a CA of its own."""
     chosen = plan(os.environ if environ is None else environ)
     log = get_logger("tracing")
     for warning in chosen.warnings:
@@ -117,7 +121,7 @@ def start(environ: Mapping[str, str] | None = None) -> tuple[Plan, Spans | None]
     from proxy.spans import Spans
 
     try:
-        return chosen, Spans(chosen.exporters)
+        return chosen, Spans(chosen.exporters, ca_bundle)
     except Exception as exc:
         # The SDK reads its variables leniently (a bad value is a warning and its default), so
         # this is rare; tracing is not worth a proxy that does not start.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,8 +95,10 @@ class Collector:
     """The collector on a free loopback port; ``url`` is what ``OTEL_EXPORTER_OTLP_ENDPOINT``
     takes. With ``keep=False`` it only counts (a benchmark's long runs)."""
 
-    def __init__(self, keep: bool = True) -> None:
+    def __init__(self, keep: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.spans: list[ExportedSpan] = []
+        #: served over HTTPS with this context when given
+        self._tls = tls
         self.bodies: list[bytes] = []
         self.exports = 0
         self.span_count = 0
@@ -107,7 +110,8 @@ class Collector:
     @property
     def url(self) -> str:
         """The collector's base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> None:
         """Listen on 127.0.0.1 (``port``, default a free one)."""
@@ -116,7 +120,7 @@ class Collector:
         app.router.add_get("/stats", self._stats)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self._tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from proxy import tracing
 from proxy.spans import Spans
@@ -259,3 +262,40 @@ async def test_failed_exports_are_logged_once_a_minute_not_once_a_batch(
     assert "404" in line["problem"]
     assert line["sdk_logger"].startswith("opentelemetry.")
     assert collector.spans == []
+
+
+@pytest.mark.parametrize("named_by", ["tls.ca_bundle", "OTEL_EXPORTER_OTLP_CERTIFICATE"])
+async def test_a_collector_over_https_is_trusted_by_the_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named_by: str
+) -> None:
+    """A collector serving HTTPS from a private CA gets the spans when tls.ca_bundle names that CA
+    (as every TLS peer of the proxy is trusted); OTEL_EXPORTER_OTLP_CERTIFICATE, when set, wins:
+    a wrong bundle beside it changes nothing."""
+    ca = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(served)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    secure = Collector(tls=served)
+    await secure.start()
+    for key in [key for key in os.environ if key.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    # requests lets these win over any CA a session is given (psf/requests#3829): the exporter's
+    # own certificate setting, tls.ca_bundle included, applies only where they are unset.
+    for key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", secure.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    given = str(bundle)
+    if named_by == "OTEL_EXPORTER_OTLP_CERTIFICATE":
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(bundle))
+        stranger = tmp_path / "stranger.pem"
+        trustme.CA().cert_pem.write_to_path(str(stranger))
+        given = str(stranger)
+    started = Spans(["otlp"], ca_bundle=given)
+    try:
+        started.provider.get_tracer("test").start_span("exported").end()
+        await secure.wait_for(lambda spans: len(spans) >= 1)
+    finally:
+        assert await tracing.stop(started)
+        await secure.stop()
