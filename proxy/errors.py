@@ -58,6 +58,21 @@ class RefusalError(ProxyError):
     """The request is refused before anything is sent upstream."""
 
 
+class TokenUnavailableError(ProxyError):
+    """The 503 of a request that needed a token from the proxy and got none (``proxy.tokens``);
+    ``token_error`` (``AADSTS7000222``, ``unreachable`` …) goes in its log line."""
+
+    def __init__(self, token_error: str, reason: str, wait: float) -> None:
+        self.token_error = token_error
+        super().__init__(
+            503,
+            "ServiceUnavailable",
+            f"The proxy could not obtain a token for this request: {reason} ({token_error}). "
+            "The proxy's log and defender_proxy_token_requests_total say more.",
+            {"Retry-After": str(max(1, round(wait)))},
+        )
+
+
 class CallerTimeoutError(RefusalError):
     """The caller sent no more of its request within ``timeouts.caller``: 408, and the connection
     is closed."""

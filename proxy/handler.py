@@ -39,6 +39,7 @@ from proxy.errors import (
     ProxyError,
     QuotaRefusal,
     RefusalError,
+    TokenUnavailableError,
     UpstreamError,
     error_response,
     new_target,
@@ -428,8 +429,8 @@ class Proxy:
             self.metrics.caller_timeouts.labels("body").inc()
         elif isinstance(exc, QuotaRefusal):
             outcome.note = "refused by the quota"
-        elif (token_error := getattr(exc, "token_error", None)) is not None:
-            outcome.explained["token_error"] = token_error
+        elif isinstance(exc, TokenUnavailableError):
+            outcome.explained["token_error"] = exc.token_error
         response = error_response(
             exc.status, exc.code, exc.message, target, exc.headers, exc.reason
         )

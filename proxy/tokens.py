@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from proxy.credentials import CredentialFileError, Credentials, read_certificate, read_secret
-from proxy.errors import ProxyError
+from proxy.errors import TokenUnavailableError
 from proxy.identity import NO_CLAIMS, Claims, read_claims
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -60,7 +60,6 @@ __all__ = [
     "MintError",
     "Minted",
     "TokenSource",
-    "TokenUnavailableError",
     "sources_for",
 ]
 
@@ -154,24 +153,13 @@ class MintError(Exception):
         self.detail = detail
 
 
-class TokenUnavailableError(ProxyError):
-    """The 503 of a request that needed a token and got none; ``token_error`` goes in its log
-    line (``AADSTS7000222``, ``unreachable`` …)."""
-
-    def __init__(self, failure: MintError, wait: float) -> None:
-        self.token_error = _shown(failure.code)
-        super().__init__(
-            503,
-            "ServiceUnavailable",
-            f"The proxy could not obtain a token for this request: {failure.reason} "
-            f"({self.token_error}). The proxy's log and defender_proxy_token_requests_total "
-            "say more.",
-            {"Retry-After": str(max(1, round(wait)))},
-        )
-
-
 def _shown(code: str) -> str:
     return f"AADSTS{code}" if code.isdigit() else code
+
+
+def _unavailable(failure: MintError, wait: float) -> TokenUnavailableError:
+    """The 503 of the requests ``failure`` leaves without a token, for ``wait`` more seconds."""
+    return TokenUnavailableError(_shown(failure.code), failure.reason, wait)
 
 
 class TokenSource:
@@ -250,12 +238,12 @@ class TokenSource:
             failure = self._failure
             wait = self._retry_at - self._clock()
             if failure is not None and wait > 0:
-                raise TokenUnavailableError(failure, wait)
+                raise _unavailable(failure, wait)
             task = self._mint_soon()
         try:
             return await asyncio.shield(task)
         except MintError as failure:
-            raise TokenUnavailableError(failure, self._retry_at - self._clock()) from None
+            raise _unavailable(failure, self._retry_at - self._clock()) from None
 
     def _mint_soon(self) -> asyncio.Task[Minted]:
         if self._minting is None or self._minting.done():

@@ -30,6 +30,7 @@ from tests.redisproc import RedisServer
 
 if TYPE_CHECKING:
     from proxy.spans import Spans
+    from tests.otlp_collector import Collector
 
 
 @pytest.fixture(autouse=True)
@@ -192,3 +193,14 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
             assert server.proc is not None
             server.proc.send_signal(signal.SIGCONT)
         await server.stop()
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[Collector]:
+    """A stand-in OTLP/HTTP collector on a free loopback port."""
+    from tests.otlp_collector import Collector  # OpenTelemetry's protobufs: only where used
+
+    started = Collector()
+    await started.start()
+    yield started
+    await started.stop()

@@ -37,7 +37,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import jwt
 from aiohttp import web
@@ -140,27 +140,11 @@ class Provider:
 
     def next_answer(self) -> Answer | None:
         """The planned answer the token request arriving now gets, if any."""
-        if not self._answers:
-            return None
-        answer = self._answers[0]
-        if answer.count <= 1:
-            self._answers.popleft()
-        else:
-            self._answers[0] = replace(answer, count=answer.count - 1)
-        return answer
+        return _take(self._answers)
 
     def next_failure(self) -> Failure | None:
         """The planned failure the token request arriving now gets, if any."""
-        if not self._plan:
-            return None
-        failure = self._plan[0]
-        if failure.count <= 1:
-            self._plan.popleft()
-        else:
-            self._plan[0] = Failure(
-                failure.count - 1, failure.code, failure.status, failure.retry_after
-            )
-        return failure
+        return _take(self._plan)
 
     def record(
         self, tenant: str, client_id: str, credential: str, outcome: str, proof: str = ""
@@ -228,6 +212,21 @@ class Provider:
             "ext_expires_in": lifetime,
             "access_token": token,
         }
+
+
+_Planned = TypeVar("_Planned", Answer, Failure)
+
+
+def _take(plans: deque[_Planned]) -> _Planned | None:
+    """The first of ``plans`` for one token request: the plan's count less one, gone at 0."""
+    if not plans:
+        return None
+    plan = plans[0]
+    if plan.count <= 1:
+        plans.popleft()
+    else:
+        plans[0] = replace(plan, count=plan.count - 1)
+    return plan
 
 
 PROVIDER: Final = web.AppKey("provider", Provider)

@@ -29,15 +29,6 @@ MakeStack = Callable[..., Any]
 
 
 @pytest.fixture
-async def collector() -> AsyncIterator[Collector]:
-    """A stand-in OTLP/HTTP collector on a free loopback port."""
-    started = Collector()
-    await started.start()
-    yield started
-    await started.stop()
-
-
-@pytest.fixture
 async def spans(collector: Collector, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Spans]:
     """The SDK as ``OTEL_TRACES_EXPORTER=otlp`` starts it, exporting to the collector at once."""
     for key in [key for key in os.environ if key.startswith("OTEL_")]:

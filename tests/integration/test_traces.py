@@ -23,15 +23,6 @@ CALLER = {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "rojo=00f067aa
 ECHO = {"X-Simulate": "echo"}
 
 
-@pytest.fixture
-async def collector() -> AsyncIterator[Collector]:
-    """A stand-in OTLP/HTTP collector on a free loopback port."""
-    started = Collector()
-    await started.start()
-    yield started
-    await started.stop()
-
-
 class Running:
     """A proxy process in front of the simulator, and the lines it wrote."""
 
