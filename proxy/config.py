@@ -341,6 +341,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
         "margin": _below(10.0, _duration(math.inf, positive=False)),
         "max_pause": _duration(_DAY),
         "bulk_reserve": _share,
+        "fair_share": _switch,
         "fallback": {
             "expected_replicas": _whole(1, MAX_EXPECTED_REPLICAS),
             "cooldown": _duration(_HOUR),

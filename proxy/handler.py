@@ -320,6 +320,7 @@ class Proxy:
                     asked.bulk,
                     outcome.claims,
                     outcome.family,
+                    client=asked.client,
                 )
         except QuotaExceeded as exc:
             if trace is not None:

@@ -5,7 +5,9 @@ out. The quota package itself takes and returns plain values.
 A caller may lower its deadline with ``X-Defender-Proxy-Max-Wait`` (a duration: ``5s``,
 ``500ms``; never above ``throttle.max_wait``) and choose its priority with
 ``X-Defender-Proxy-Priority: interactive | bulk``. A value that is not one of those is refused
-with 400 in the Defender envelope; neither header is forwarded upstream.
+with 400 in the Defender envelope. ``X-Defender-Proxy-Client`` names the caller for the fair share
+of a full quota (``proxy.quota.fair``); without it the caller's ``User-Agent`` does. None of these
+headers is forwarded upstream.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from proxy.units import parse_duration
 
 MAX_WAIT_HEADER: Final = "X-Defender-Proxy-Max-Wait"
 PRIORITY_HEADER: Final = "X-Defender-Proxy-Priority"
+CLIENT_HEADER: Final = "X-Defender-Proxy-Client"
 PRIORITIES: Final = ("interactive", "bulk")
 
 
@@ -34,11 +37,18 @@ class Control:
 
     max_wait: float | None = None
     bulk: bool | None = None
+    #: the caller's name for the fair share: its ``X-Defender-Proxy-Client``, else ``User-Agent``
+    client: str = ""
 
 
 def control(headers: Mapping[str, str]) -> Control:
     """The caller's control headers, or ``RefusalError`` (400) naming the one that is wrong."""
-    return Control(_max_wait(headers.get(MAX_WAIT_HEADER)), _bulk(headers.get(PRIORITY_HEADER)))
+    client = headers.get(CLIENT_HEADER)
+    if client is None:
+        client = headers.get("User-Agent", "")
+    return Control(
+        _max_wait(headers.get(MAX_WAIT_HEADER)), _bulk(headers.get(PRIORITY_HEADER)), client
+    )
 
 
 def _max_wait(asked: str | None) -> float | None:

@@ -107,6 +107,8 @@ class Throttle:
     margin: float = 0.5
     max_pause: float = 300.0
     bulk_reserve: float = 0.2
+    #: callers waiting on one quota take its queue in turns (``proxy.quota.fair``)
+    fair_share: bool = True
     fallback: Fallback = Fallback()
     routes: tuple[RouteOverride, ...] = ()
     identities: Identities = Identities()

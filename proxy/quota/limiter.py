@@ -43,6 +43,7 @@ from proxy.identity import NO_CLAIMS, Claims, Identities, Labels
 from proxy.leases import Leases
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
+from proxy.quota import fair
 from proxy.quota.families import Families
 from proxy.quota.learned import LearnedLimits
 from proxy.quota.policies import RoutePolicy, RouteSeries, route_table
@@ -290,8 +291,11 @@ class Limiter:
         return limit if max_wait is None else min(limit, max_wait)
 
     def _reserve(self, policy: RoutePolicy, bulk: bool | None) -> float:
-        is_bulk = policy.bulk if bulk is None else bulk
-        return self._throttle.bulk_reserve if is_bulk else 0.0
+        return self._throttle.bulk_reserve if self._is_bulk(policy, bulk) else 0.0
+
+    @staticmethod
+    def _is_bulk(policy: RoutePolicy, bulk: bool | None) -> bool:
+        return policy.bulk if bulk is None else bulk
 
     async def admit(
         self,
@@ -301,6 +305,8 @@ class Limiter:
         bulk: bool | None = None,
         claims: Claims = NO_CLAIMS,
         family: str = "",
+        *,
+        client: str | None = None,
     ) -> Admission:
         """Wait for the request's slot, or raise ``QuotaExceeded``.
 
@@ -308,18 +314,36 @@ class Limiter:
         ``throttle.max_wait``; None: that one); ``bulk`` whether the caller asked for bulk or
         interactive priority (None: the route's). The slot is taken in the quota of the caller
         ``claims`` name (and of the path ``family``, for ``other``).
+
+        ``client`` names the calling tool for the fair share (``throttle.fair_share``; None: no
+        share is kept for it). A request the store defers waits for its caller's turn and asks
+        again, within the same deadline; the time it waited so counts as waiting for its slot.
         """
         policy = self._policy(route)
         deadline = self._deadline(max_wait)
         quota = self._quota_of(route, policy, claims, family)
         reserve = self._reserve(policy, bulk)
-        started = self._clock()
-        decision = await self._ask(quota, member, deadline, reserve, policy.shadow)
-        ended = self._clock()
+        if client is not None and self._throttle.fair_share:
+            member = fair.tagged(fair.tag(client, self._is_bulk(policy, bulk)), member)
+        first = self._clock()
+        deferred = 0.0
+        while True:
+            started = self._clock()
+            decision = await self._ask(
+                quota, member, max(0.0, deadline - (started - first)), reserve, policy.shadow
+            )
+            ended = self._clock()
+            if decision.turn <= 0:
+                break
+            # Deferred: the caller holds its share of the queue. Nothing is held meanwhile, so a
+            # caller that leaves now has nothing to give back.
+            await self._sleep(min(decision.turn, max(0.0, deadline - (ended - first))))
+            deferred = self._clock() - first
         decided = ended - started
         if decision.admitted or policy.shadow:
             self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
         self._store_timer.observe(decided)
+        waited = deferred + max(0.0, decision.wait)
         labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
         children = self._series.of(labels, policy)
         children.show(decision.remaining)
@@ -333,7 +357,7 @@ class Limiter:
         if not decision.admitted:
             children.outcomes["refused"].inc()
             raise QuotaExceeded(route, deadline, decision)
-        if decision.wait > 0:
+        if decision.wait > 0 or deferred > 0:
             try:
                 await self._sleep(decision.wait)
             except asyncio.CancelledError:
@@ -343,13 +367,14 @@ class Limiter:
             if self._paused_until.get(quota.key, 0.0) > self._clock():
                 # The API answered 429 while this caller waited: its slot predates the pause.
                 self._release_later(quota, member)
+                # The member already names its caller: asked again as it is, not tagged twice.
                 return await self.admit(route, fresh_member(member), max_wait, bulk, claims, family)
             outcome = "waited"
         else:
             outcome = "admitted"
-        children.wait.observe(decision.wait)
+        children.wait.observe(waited)
         children.outcomes[outcome].inc()
-        return Admission(quota, decision, outcome, decision.wait, decided)
+        return Admission(quota, decision, outcome, waited, decided)
 
     async def _ask(
         self, quota: Quota, member: str, deadline: float, reserve: float, shadow: bool

@@ -20,6 +20,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
 
 from proxy.leases import Leases
+from proxy.quota.fair import caller_of, deferred
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
 
@@ -46,6 +47,9 @@ class MemoryStore:
         #: per quota, member → slot of the admissions still in a window (and a few that left)
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
+        #: per quota, (slot, member) of the reservations still to come whose member names a
+        #: caller, in order: what the fair share counts
+        self._future: dict[str, list[tuple[int, str]]] = {}
         #: every key above, until (µs) the last time it can change a decision
         self._held: Leases[str] = Leases(on_forget=self._forget)
 
@@ -61,6 +65,7 @@ class MemoryStore:
         self._widths.pop(key, None)
         self._members.pop(key, None)
         self._paused.pop(key, None)
+        self._future.pop(key, None)
         if self._on_forget is not None:
             self._on_forget(key)
 
@@ -140,32 +145,64 @@ class MemoryStore:
         slot = earliest(logs, quota.windows, reserve, start)
         wait = slot - now
         admitted = wait <= round(max_wait * MICROS)
+        caller = caller_of(member)
+        if admitted and caller and not shadow and slot > now:
+            turn = deferred(((caller_of(m), at) for at, m in self._pending(quota.key, now)), caller)
+            if turn is not None:
+                return self._decision(quota, logs, now, False, wait, turn - now), slot
         at = now if shadow else slot
         if shadow or admitted:
             for log in logs:
                 insort(log, at)
             self._members.setdefault(quota.key, {})[member] = at
+            self._note_future(quota.key, member, at, now)
             self._keep(quota, at)
         return self._decision(quota, logs, now, admitted, wait), at
+
+    def _pending(self, key: str, now: int) -> list[tuple[int, str]]:
+        """The reservations of ``key`` still to come that name a caller, those due dropped."""
+        future = self._future.get(key)
+        if not future:
+            return []
+        due = bisect_right(future, (now, "\U0010ffff"))
+        if due:
+            del future[:due]
+        return future
+
+    def _note_future(self, key: str, member: str, at: int, now: int) -> None:
+        if at > now and caller_of(member):
+            insort(self._future.setdefault(key, []), (at, member))
 
     def move(self, quota: Quota, member: str, to: int | None) -> None:
         """Move ``member``'s entry to slot ``to`` (µs), or take it out (None), whenever it is."""
         logs = self._load(quota, self._now())
         members = self._members.setdefault(quota.key, {})
         at = members.pop(member, None)
+        now = self._now()
         if at is not None:
             for log in logs:
                 index = bisect_left(log, at)
                 if index < len(log) and log[index] == at:
                     del log[index]
+            future = self._pending(quota.key, now)
+            index = bisect_left(future, (at, member))
+            if index < len(future) and future[index] == (at, member):
+                del future[index]
         if to is not None:
             for log in logs:
                 insort(log, to)
             members[member] = to
+            self._note_future(quota.key, member, to, now)
             self._keep(quota, to)
 
     def _decision(
-        self, quota: Quota, logs: list[list[int]], now: int, admitted: bool, wait: int
+        self,
+        quota: Quota,
+        logs: list[list[int]],
+        now: int,
+        admitted: bool,
+        wait: int,
+        turn: int = 0,
     ) -> Decision:
         room = [headroom(log, window, now) for log, window in zip(logs, quota.windows, strict=True)]
         paused = max(0, self._paused.get(quota.key, 0) - now)
@@ -175,6 +212,7 @@ class MemoryStore:
             remaining=tuple(r for r, _ in room),
             reset=tuple(t / MICROS for _, t in room),
             paused=paused / MICROS,
+            turn=turn / MICROS,
         )
 
     def used(self, quota: Quota, index: int, at: float) -> int:
@@ -215,6 +253,7 @@ class MemoryStore:
             if member in members:
                 continue
             members[member] = at
+            self._note_future(quota.key, member, at, now)
             self._keep(quota, at)
             for log, window in zip(logs, quota.windows, strict=True):
                 if at > now - window.width:

@@ -174,8 +174,9 @@ class RedisStore:
             admitted=values[0] == 1,
             wait=values[1] / MICROS,
             paused=values[2] / MICROS,
-            remaining=tuple(values[3::2]),
-            reset=tuple(v / MICROS for v in values[4::2]),
+            turn=values[3] / MICROS,
+            remaining=tuple(values[4::2]),
+            reset=tuple(v / MICROS for v in values[5::2]),
         )
 
     async def restore(self, quota: Quota, admissions: Sequence[tuple[str, float]]) -> None:

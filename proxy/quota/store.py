@@ -51,6 +51,9 @@ class Decision:
     reset: tuple[float, ...]
     #: seconds the route stays paused by an upstream 429 (0 when not paused)
     paused: float
+    #: deferred by the fair share (``proxy.quota.fair``): seconds until the caller's own earliest
+    #: reservation comes due, when it may ask again; 0 for any other decision
+    turn: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,11 @@ class QuotaStore(Protocol):
         shadow: bool,
         not_before: float = 0.0,
     ) -> Decision:
-        """Reserve the earliest slot within ``max_wait`` seconds, or refuse.
+        """Reserve the earliest slot within ``max_wait`` seconds, or refuse, or defer.
+
+        A ``member`` tagged with its caller (``proxy.quota.fair``) that would take a future slot
+        while its caller already holds its share of the queue takes none: the decision is not
+        admitted and its ``turn`` says when to ask again.
 
         ``reserve`` is the share of every window this request may not use (bulk). In ``shadow``
         mode the decision is computed but the admission is logged now, whatever it says. The slot

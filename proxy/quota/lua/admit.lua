@@ -12,7 +12,9 @@
 -- ARGV[5+2n] now (optional): the time to decide at; absent or empty means the server's TIME.
 --            Given only by tests that replay schedule.py's arithmetic at chosen times.
 -- ARGV[6+2n] not_before (optional): µs from now before which no slot is given
--- Returns {admitted, wait, paused, remaining1, reset1, remaining2, reset2, …}
+-- Returns {admitted, wait, paused, turn, remaining1, reset1, remaining2, reset2, …}
+-- turn > 0: deferred by the fair share (proxy/quota/fair.py, ported by `deferred` below): no
+-- slot taken, the caller may ask again in turn µs.
 
 local n = #KEYS - 1
 local now
@@ -96,8 +98,45 @@ while true do
   if not moved then break end
 end
 
+-- The fair share: a member "<tag>~<id>" names its caller. A caller that already holds as many
+-- reservations still to come as the fewest held by another waiting caller of its priority (the
+-- tag's first letter) takes no future slot now: it asks again when its earliest one is due.
+-- Every admission is in every window's set, so the first window's set holds every reservation.
+local function deferred(caller)
+  local future = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. num(now), '+inf', 'WITHSCORES')
+  local held, mine, count = {}, nil, 0
+  for j = 1, #future, 2 do
+    local other = string.match(future[j], '^([^~]+)~')
+    if other and string.sub(other, 1, 1) == string.sub(caller, 1, 1) then
+      if other == caller then
+        count = count + 1
+        local slot = tonumber(future[j + 1])
+        if mine == nil or slot < mine then mine = slot end
+      else
+        held[other] = (held[other] or 0) + 1
+      end
+    end
+  end
+  if count == 0 then return nil end
+  local fewest = nil
+  for _, n in pairs(held) do
+    if fewest == nil or n < fewest then fewest = n end
+  end
+  if fewest == nil or count < fewest then return nil end
+  return mine
+end
+
 local wait = t - now
 local admitted = wait <= max_wait
+local turn = 0
+local caller = string.match(member, '^([^~]+)~')
+if admitted and caller and not shadow and t > now then
+  local due = deferred(caller)
+  if due ~= nil then
+    admitted = false
+    turn = due - now
+  end
+end
 local at = t
 if shadow then at = now end
 if shadow or admitted then
@@ -112,7 +151,7 @@ if shadow or admitted then
   end
 end
 
-local result = {admitted and 1 or 0, wait, math.max(0, paused_until - now)}
+local result = {admitted and 1 or 0, wait, math.max(0, paused_until - now), turn}
 for i = 1, #windows do
   local key, limit, width = windows[i][1], windows[i][2], windows[i][3]
   local first = upto(key, now - width)
