@@ -3,7 +3,8 @@
 A property over random quotas (one to three windows), reserves, deadlines, pauses, logs of
 earlier admissions (reservations still to come among them) and times: ``admit.lua`` on a private
 redis-server, given the same time through its ``now`` argument, returns the same decision as
-``MemoryStore`` to the microsecond — admitted, wait, remaining, reset and pause.
+``MemoryStore`` to the microsecond — admitted, wait, remaining, reset, pause and the fair share's
+turn (the log's admissions and the new one each named for a caller, or for none).
 """
 
 from __future__ import annotations
@@ -44,14 +45,21 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     windows = tuple(Window(draw(st.integers(1, 6)), width) for width in widths)
     widest = max(widths)
     now = draw(st.integers(10**6, 10**12))
-    log = draw(st.lists(st.integers(now - 2 * widest, now + 2 * widest), max_size=20))
+    # Half the cases hold a queue (reservations still to come, of a few callers), where the fair
+    # share decides; the others spread their log around now.
+    queued = draw(st.booleans())
+    low = now if queued else now - 2 * widest
+    log = draw(st.lists(st.integers(low, now + 2 * widest), max_size=20))
+    callers = st.sampled_from(["ia", "ib", "ia", "ib", "ic", "ba", ""])
     return {
+        "callers": [draw(callers) for _ in log],
+        "caller": draw(callers),
         "windows": windows,
         "now": now,
         "log": log,
         "reserve": draw(st.sampled_from([0.0, 0.2, 0.5, 0.9])),
-        "max_wait": draw(st.integers(0, 3 * widest)),
-        "shadow": draw(st.booleans()),
+        "max_wait": draw(st.integers(0, 3 * widest)) if not queued else 10 * widest,
+        "shadow": draw(st.booleans()) and not queued,
         "pause": draw(st.sampled_from([0, 0, 0, 1, widest, 3 * widest])),
         "not_before": draw(st.sampled_from([0, 0, 1, widest])),
     }
@@ -62,12 +70,13 @@ async def _in_redis(store: RedisStore, case: dict[str, Any]) -> Decision:
     await store.client.execute_command("FLUSHDB")
     for window in quota.windows:
         for index, at in enumerate(case["log"]):
-            await store.client.execute_command("ZADD", f"{KEY}:w{window.width}", at, f"e{index}")
+            member = _member(case["callers"][index], f"e{index}")
+            await store.client.execute_command("ZADD", f"{KEY}:w{window.width}", at, member)
     if case["pause"]:
         await store.client.execute_command("SET", f"{KEY}:pause", case["now"] + case["pause"])
     return await store.admit(
         quota,
-        "new",
+        _member(case["caller"], "new"),
         case["max_wait"] / MICROS,
         case["reserve"],
         case["shadow"],
@@ -76,16 +85,25 @@ async def _in_redis(store: RedisStore, case: dict[str, Any]) -> Decision:
     )
 
 
+def _member(caller: str, name: str) -> str:
+    return f"{caller}~{name}" if caller else name
+
+
 async def _in_memory(case: dict[str, Any]) -> Decision:
     quota = Quota(KEY, case["windows"])
     store = MemoryStore(lambda: case["now"] / MICROS)
-    for at in case["log"]:
-        store.record(quota, at / MICROS)
+    await store.restore(
+        quota,
+        [
+            (_member(caller, f"e{index}"), (case["now"] - at) / MICROS)
+            for index, (caller, at) in enumerate(zip(case["callers"], case["log"], strict=True))
+        ],
+    )
     if case["pause"]:
         await store.pause(quota, case["pause"] / MICROS)
     return await store.admit(
         quota,
-        "new",
+        _member(case["caller"], "new"),
         case["max_wait"] / MICROS,
         case["reserve"],
         case["shadow"],
