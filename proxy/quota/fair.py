@@ -2,11 +2,19 @@
 
 Without it, the queue of a full quota is first come, first served: a tool with eight workers
 holds eight reservations for each one of a tool with a single worker, and finishes long before it.
-With it, a caller may hold a future slot (a reservation) only while it holds fewer of them than
-every other caller of the same priority that is waiting too; otherwise its request is *deferred*:
-it takes no slot, and asks again when its own earliest reservation comes due. The callers that
-wait thus take the queue's slots in turns, each at most one ahead of the others, whatever their
-numbers of workers. A slot free now is taken by whoever asks: the share only orders a queue.
+With it, the callers' use of the quota is compared: what each was admitted within the quota's
+narrowest window, reservations still to come included. A caller may take a future slot (a
+reservation) while it holds none, or while it has used less than every other caller of the same
+priority that uses the quota too; otherwise its request is *deferred*: it takes no slot, and asks
+again when its own earliest reservation comes due. The callers thus take the queue's slots in
+turns, and one that arrived late (or whose workers are few) catches up with the others within a
+window, whatever their numbers of workers. A slot free now is taken by whoever asks: the share only
+orders a queue, and a deferred caller always holds a reservation of its own, so no slot is left
+unused.
+
+Recent slots count, not only reservations: between its answer and its next request (the API's
+own time, milliseconds to seconds) a caller holds nothing, and another caller's many workers,
+woken by the same slot, would otherwise take the whole queue in that gap.
 
 The rule lives in the stores, next to the reservations it counts, so that it holds across replicas
 (the Redis script ports ``deferred`` step for step). A caller is named by a tag in front of the
@@ -47,22 +55,23 @@ def caller_of(member: str) -> str:
     return head if sep else ""
 
 
-def deferred(reservations: Iterable[tuple[str, int]], caller: str) -> int | None:
+def deferred(entries: Iterable[tuple[str, int]], caller: str, now: int) -> int | None:
     """When ``caller`` may ask again (its earliest reservation), or None if it may reserve now.
 
-    ``reservations`` are (tag, slot) of the slots still to come; untagged ones are skipped. The
-    caller may reserve while it holds none, or fewer than each other waiting caller of its
-    priority (the tags' initial) holds.
+    ``entries`` are (tag, slot) of the admissions from the quota's narrowest window on: those
+    after ``now`` are reservations; untagged ones are skipped. The caller may reserve while it
+    holds no reservation, or while it has fewer entries than each other caller of its priority
+    (the tags' initial) has.
     """
-    held: dict[str, int] = {}
+    used: dict[str, int] = {}
     mine: int | None = None
-    for other, slot in reservations:
+    for other, slot in entries:
         if not other or other[0] != caller[0]:
             continue
-        held[other] = held.get(other, 0) + 1
-        if other == caller and (mine is None or slot < mine):
+        used[other] = used.get(other, 0) + 1
+        if other == caller and slot > now and (mine is None or slot < mine):
             mine = slot
-    count = held.pop(caller, 0)
-    if count == 0 or not held or count < min(held.values()):
+    count = used.pop(caller, 0)
+    if mine is None or not used or count < min(used.values()):
         return None
     return mine

@@ -47,9 +47,9 @@ class MemoryStore:
         #: per quota, member → slot of the admissions still in a window (and a few that left)
         self._members: dict[str, dict[str, int]] = {}
         self._paused: dict[str, int] = {}
-        #: per quota, (slot, member) of the reservations still to come whose member names a
-        #: caller, in order: what the fair share counts
-        self._future: dict[str, list[tuple[int, str]]] = {}
+        #: per quota, (slot, member) of the admissions from its narrowest window on whose member
+        #: names a caller, in order: what the fair share counts
+        self._callers: dict[str, list[tuple[int, str]]] = {}
         #: every key above, until (µs) the last time it can change a decision
         self._held: Leases[str] = Leases(on_forget=self._forget)
 
@@ -65,7 +65,7 @@ class MemoryStore:
         self._widths.pop(key, None)
         self._members.pop(key, None)
         self._paused.pop(key, None)
-        self._future.pop(key, None)
+        self._callers.pop(key, None)
         if self._on_forget is not None:
             self._on_forget(key)
 
@@ -147,7 +147,8 @@ class MemoryStore:
         admitted = wait <= round(max_wait * MICROS)
         caller = caller_of(member)
         if admitted and caller and not shadow and slot > now:
-            turn = deferred(((caller_of(m), at) for at, m in self._pending(quota.key, now)), caller)
+            recent = self._recent(quota, now)
+            turn = deferred(((caller_of(m), at) for at, m in recent), caller, now)
             if turn is not None:
                 return self._decision(quota, logs, now, False, wait, turn - now), slot
         at = now if shadow else slot
@@ -155,23 +156,23 @@ class MemoryStore:
             for log in logs:
                 insort(log, at)
             self._members.setdefault(quota.key, {})[member] = at
-            self._note_future(quota.key, member, at, now)
+            self._note_caller(quota, member, at, now)
             self._keep(quota, at)
         return self._decision(quota, logs, now, admitted, wait), at
 
-    def _pending(self, key: str, now: int) -> list[tuple[int, str]]:
-        """The reservations of ``key`` still to come that name a caller, those due dropped."""
-        future = self._future.get(key)
-        if not future:
+    def _recent(self, quota: Quota, now: int) -> list[tuple[int, str]]:
+        """The admissions of ``quota`` that name a caller, from its narrowest window on."""
+        entries = self._callers.get(quota.key)
+        if not entries:
             return []
-        due = bisect_right(future, (now, "\U0010ffff"))
-        if due:
-            del future[:due]
-        return future
+        gone = bisect_right(entries, (now - min(w.width for w in quota.windows), "\U0010ffff"))
+        if gone:
+            del entries[:gone]
+        return entries
 
-    def _note_future(self, key: str, member: str, at: int, now: int) -> None:
-        if at > now and caller_of(member):
-            insort(self._future.setdefault(key, []), (at, member))
+    def _note_caller(self, quota: Quota, member: str, at: int, now: int) -> None:
+        if caller_of(member) and at > now - min(w.width for w in quota.windows):
+            insort(self._callers.setdefault(quota.key, []), (at, member))
 
     def move(self, quota: Quota, member: str, to: int | None) -> None:
         """Move ``member``'s entry to slot ``to`` (µs), or take it out (None), whenever it is."""
@@ -184,15 +185,15 @@ class MemoryStore:
                 index = bisect_left(log, at)
                 if index < len(log) and log[index] == at:
                     del log[index]
-            future = self._pending(quota.key, now)
-            index = bisect_left(future, (at, member))
-            if index < len(future) and future[index] == (at, member):
-                del future[index]
+            entries = self._recent(quota, now)
+            index = bisect_left(entries, (at, member))
+            if index < len(entries) and entries[index] == (at, member):
+                del entries[index]
         if to is not None:
             for log in logs:
                 insort(log, to)
             members[member] = to
-            self._note_future(quota.key, member, to, now)
+            self._note_caller(quota, member, to, now)
             self._keep(quota, to)
 
     def _decision(
@@ -253,7 +254,7 @@ class MemoryStore:
             if member in members:
                 continue
             members[member] = at
-            self._note_future(quota.key, member, at, now)
+            self._note_caller(quota, member, at, now)
             self._keep(quota, at)
             for log, window in zip(logs, quota.windows, strict=True):
                 if at > now - window.width:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -97,10 +98,15 @@ async def test_control_headers_are_not_forwarded(make_stack: Any) -> None:
     stack: Stack = await make_stack(quota=True, throttle=throttle("10/1m"))
     response = await stack.client.get(
         "/api/machines",
-        headers={"X-Simulate": "echo", "X-Defender-Proxy-Priority": "bulk"},
+        headers={
+            "X-Simulate": "echo",
+            "X-Defender-Proxy-Priority": "bulk",
+            "X-Defender-Proxy-Client": "soar",
+        },
     )
     names = {name.lower() for name, _ in (await response.json())["headers"]}
     assert "x-defender-proxy-priority" not in names
+    assert "x-defender-proxy-client" not in names
     assert "x-simulate" in names
 
 
@@ -274,3 +280,42 @@ async def test_a_429_is_explained_without_a_quota_too(make_stack: Any) -> None:
         pass
     line = stack.logs.lines("request")[-1]
     assert (line["status"], line["cause"], line["stated_limit"]) == (429, "calls", "100/1m")
+
+
+@pytest.mark.parametrize("fair_share", [True, False])
+async def test_a_tool_with_many_workers_takes_turns_with_a_single_worker(
+    make_stack: Any, fair_share: bool
+) -> None:
+    """Two tools, 12 calls each, one on six workers and one on a single worker, on 2/200ms: with
+    the fair share, once the single worker is queued the API never receives more than two calls
+    of the other tool in a row; first come, first served, it receives four or more."""
+    stack: Stack = await make_stack(
+        quota=True, throttle=throttle("2/200ms", max_wait=10.0, fair_share=fair_share)
+    )
+    ids = {tool: [str(uuid.uuid4()) for _ in range(12)] for tool in ("soar", "siem")}
+    # The SIEM connector names itself only by its User-Agent, the SOAR by the proxy's header.
+    headers = {"soar": {"X-Defender-Proxy-Client": "soar"}, "siem": {"User-Agent": "siem/1.0"}}
+
+    async def worker(tool: str, mine: list[str]) -> None:
+        while mine:
+            request_id = mine.pop()
+            response = await stack.client.get(
+                "/api/machines", headers={"client-request-id": request_id, **headers[tool]}
+            )
+            assert response.status == 200
+
+    pending = {tool: list(given) for tool, given in ids.items()}
+    workers = [worker("soar", pending["soar"]) for _ in range(6)]
+    await asyncio.gather(*workers, worker("siem", pending["siem"]))
+    async with stack.client.session.get(stack.upstream.make_url("/_sim/requests")) as response:
+        order = [
+            "s" if entry["id"] in ids["siem"] else "o"
+            for entry in (await response.json())["requests"]
+        ]
+    assert len(order) == 24
+    after = "".join(order[order.index("s") : len(order) - order[::-1].index("o")])
+    longest = max(len(run) for run in after.split("s"))
+    if fair_share:
+        assert longest <= 2
+    else:
+        assert longest >= 4

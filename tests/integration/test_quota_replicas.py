@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,3 +324,44 @@ async def test_upstream_429_pauses_the_other_replicas_too(
     assert (sample(texts[1], name) or 0) == 0  # B learned of the pause from Redis, not the API
     # The refused request never reached the API: the throttled one and the held one did.
     assert upstream["requests"] == 2, upstream
+
+
+# -- the fair share across replicas ---------------------------------------------------------------
+
+
+async def test_sidecars_share_one_quota_fairly_through_redis(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    """Two sidecars on one Redis, a six-worker tool behind one and a single-worker tool behind
+    the other: once the single worker is queued, the API never gets three calls in a row from
+    the six workers — the turns are kept in Redis, not in either replica (first come, first
+    served, it gets six)."""
+    simulator = await cluster.simulator("2/200ms")
+    soar, siem = await cluster.replicas(
+        2,
+        simulator,
+        f"{{store: '{redis_server.url}', namespace: fair, max_wait: 10s, margin: 20ms,"
+        " routes: [{name: machines.list, limits: ['2/200ms']}]}",
+    )
+    ids = {tool: [str(uuid.uuid4()) for _ in range(12)] for tool in ("soar", "siem")}
+
+    async def worker(session: aiohttp.ClientSession, url: str, tool: str, mine: list[str]) -> None:
+        while mine:
+            headers = {"client-request-id": mine.pop(), "X-Defender-Proxy-Client": tool}
+            async with session.get(f"{url}/api/machines", headers=headers) as response:
+                assert response.status == 200
+
+    pending = {tool: list(given) for tool, given in ids.items()}
+    async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+        await asyncio.gather(
+            *(worker(session, soar.url, "soar", pending["soar"]) for _ in range(6)),
+            worker(session, siem.url, "siem", pending["siem"]),
+        )
+        async with session.get(f"http://127.0.0.1:{simulator}/_sim/requests") as response:
+            entries = (await response.json())["requests"]
+        upstream = await stats(session, simulator)
+    assert upstream["throttled"] == 0, upstream
+    order = "".join("s" if entry["id"] in ids["siem"] else "o" for entry in entries)
+    assert len(order) == 24
+    after = order[order.index("s") : order.rindex("o") + 1]
+    assert max(len(run) for run in after.split("s")) <= 2, order

@@ -28,21 +28,35 @@ def test_a_tagged_member_gives_its_caller_back_and_an_untagged_one_none() -> Non
 
 
 def test_a_caller_alone_in_the_queue_reserves_as_much_as_it_likes() -> None:
-    """With no other caller waiting, holding reservations defers nothing."""
-    assert fair.deferred([("ia", 10), ("ia", 20), ("", 5)], "ia") is None
+    """With no other caller using the quota, holding reservations defers nothing."""
+    assert fair.deferred([("ia", 10), ("ia", 20), ("", 5)], "ia", now=0) is None
 
 
 def test_a_caller_ahead_of_another_waits_for_its_earliest_slot() -> None:
     """Holding as many as the other waiting caller: deferred until its own earliest slot."""
     queue = [("ia", 30), ("ib", 15), ("ia", 20)]
-    assert fair.deferred(queue, "ia") == 20
-    assert fair.deferred(queue, "ib") is None
+    assert fair.deferred(queue, "ia", now=0) == 20
+    assert fair.deferred(queue, "ib", now=0) is None
+
+
+def test_a_caller_between_its_slot_and_its_next_request_still_counts() -> None:
+    """A caller whose slot has just come holds nothing, yet uses the quota: one ahead waits."""
+    entries = [("ib", 90), ("ia", 120)]
+    assert fair.deferred(entries, "ia", now=100) == 120
+    assert fair.deferred(entries, "ib", now=100) is None
+
+
+def test_a_caller_that_came_late_catches_up() -> None:
+    """Three reservations against four entries of the other caller: it may take another."""
+    entries = [("ia", 90), ("ia", 95), ("ia", 110), ("ia", 120), ("ib", 130), ("ib", 140)]
+    assert fair.deferred(entries, "ib", now=100) is None
+    assert fair.deferred(entries, "ia", now=100) == 110
 
 
 def test_callers_of_another_priority_and_untagged_slots_do_not_count() -> None:
     """A bulk caller's queue does not defer an interactive one, nor do untagged reservations."""
     queue = [("ia", 10), ("bz", 11), ("", 12), ("", 13)]
-    assert fair.deferred(queue, "ia") is None
+    assert fair.deferred(queue, "ia", now=0) is None
 
 
 @given(
@@ -50,18 +64,21 @@ def test_callers_of_another_priority_and_untagged_slots_do_not_count() -> None:
         st.tuples(st.sampled_from(["", "ia", "ib", "ic", "ba"]), st.integers(1, 100)), max_size=30
     ),
     st.sampled_from(["ia", "ib", "ba"]),
+    st.integers(0, 100),
 )
-def test_deferred_exactly_when_no_waiting_caller_holds_more(
-    queue: list[tuple[str, int]], caller: str
+def test_deferred_exactly_when_the_caller_has_used_no_less_than_another(
+    entries: list[tuple[str, int]], caller: str, now: int
 ) -> None:
-    """Deferred iff the caller holds some, another of its priority waits, and none holds more."""
-    held: dict[str, int] = {}
-    for other, _ in queue:
+    """Deferred iff the caller holds a reservation and has as many entries as the fewest another
+    caller of its priority has; then until the caller's earliest reservation."""
+    used: dict[str, int] = {}
+    for other, _ in entries:
         if other and other[0] == caller[0]:
-            held[other] = held.get(other, 0) + 1
-    mine = held.pop(caller, 0)
-    expect_deferred = mine > 0 and bool(held) and mine >= min(held.values())
-    answer = fair.deferred(queue, caller)
+            used[other] = used.get(other, 0) + 1
+    mine = used.pop(caller, 0)
+    ahead = [slot for other, slot in entries if other == caller and slot > now]
+    expect_deferred = bool(ahead) and bool(used) and mine >= min(used.values())
+    answer = fair.deferred(entries, caller, now)
     assert (answer is not None) == expect_deferred
     if answer is not None:
-        assert answer == min(slot for other, slot in queue if other == caller)
+        assert answer == min(ahead)

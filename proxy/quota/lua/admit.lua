@@ -98,28 +98,34 @@ while true do
   if not moved then break end
 end
 
--- The fair share: a member "<tag>~<id>" names its caller. A caller that already holds as many
--- reservations still to come as the fewest held by another waiting caller of its priority (the
--- tag's first letter) takes no future slot now: it asks again when its earliest one is due.
--- Every admission is in every window's set, so the first window's set holds every reservation.
+-- The fair share: a member "<tag>~<id>" names its caller. A caller that holds a reservation
+-- still to come, and has as many entries within the narrowest window (reservations included) as
+-- the fewest another caller of its priority (the tag's first letter) has, takes no future slot
+-- now: it asks again when its earliest reservation is due. Every admission is in every window's
+-- set, so the first window's set holds every entry of the narrowest window.
 local function deferred(caller)
-  local future = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. num(now), '+inf', 'WITHSCORES')
-  local held, mine, count = {}, nil, 0
-  for j = 1, #future, 2 do
-    local other = string.match(future[j], '^([^~]+)~')
+  local narrowest = windows[1][3]
+  for i = 2, #windows do
+    if windows[i][3] < narrowest then narrowest = windows[i][3] end
+  end
+  local entries = redis.call(
+    'ZRANGEBYSCORE', KEYS[2], '(' .. num(now - narrowest), '+inf', 'WITHSCORES')
+  local used, mine, count = {}, nil, 0
+  for j = 1, #entries, 2 do
+    local other = string.match(entries[j], '^([^~]+)~')
     if other and string.sub(other, 1, 1) == string.sub(caller, 1, 1) then
       if other == caller then
         count = count + 1
-        local slot = tonumber(future[j + 1])
-        if mine == nil or slot < mine then mine = slot end
+        local slot = tonumber(entries[j + 1])
+        if slot > now and (mine == nil or slot < mine) then mine = slot end
       else
-        held[other] = (held[other] or 0) + 1
+        used[other] = (used[other] or 0) + 1
       end
     end
   end
-  if count == 0 then return nil end
+  if mine == nil then return nil end
   local fewest = nil
-  for _, n in pairs(held) do
+  for _, n in pairs(used) do
     if fewest == nil or n < fewest then fewest = n end
   end
   if fewest == nil or count < fewest then return nil end
