@@ -63,7 +63,8 @@ def launch(
 def _ping(port: int, timeout: float) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout) as sock:
         sock.sendall(encode("PING"))
-        return sock.makefile("rb").readline().rstrip(b"\r\n")
+        # The reply is one short line; a partial read only means one more try.
+        return sock.recv(64).split(b"\r\n", 1)[0]
 
 
 def wait_answers(port: int, proc: subprocess.Popen[bytes], seconds: float = 15.0) -> None:
