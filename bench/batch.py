@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import services, start_proxy, start_simulator, unwind_on_sigterm
+from bench.services import services, start_proxy, start_simulator, unwind_on_sigterm
 
 LIMIT = "25/2s"
 BATCHES = 4

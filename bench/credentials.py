@@ -33,20 +33,13 @@ from pathlib import Path
 import trustme
 import uvloop
 
-from bench.common import (
-    Service,
-    free_port,
-    medians,
-    scratch_dir,
-    services,
-    unwind_on_sigterm,
-    wait_port,
-    write_json,
-)
+from bench.services import Service, scratch_dir, services, unwind_on_sigterm, wait_port
+from bench.stats import medians, write_json
 from proxy import forward
 from proxy.credentials import Credentials
 from proxy.metrics import Metrics
 from proxy.tokens import TokenSource
+from tests.support.ports import free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CALLS = int(os.environ.get("BENCH_CALLS", "200000"))

@@ -13,19 +13,9 @@ import time
 
 import aiohttp
 
-from bench.common import (
-    ROOT,
-    fixed_rate,
-    medians,
-    meets,
-    percentile,
-    rss_mib,
-    services,
-    start_proxy,
-    start_simulator,
-    write_json,
-    wrk,
-)
+from bench.load import fixed_rate, wrk
+from bench.services import ROOT, services, start_proxy, start_simulator
+from bench.stats import medians, meets, percentile, rss_mib, write_json
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 RATE = 200.0  # requests/s to each of the direct and the proxied URL

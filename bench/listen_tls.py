@@ -21,17 +21,15 @@ from pathlib import Path
 
 import trustme
 
-from bench.common import (
+from bench.services import (
     BENCH_THROTTLE,
-    medians,
-    percentile,
     scratch_dir,
     services,
     start_proxy,
     start_simulator,
     unwind_on_sigterm,
-    write_json,
 )
+from bench.stats import medians, percentile, write_json
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CALLS = int(os.environ.get("BENCH_CALLS", "2000"))

@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import Service, free_port, ready
+from bench.services import Service, ready
+from tests.support.ports import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

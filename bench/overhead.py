@@ -61,16 +61,11 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import (
+from bench.nginx import start_nginx, worker_pid
+from bench.services import (
     BENCH_THROTTLE,
     ROOT,
     Service,
-    cpu_seconds,
-    finite,
-    median,
-    meets,
-    percentile,
-    rss_mib,
     scratch_dir,
     start_collector,
     start_proxy,
@@ -79,9 +74,8 @@ from bench.common import (
     stop_all,
     tracing_env,
     unwind_on_sigterm,
-    write_json,
 )
-from bench.nginx import start_nginx, worker_pid
+from bench.stats import cpu_seconds, finite, median, meets, percentile, rss_mib, write_json
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))

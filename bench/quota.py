@@ -61,16 +61,12 @@ from typing import Any
 import aiohttp
 import redis.asyncio as redis
 
-from bench.common import (
+from bench.load import Offered, offer
+from bench.quota_naive import NaiveReplicas, max_in_window
+from bench.services import (
     ROOT,
-    Offered,
     Service,
     SimulatorClient,
-    finite,
-    medians,
-    meets,
-    offer,
-    percentile,
     request_lines,
     scrape,
     scratch_dir,
@@ -79,9 +75,8 @@ from bench.common import (
     start_redis,
     start_simulator,
     unwind_on_sigterm,
-    write_json,
 )
-from bench.quota_naive import NaiveReplicas, max_in_window
+from bench.stats import finite, medians, meets, percentile, write_json
 from proxy.errors import PROXY_HEADER
 from proxy.quota.schedule import Window, earliest
 

@@ -29,19 +29,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as redis
 
-from bench.common import (
-    ROOT,
-    SimulatorClient,
-    median,
-    offer,
-    scratch_dir,
-    services,
-    start_proxies,
-    start_redis,
-    start_simulator,
-    unwind_on_sigterm,
-    write_json,
-)
+from bench.load import offer
 from bench.quota import (
     LIMIT,
     MARGIN,
@@ -52,6 +40,17 @@ from bench.quota import (
     most_allowed,
     replicas_config,
 )
+from bench.services import (
+    ROOT,
+    SimulatorClient,
+    scratch_dir,
+    services,
+    start_proxies,
+    start_redis,
+    start_simulator,
+    unwind_on_sigterm,
+)
+from bench.stats import median, write_json
 from proxy.simulator.tokens import bearer
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

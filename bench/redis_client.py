@@ -15,7 +15,8 @@ import time
 
 import uvloop
 
-from bench.common import median, scratch_dir, start_redis, stop_all, write_json
+from bench.services import scratch_dir, start_redis, stop_all
+from bench.stats import median, write_json
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Quota, as_windows
 

@@ -31,16 +31,15 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import (
+from bench.services import (
     Service,
-    percentile,
     scratch_dir,
     services,
     start_proxy,
     start_simulator,
     unwind_on_sigterm,
-    write_json,
 )
+from bench.stats import percentile, write_json
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))

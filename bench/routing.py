@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 
-from bench.common import median, write_json
+from bench.stats import median, write_json
 from proxy.canonical import canonical_path
 from proxy.catalogue import RouteSpec
 from proxy.guard import MAX_PATH

@@ -23,17 +23,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.common import (
+from bench.services import (
     Service,
-    percentile,
-    rss_mib,
     scrape,
     services,
     start_proxy,
     start_simulator,
     unwind_on_sigterm,
-    write_json,
 )
+from bench.stats import percentile, rss_mib, write_json
 
 ATTACKERS = int(os.environ.get("BENCH_SLOWLORIS", "2000"))
 SECONDS = float(os.environ.get("BENCH_SLOWLORIS_SECONDS", "60"))

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import (
-    rss_mib,
+from bench.services import (
     scratch_dir,
     services,
     start_proxy,
     start_redis,
     start_simulator,
     unwind_on_sigterm,
-    write_json,
 )
+from bench.stats import rss_mib, write_json
 from proxy.config import Settings
 
 SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))

@@ -14,7 +14,8 @@ import asyncio
 import time
 from collections import Counter
 
-from bench.common import services, start_proxy, start_simulator, unwind_on_sigterm, write_json
+from bench.services import services, start_proxy, start_simulator, unwind_on_sigterm
+from bench.stats import write_json
 
 CONFIG = (
     "timeouts: {caller: 2s, pool: 1s}\n"

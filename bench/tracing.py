@@ -40,15 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ROOT,
-    Service,
-    cpu_seconds,
-    start_collector,
-    start_proxy,
-    start_simulator,
-    stop_all,
-)
+from bench.services import ROOT, Service, start_collector, start_proxy, start_simulator, stop_all
+from bench.stats import cpu_seconds
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))

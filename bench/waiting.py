@@ -13,7 +13,8 @@ import time
 
 import aiohttp
 
-from bench.common import rss_mib, services, start_proxy, start_simulator, write_json
+from bench.services import services, start_proxy, start_simulator
+from bench.stats import rss_mib, write_json
 
 CALLERS = int(os.environ.get("BENCH_WAITERS", "10000"))
 BATCH = 500

@@ -26,7 +26,7 @@ from proxy.quota.limiter import Limiter
 from proxy.quota.memory import MemoryStore
 from proxy.routing import Router
 from proxy.simulator import SimConfig, make_app
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 if TYPE_CHECKING:
     from proxy.spans import Spans

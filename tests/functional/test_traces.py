@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from proxy.spans import Spans
 from tests.conftest import LogCapture, Stack
 from tests.functional.test_quota import throttle
 from tests.otlp_collector import Collector, ExportedSpan
+from tests.support.ports import free_port
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -184,9 +184,7 @@ async def test_an_unreachable_upstream_fails_both_spans(
 ) -> None:
     """An exchange that got no answer ends as an error of its kind; the proxy's 502 makes the
     server span an error too."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()
     stack: Stack = await make_stack(tracing=spans, upstream=f"http://127.0.0.1:{closed}")
     async with stack.client.get("/api/machines", headers=CALLER) as response:
         assert response.status == 502

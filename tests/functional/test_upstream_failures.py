@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from proxy.errors import PROXY_HEADER
 from tests.conftest import Stack
 from tests.faultkit import until
 from tests.httpraw import RawResponse, exchange
+from tests.support.ports import free_port
 
 FAILURES = "defender_proxy_upstream_failures_total"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -161,14 +161,6 @@ async def test_an_impossible_status_is_a_502_never_relayed(
     line = failure_line(stack, "protocol")
     assert line["cause"] == f"the upstream sent status {status.decode()}"
     assert stack.sample(FAILURES, route="machines.list", kind="protocol") == 1
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_a_refused_connection_says_refused(make_stack: Any) -> None:

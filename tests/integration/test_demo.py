@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.faultkit import sample
-from tests.redisproc import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "deploy" / "demo.sh"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.simulator.behaviour import TARGET_HEADER
 from tests.procs import Process, start_cli
-from tests.redisproc import free_port
+from tests.support.ports import free_port
 
 
 @dataclass

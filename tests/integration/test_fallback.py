@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from typing import Any
 
 import pytest
@@ -12,7 +11,8 @@ import pytest
 from proxy.quota.fallback import FallbackStore
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Decision, Quota, StoreUnavailable, as_windows
-from tests.redisproc import RedisServer
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 
 class Clock:
@@ -23,12 +23,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed again: nothing listens there
 
 
 def _store(url: str, clock: Clock, changes: list[bool]) -> FallbackStore[RedisStore]:
@@ -48,7 +42,7 @@ async def test_dead_store_falls_back_to_the_local_share() -> None:
     """With Redis unreachable each replica admits a third of the limit, and says so once."""
     clock = Clock()
     changes: list[bool] = []
-    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    store = _store(f"redis://127.0.0.1:{free_port()}/0", clock, changes)
     admitted = [(await store.admit(QUOTA, f"m{i}", 0.0, 0.0, False)).admitted for i in range(4)]
     assert admitted == [True, True, True, False]
     assert changes == [True]
@@ -60,7 +54,7 @@ async def test_open_breaker_does_not_call_the_store(monkeypatch: pytest.MonkeyPa
     """While the breaker is open, admissions do not wait on the dead store at all."""
     clock = Clock()
     changes: list[bool] = []
-    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    store = _store(f"redis://127.0.0.1:{free_port()}/0", clock, changes)
     await store.admit(QUOTA, "first", 0.0, 0.0, False)
     calls: list[str] = []
     shared_admit = store.shared.admit
@@ -107,7 +101,7 @@ async def test_a_call_from_before_the_failure_does_not_close_the_breaker() -> No
     """Only a call that began after the breaker opened may close it."""
     clock = Clock()
     changes: list[bool] = []
-    store = _store(f"redis://127.0.0.1:{_dead_port()}/0", clock, changes)
+    store = _store(f"redis://127.0.0.1:{free_port()}/0", clock, changes)
     began = clock.now
     clock.now += 0.01
     store._failed(StoreUnavailable("TimeoutError", ""))

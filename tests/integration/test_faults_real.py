@@ -50,7 +50,8 @@ from tests.faultkit import (
     until,
 )
 from tests.httpraw import read_response
-from tests.redisproc import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import sys
 
 import orjson
 
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 # Start tracing and build the app with the settings the environment gives, as `run` does; start it
 # (the admin app's cleanup context opens the upstream pool, opens the quota store and warms it),

@@ -23,7 +23,7 @@ from proxy.errors import PROXY_HEADER
 from proxy.quota_headers import MAX_WAIT_HEADER
 from tests.faultkit import Answer, get, paced, sample
 from tests.procs import Process, start_cli
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from tests.integration.test_quota_replicas import (
     saturate,
     stats,
 )
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 __all__ = ["cluster"]  # the fixture, shared with the replicas' tests
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,15 +15,15 @@ import pytest
 from proxy.quota.fallback import FallbackStore
 from proxy.quota.redis_store import RedisStore
 from proxy.quota.store import Quota, as_windows
+from tests.support.ports import free_port
+from tests.support.redis import command_line
 
 
 def _free_ports(count: int) -> list[int]:
     # Cluster nodes also listen on port + 10000: pick ports whose bus port is free too.
     ports: list[int] = []
     while len(ports) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = free_port()
         if port < 55000 and port not in ports:
             ports.append(port)
     return ports
@@ -48,31 +47,23 @@ class Cluster:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
-        server = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
-        assert server, "redis-server is required (Debian package redis-server)"
+        assert shutil.which("redis-server"), (
+            "redis-server is required (Debian package redis-server)"
+        )
         assert cli, "redis-cli is required (Debian package redis-server)"
         for port in self.ports:
             node = self.directory / str(port)
             node.mkdir()
             self.procs[port] = subprocess.Popen(
-                [
-                    server,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
+                command_line(
+                    port,
+                    node,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     str(node / "nodes.conf"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(node),
-                ],
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

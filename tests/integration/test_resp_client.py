@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.quota import resp
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 SCRIPT = "return {tonumber(ARGV[1]) + 1, KEYS[1]}"
 

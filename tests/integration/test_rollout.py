@@ -27,7 +27,7 @@ import pytest
 from proxy.errors import PROXY_HEADER
 from tests.faultkit import FALLBACK_WARNING, CliProxy, start_proxy
 from tests.procs import Process, start_cli
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

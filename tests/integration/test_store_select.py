@@ -16,7 +16,7 @@ from proxy.quota.redis_store import RedisStore
 from proxy.quota.schedule import Window
 from proxy.quota.store import Decision, Quota
 from tests.conftest import LogCapture
-from tests.redisproc import RedisServer
+from tests.support.redis import RedisServer
 
 QUOTA = Quota("dp:{select:test}", (Window(1000, 60_000_000),))
 

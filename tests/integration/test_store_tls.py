@@ -15,7 +15,8 @@ from proxy.metrics import Metrics
 from proxy.quota import make_store
 from proxy.quota.schedule import Window
 from proxy.quota.store import Quota
-from tests.redisproc import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 QUOTA = Quota("dp:{tls:test}", (Window(1000, 60_000_000),))
 #: the lean client serves a URL without options; one with options goes to redis-py

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from bench.batch import CONFIG as BATCH
-from bench.common import BENCH_THROTTLE
 from bench.quota_identities import config as identities_config
 from bench.reload import config as reload_config
+from bench.services import BENCH_THROTTLE
 from bench.stalled import CONFIG as STALLED
 from proxy.config import parse_settings
 

@@ -15,6 +15,7 @@ from proxy.upstream import (
     NameResolution,
     TCPConnector,
 )
+from tests.support.ports import free_port
 
 
 def fresh() -> Connection:
@@ -59,9 +60,7 @@ async def test_a_connection_is_attached_to_the_protocol() -> None:
 
 async def test_a_refused_port_is_connect_refused() -> None:
     """A port with nothing listening is ConnectRefused naming the address."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with pytest.raises(ConnectRefused) as caught:
         await TCPConnector("127.0.0.1", port, None, 1.0)(fresh())
     assert str(caught.value) == f"connection refused by 127.0.0.1:{port}"

@@ -1,101 +1,33 @@
-"""Shared pieces of the benchmarks: starting and stopping the processes (simulator, proxy, Redis),
-RSS, percentiles, load."""
+"""Starting and stopping what a benchmark runs: the simulator, a private Redis, the OTLP
+collector, the proxy (nginx lives in ``bench.nginx``); waiting until they listen, stopping them
+all on the way out (a SIGTERM too), their scratch directories, and asking them for figures (the
+simulator's stats, the proxy's /metrics and request log lines)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
+from bench.stats import RESULTS
+from tests.support import redis as redis_server
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of a process, MiB."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(match.group(1)) / 1024 if match else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0–100) by nearest rank."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
-def median(values: list[float]) -> float:
-    """The median, or NaN for no values."""
-    return statistics.median(values) if values else float("nan")
-
-
-def medians(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Each figure's median over ``rows`` (rounds), keyed and ordered as the first row."""
-    return {key: median([row[key] for row in rows]) for key in rows[0]}
-
-
-def meets(value: float, op: str, bound: float) -> bool:
-    """Whether a figure meets its target ``op bound`` (``==``, ``>=`` or ``<=``)."""
-    if op == "==":
-        return math.isclose(value, bound, abs_tol=1e-9)
-    return value <= bound if op == "<=" else value >= bound
-
-
-def finite(value: Any) -> Any:
-    """``value`` with NaN (a figure that does not apply) as null, which JSON can carry."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite(item) for item in value]
-    return value
-
-
-def write_json(name: str, data: object) -> Path:
-    """Write ``data`` to ``bench/results/<name>``, indented; returns the path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / name
-    out.write_text(json.dumps(data, indent=2))
-    return out
-
-
-# -- processes -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -202,23 +134,23 @@ def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("DEFENDER_PROXY_", "OTEL_"))}
 
 
-def _pinned(cpu: int | None) -> list[str]:
+def pinned(cpu: int | None) -> list[str]:
+    """The command prefix that pins a process to ``cpu`` (none on one core or without taskset)."""
     if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         return []
     return ["taskset", "-c", str(cpu)]
 
 
 def start_redis(workdir: Path, port: int | None = None, cpu: int | None = None) -> Service:
-    """A private redis-server on a loopback port (a free one by default), without persistence."""
+    """A private redis-server on a loopback port (a free one by default), without persistence,
+    returned once it answers PING."""
     port = port or free_port()
-    proc = subprocess.Popen(
-        [*_pinned(cpu), REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    service = Service(proc, port)
-    ready(service)
+    service = Service(redis_server.launch(workdir, port, prefix=pinned(cpu)), port)
+    try:
+        redis_server.wait_answers(port, service.proc)
+    except BaseException:
+        stop_all([service])
+        raise
     return service
 
 
@@ -231,7 +163,7 @@ def start_simulator(cpu: int | None = None, *limits: str, per_identity: bool = F
     if per_identity:
         args.append("--per-identity")
     proc = subprocess.Popen(
-        [*_pinned(cpu), *args],
+        [*pinned(cpu), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_environ(),
@@ -246,7 +178,7 @@ def start_collector(cpu: int | None = None) -> Service:
     every export and counts the spans (``GET /stats``)."""
     port = free_port()
     proc = subprocess.Popen(
-        [*_pinned(cpu), sys.executable, "-m", "tests.otlp_collector", str(port)],
+        [*pinned(cpu), sys.executable, "-m", "tests.otlp_collector", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_environ(),
@@ -310,7 +242,7 @@ def _spawn_proxy(
     }
     with _outputs(log) as (out, err):
         proc = subprocess.Popen(
-            [*_pinned(cpu), sys.executable, "-m", "proxy", "run"],
+            [*pinned(cpu), sys.executable, "-m", "proxy", "run"],
             stdout=out,
             stderr=err,
             env=environ,
@@ -396,129 +328,3 @@ def request_lines(proxy: Service, offset: int, route: str) -> list[dict[str, Any
         data = log.read()
     lines = (json.loads(raw) for raw in data.splitlines() if raw.strip())
     return [line for line in lines if line.get("event") == "request" and line["route"] == route]
-
-
-# -- load ------------------------------------------------------------------------------------
-
-
-async def fixed_rate(
-    urls: list[str], rate: float, seconds: float, headers: dict[str, str] | None = None
-) -> dict[str, list[float]]:
-    """Open-loop load: requests at a fixed rate, round-robin over ``urls``; latencies in ms per URL."""
-    latencies: dict[str, list[float]] = {url: [] for url in urls}
-    total = int(rate * seconds)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one(url: str) -> None:
-            started = time.perf_counter()
-            async with session.get(url, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{url} answered {response.status}")
-            latencies[url].append((time.perf_counter() - started) * 1000)
-
-        tasks = []
-        begin = time.perf_counter()
-        for i in range(total):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(urls[i % len(urls)])))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 30)
-    return latencies
-
-
-@dataclass
-class Offered:
-    """What the open-loop load did: answers by (status, who answered), skips, the snapshot."""
-
-    answers: Counter[tuple[int, str]]
-    skipped: int
-    at_end: Any
-
-
-async def offer(
-    send: Callable[[int], Awaitable[tuple[int, str]]],
-    rate: float,
-    seconds: float,
-    at_end: Callable[[], Awaitable[Any]],
-    max_in_flight: int,
-    patience: float,
-) -> Offered:
-    """Call ``send(i)`` at ``rate``/s for ``seconds`` without awaiting answers; ``at_end()`` is
-    taken ``seconds`` after the first send. Returns once every answer is in.
-
-    Open loop, but bounded: a request due while ``max_in_flight`` are unanswered is skipped and
-    counted. The answers may take ``patience`` seconds past the end of the load.
-    """
-    loop = asyncio.get_running_loop()
-    answers: Counter[tuple[int, str]] = Counter()
-    in_flight = skipped = 0
-
-    async def one(index: int) -> None:
-        nonlocal in_flight
-        try:
-            answers[await send(index)] += 1
-        except (aiohttp.ClientError, TimeoutError):
-            answers[(0, "client")] += 1
-        finally:
-            in_flight -= 1
-
-    async def snapshot(when: float) -> Any:
-        await asyncio.sleep(max(0.0, when - loop.time()))
-        return await at_end()
-
-    tasks: list[asyncio.Task[None]] = []
-    begin = loop.time()
-    end = asyncio.create_task(snapshot(begin + seconds))
-    try:
-        for index in range(round(rate * seconds)):
-            delay = begin + index / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if in_flight >= max_in_flight:
-                skipped += 1
-                continue
-            in_flight += 1
-            tasks.append(asyncio.create_task(one(index)))
-        async with asyncio.timeout(seconds + patience):
-            await asyncio.gather(*tasks)
-            snapshot_value = await end
-    finally:
-        for task in (*tasks, end):
-            task.cancel()
-    return Offered(answers, skipped, snapshot_value)
-
-
-def wrk(
-    url: str, seconds: int, connections: int, threads: int = 1, cpu: int | None = None
-) -> float:
-    """Requests/s that ``wrk`` reaches against ``url``."""
-    binary = shutil.which("wrk")
-    if binary is None:
-        raise RuntimeError("wrk is needed for saturation figures: apt-get install wrk")
-    out = subprocess.run(
-        [
-            *_pinned(cpu),
-            binary,
-            "-t",
-            str(threads),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"wrk saw {non2xx.group(1)} non-2xx answers")
-    return float(match.group(1))
