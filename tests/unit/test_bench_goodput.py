@@ -1,11 +1,16 @@
-"""The goodput benchmark's floor: the quota's own pace, against the simulator's quota as oracle."""
+"""The goodput benchmark's floor (the quota's own pace, against the simulator's quota as oracle)
+and the configs it starts the proxy with."""
 
 from __future__ import annotations
 
+import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.floor import floor_seconds, schedule
+from bench.goodput import parse_args, proxy_config
+from proxy.config import parse_settings
 from proxy.simulator.quota import SlidingQuota
 from proxy.units import Limit
 
@@ -72,3 +77,23 @@ def test_floor_of_the_default_shape() -> None:
     then 180 in 9 bursts from 60 to 76 s, as the first bursts leave the minute)."""
     assert floor_seconds([Limit(20, 2.0), Limit(300, 60.0)], 480) == 76.0
     assert floor_seconds([Limit(20, 2.0), Limit(300, 60.0)], 300) == 28.0
+
+
+@pytest.mark.parametrize("argv", [[], ["--quick"]], ids=["default", "quick"])
+@pytest.mark.parametrize("store", [0, 6379], ids=["memory", "redis"])
+def test_goodput_proxy_config_is_valid(argv: list[str], store: int) -> None:
+    """The goodput proxies' config passes check-config's checks and carries the bench's limits."""
+    bench = parse_args(argv)
+    parsed = parse_settings(
+        yaml.safe_load(proxy_config(bench, store, 3, "goodput")), "bench", environ={}
+    )
+    (route,) = parsed.throttle.routes
+    assert route.limits == bench.limits
+    assert parsed.throttle.max_wait == bench.max_wait
+    assert parsed.throttle.store == ("memory" if not store else f"redis://127.0.0.1:{store}/0")
+
+
+def test_goodput_calls_must_bind_the_long_limit() -> None:
+    """A total of calls the longest window's count can hold is refused: both limits must bind."""
+    with pytest.raises(SystemExit):
+        parse_args(["--calls", "300"])
