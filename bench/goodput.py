@@ -55,7 +55,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,7 @@ from bench.common import (
     finite,
     median,
     meets,
+    scrape,
     scratch_dir,
     start_proxies,
     start_proxy,
@@ -133,6 +133,7 @@ class Settings:
     margin: float
     timeout_factor: float
     quick: bool
+    variants: tuple[Variant, ...] = VARIANTS
 
     def per_tool(self, n: int) -> int:
         """M: each of ``n`` tools' share of the calls, rounded up."""
@@ -177,26 +178,39 @@ def proxy_config(settings: Settings, store: int = 0, replicas: int = 1, namespac
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """A variant's running processes: its simulator and the proxies in front of it, if any."""
+
+    sim: Service
+    proxies: list[Service]
+
+    @property
+    def origins(self) -> list[str]:
+        """What the tools call: the proxies, else the simulator."""
+        return [proxy.url for proxy in self.proxies] or [self.sim.url]
+
+
 def start_variant(
     variant: Variant, settings: Settings, workdir: Path, tag: str, started: list[Service]
-) -> tuple[Service, list[str]]:
-    """The variant's simulator and proxies (each added to ``started`` once it runs); returns the
-    simulator and the origins the tools call."""
+) -> Setup:
+    """The variant's simulator and proxies (each added to ``started`` once it runs); the proxies
+    log to ``workdir`` (kept with ``BENCH_LOG_DIR``)."""
     sim = start_simulator(None, *(str(limit) for limit in settings.limits))
     started.append(sim)
+    logs = [workdir / f"{tag}-{variant.name}-{i}.log" for i in range(variant.replicas)]
     if variant.replicas == 0:
-        return sim, [sim.url]
+        return Setup(sim, [])
     if variant.replicas == 1:
-        proxy = start_proxy(sim.port, config=proxy_config(settings))
+        proxy = start_proxy(sim.port, config=proxy_config(settings), log=logs[0])
         started.append(proxy)
-        return sim, [proxy.url]
+        return Setup(sim, [proxy])
     store = start_redis(workdir)
     started.append(store)
-    logs = [workdir / f"{tag}-{variant.name}-{i}.log" for i in range(variant.replicas)]
     config = proxy_config(settings, store.port, variant.replicas, f"goodput-{tag}")
     proxies = start_proxies(sim.port, config, logs)
     started.extend(proxies)
-    return sim, [proxy.url for proxy in proxies]
+    return Setup(sim, proxies)
 
 
 async def run_tools(
@@ -265,19 +279,26 @@ def figures(report: dict[str, Any], stats: dict[str, Any], floor: float) -> Row:
     }
 
 
+#: The proxies' figures a run reports, summed over replicas: the store breaker's openings.
+_PROXY_METRICS = {"store_fallbacks": r"^defender_proxy_quota_store_fallbacks_total (\S+)$"}
+
+
 async def observe(
-    session: aiohttp.ClientSession, sim: Service, report: dict[str, Any], floor: float
+    session: aiohttp.ClientSession, setup: Setup, report: dict[str, Any], floor: float
 ) -> Outcome:
-    """The simulator's counters and journal after the variant's tools are done."""
-    stats = await SimulatorClient(session, sim.url).stats()
-    async with session.get(f"{sim.url}/_sim/requests") as response:
+    """The simulator's counters and journal, and the proxies' metrics, after the tools are done."""
+    stats = await SimulatorClient(session, setup.sim.url).stats()
+    async with session.get(f"{setup.sim.url}/_sim/requests") as response:
         journal = (await response.json())["requests"]
+    scraped = await scrape(session, setup.proxies, _PROXY_METRICS)
     start = float(report["started_at"])
     admitted = [float(entry["at"]) - start for entry in journal if not entry["throttled"]]
     throttled = [float(entry["at"]) - start for entry in journal if entry["throttled"]]
     finishes = [(float(tool["finish_s"]), int(tool["workers"])) for tool in report["tools"]]
     complete = stats["requests"] <= JOURNAL_ENTRIES
-    return Outcome(figures(report, stats, floor), admitted, throttled, finishes, complete)
+    row = figures(report, stats, floor)
+    row["store_fallbacks"] = scraped.get("store_fallbacks", 0.0)
+    return Outcome(row, admitted, throttled, finishes, complete)
 
 
 async def run_case(settings: Settings, n: int, number: int, workdir: Path) -> dict[str, Outcome]:
@@ -286,20 +307,20 @@ async def run_case(settings: Settings, n: int, number: int, workdir: Path) -> di
     deadline = settings.timeout_factor * floor
     started: list[Service] = []
     try:
-        origins = {
+        setups = {
             variant.name: start_variant(variant, settings, workdir, f"{number}-{n}", started)
-            for variant in VARIANTS
+            for variant in settings.variants
         }
         async with asyncio.TaskGroup() as group:
             tasks = {
                 variant.name: group.create_task(
-                    run_tools(variant.strategy, origins[variant.name][1], settings, n, deadline)
+                    run_tools(variant.strategy, setups[variant.name].origins, settings, n, deadline)
                 )
-                for variant in VARIANTS
+                for variant in settings.variants
             }
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             return {
-                name: await observe(session, origins[name][0], task.result(), floor)
+                name: await observe(session, setups[name], task.result(), floor)
                 for name, task in tasks.items()
             }
     finally:
@@ -310,13 +331,13 @@ async def run_case(settings: Settings, n: int, number: int, workdir: Path) -> di
 
 
 def summarise(
-    rounds: list[dict[int, dict[str, Outcome]]], ns: Sequence[int]
+    settings: Settings, rounds: list[dict[int, dict[str, Outcome]]]
 ) -> dict[int, dict[str, Row]]:
     """Per N and variant, each figure's median over the rounds."""
     summary: dict[int, dict[str, Row]] = {}
-    for n in ns:
+    for n in settings.tools:
         summary[n] = {}
-        for variant in VARIANTS:
+        for variant in settings.variants:
             rows = [results[n][variant.name].row for results in rounds]
             summary[n][variant.name] = {key: median([row[key] for row in rows]) for key in rows[0]}
     return summary
@@ -339,7 +360,7 @@ def table(settings: Settings, summary: dict[int, dict[str, Row]]) -> str:
         empty = " | ".join("" for _ in FIGURES[2:-1])
         pace = n * settings.per_tool(n) / floor
         lines.append(f"| {n} | floor | {floor:.1f} | 1.000 | {empty} | {pace:.2f} | |")
-        for variant in VARIANTS:
+        for variant in settings.variants:
             row = rows[variant.name]
             cells = " | ".join(
                 "-" if math.isnan(row[key]) else fmt.format(row[key]) for key, _, fmt in FIGURES
@@ -349,17 +370,22 @@ def table(settings: Settings, summary: dict[int, dict[str, Row]]) -> str:
     return "\n".join(lines)
 
 
-def best_direct(rows: dict[str, Row]) -> str:
-    """The direct strategy of the highest goodput: the most calls answered 2xx per second."""
-    direct = [variant.name for variant in VARIANTS if variant.replicas == 0]
-    return max(direct, key=lambda name: rows[name]["goodput"])
+def best_direct(rows: dict[str, Row]) -> str | None:
+    """The direct strategy of the highest goodput (calls answered 2xx per second), if any ran."""
+    direct = [name for name in rows if name not in ("proxy", "proxy-3-redis")]
+    return max(direct, key=lambda name: rows[name]["goodput"], default=None)
 
 
-def picture(settings: Settings, last: dict[str, Outcome], n: int, rows: dict[str, Row]) -> Path:
-    """Draw the largest N's last round: the proxy against the best direct strategy."""
+def picture(
+    settings: Settings, last: dict[str, Outcome], n: int, rows: dict[str, Row]
+) -> Path | None:
+    """Draw the largest N's last round: the proxy against the best direct strategy (None when
+    either did not run)."""
     from bench.goodput_plot import Series, draw  # matplotlib is loaded only to draw
 
     other = best_direct(rows)
+    if other is None or "proxy" not in last:
+        return None
     path = ROOT / ("bench/results/goodput-quick.png" if settings.quick else "docs/goodput.png")
     limits = ", ".join(str(limit) for limit in settings.limits)
     total = n * settings.per_tool(n)
@@ -397,8 +423,14 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--rounds", type=int, help="default 3")
     parser.add_argument("--margin", type=float, default=0.1, help="the proxy's, seconds (0.1)")
     parser.add_argument("--timeout-factor", type=float, default=6.0, help="× the floor (6)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(variant.name for variant in VARIANTS),
+        help="a comma-separated subset of the variants (default: all)",
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    settings_names = args.variants.split(",")
     limits = args.limit or (["10/1s", "100/20s"] if quick else ["20/2s", "300/1m"])
     settings = Settings(
         limits=tuple(parse_limit(text) for text in limits),
@@ -408,18 +440,26 @@ def parse_args(argv: list[str] | None) -> Settings:
         margin=args.margin,
         timeout_factor=args.timeout_factor,
         quick=quick,
+        variants=tuple(variant for variant in VARIANTS if variant.name in settings_names),
     )
+    unknown = set(settings_names) - {variant.name for variant in VARIANTS}
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     longest = max(settings.limits, key=lambda limit: limit.window)
     if settings.calls <= longest.count:
         parser.error(f"--calls must exceed {longest.count} so that {longest} binds too")
     return settings
 
 
-def describe(settings: Settings, n: int, name: str, outcome: Outcome) -> str:
+def describe(n: int, name: str, outcome: Outcome) -> str:
     """One progress line."""
     row = outcome.row
     shown = ", ".join(f"{key}={row[key]:.4g}" for key in row)
     note = "" if outcome.journal_complete else " (journal truncated: picture misses the start)"
+    if name.startswith("proxy") and outcome.throttled:
+        # What a proxy must never cause: say when, for the proxies' logs (BENCH_LOG_DIR).
+        times = ", ".join(f"{at:.3f}" for at in outcome.throttled[:20])
+        note += f"\n  upstream 429s at {times} s from the start"
     return f"N={n} {name}: {shown}{note}"
 
 
@@ -430,7 +470,7 @@ async def _run(settings: Settings, workdir: Path) -> list[dict[int, dict[str, Ou
         for n in settings.tools:
             results[n] = await run_case(settings, n, number, workdir)
             for name, outcome in results[n].items():
-                print(f"round {number}: {describe(settings, n, name, outcome)}", flush=True)
+                print(f"round {number}: {describe(n, name, outcome)}", flush=True)
         rounds.append(results)
     return rounds
 
@@ -450,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         workdir = stack.enter_context(scratch_dir("bench-goodput-"))
         rounds = asyncio.run(_run(settings, workdir))
-    summary = summarise(rounds, settings.tools)
+    summary = summarise(settings, rounds)
     elapsed = time.monotonic() - began
     print(f"\nmedians of {settings.rounds} round(s), {os.cpu_count()} cores:")
     print(table(settings, summary))
@@ -464,7 +504,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     largest = max(settings.tools)
     drawn = picture(settings, rounds[-1][largest], largest, summary[largest])
-    print(f"picture: {drawn.relative_to(ROOT)}; whole run {elapsed:.0f} s")
+    if drawn is not None:
+        print(f"picture: {drawn.relative_to(ROOT)}")
+    print(f"whole run {elapsed:.0f} s")
     out = write_json(
         "goodput-quick.json" if settings.quick else "goodput.json",
         finite(
