@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.floor import floor_seconds, schedule
-from bench.goodput import parse_args, proxy_config
+from bench.goodput_settings import parse_args, proxy_config
 from proxy.config import parse_settings
 from proxy.simulator.quota import SlidingQuota
 from proxy.units import Limit
