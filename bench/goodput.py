@@ -311,28 +311,25 @@ def best_direct(settings: Settings, rows: dict[str, Row]) -> str | None:
 
 def picture(
     settings: Settings, last: dict[str, Outcome], n: int, rows: dict[str, Row]
-) -> Path | None:
-    """Draw the largest N's last round: the proxy against the best direct strategy (None when
-    either did not run)."""
-    from bench.goodput_plot import Series, draw  # matplotlib is loaded only to draw
+) -> dict[str, Any] | None:
+    """Draw the largest N's last round, the proxy against the best direct strategy; what was
+    drawn, for the JSON (None when either did not run)."""
+    from bench.goodput_plot import Series, draw, saved  # matplotlib is loaded only to draw
 
     other = best_direct(settings, rows)
     if other is None or "proxy" not in last:
         return None
-    path = ROOT / ("bench/results/goodput-quick.png" if settings.quick else "docs/goodput.png")
+    path = Path("bench/results/goodput-quick.png" if settings.quick else "docs/goodput.png")
     limits = ", ".join(str(limit) for limit in settings.limits)
     total = n * settings.per_tool(n)
-    draw(
-        path,
-        [
-            Series(label, last[name].admitted, last[name].throttled, last[name].finishes)
-            for label, name in (("proxy", "proxy"), (other, other))
-        ],
-        settings.limits,
-        schedule(settings.limits, total),
-        f"{n} tools ({total} calls) on one quota of {limits}: calls the API admitted",
-    )
-    return path
+    series = [
+        Series(label, last[name].admitted, last[name].throttled, last[name].finishes)
+        for label, name in (("proxy", "proxy"), (other, other))
+    ]
+    floor = schedule(settings.limits, total)
+    title = f"{n} tools ({total} calls) on one quota of {limits}: calls the API admitted"
+    draw(ROOT / path, series, settings.limits, floor, title)
+    return saved(path, series, settings.limits, floor, title)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -392,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     largest = max(settings.tools)
     drawn = picture(settings, rounds[-1][largest], largest, summary[largest])
     if drawn is not None:
-        print(f"picture: {drawn.relative_to(ROOT)}")
+        print(f"picture: {drawn['path']}")
     print(f"whole run {elapsed:.0f} s")
     out = write_json(
         "goodput-quick.json" if settings.quick else "goodput.json",
@@ -415,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                     for r in rounds
                 ],
                 "median": {str(n): rows for n, rows in summary.items()},
+                "picture": drawn,
             }
         ),
     )

@@ -1,5 +1,6 @@
 """The picture of ``bench.goodput``: when the API admitted a bulk job's calls, through the proxy
-and through the best direct strategy, against the quota.
+and through the best direct strategy, against the quota. ``python -m bench.goodput_plot FILE``
+draws it again from the ``picture`` a run saved in its JSON (``bench/results/goodput.json``).
 
 At the top, the calls admitted in each stretch of the shortest window (0–2 s, 2–4 s, …) against
 its limit, and the calls answered 429 (dotted): no stretch can hold more than the limit, so a
@@ -11,10 +12,13 @@ finish, whether one starves another.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,7 +26,7 @@ matplotlib.use("Agg")  # no display: the picture is a file
 
 import matplotlib.pyplot as plt  # after the backend is chosen
 
-from proxy.units import Limit
+from proxy.units import Limit, parse_limit
 
 #: One colour per series, in the order given; the floor is drawn in black.
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -64,13 +68,15 @@ def draw(
     fig, (above, middle, below) = plt.subplots(
         3, 1, figsize=(9, 9), sharex=True, height_ratios=(3, 3, 2)
     )
-    for colour, one in zip(COLOURS, series, strict=False):
+    for place, (colour, one) in enumerate(zip(COLOURS, series, strict=False)):
+        # Wider lines first: where two strategies admit alike, both stay visible.
         above.stairs(
             per_window(one.admitted, short.window, end),
             edges,
             color=colour,
-            label=f"{one.label}: admitted",
-            linewidth=1.5,
+            label=f"{one.label}: admitted" + ("" if one.throttled else " (no 429 answered)"),
+            linewidth=3.5 - 1.5 * min(place, 1),
+            alpha=0.7 if place == 0 else 1.0,
         )
         if one.throttled:
             above.stairs(
@@ -121,3 +127,42 @@ def draw(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def saved(
+    path: Path,
+    series: Sequence[Series],
+    limits: Sequence[Limit],
+    floor: Sequence[float],
+    title: str,
+) -> dict[str, Any]:
+    """What ``draw`` was given, as JSON can hold it (``path`` as given: relative to the checkout)."""
+    return {
+        "path": str(path),
+        "series": [asdict(one) for one in series],
+        "limits": [str(limit) for limit in limits],
+        "floor": list(floor),
+        "title": title,
+    }
+
+
+def redraw(picture: Mapping[str, Any], root: Path) -> Path:
+    """Draw a ``saved`` picture again, to its path under ``root``; returns that path."""
+    series = [
+        Series(
+            one["label"],
+            one["admitted"],
+            one["throttled"],
+            [(float(at), int(workers)) for at, workers in one["finishes"]],
+        )
+        for one in picture["series"]
+    ]
+    path: Path = root / str(picture["path"])
+    limits = [parse_limit(text) for text in picture["limits"]]
+    draw(path, series, limits, picture["floor"], picture["title"])
+    return path
+
+
+if __name__ == "__main__":
+    ROOT = Path(__file__).resolve().parent.parent
+    print(redraw(json.loads(Path(sys.argv[1]).read_text())["picture"], ROOT))
