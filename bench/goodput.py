@@ -205,6 +205,7 @@ def figures(report: dict[str, Any], stats: dict[str, Any], floor: float) -> Row:
         "client_429s": float(sum(tool["throttled_seen"] for tool in tools)),
         "goodput": sum(tool["ok"] for tool in tools) / latest if latest > 0 else math.nan,
         "unfinished": float(sum(tool["unfinished"] for tool in tools)),
+        "raised": float(sum(tool["raised"] for tool in tools)),
         "ok": float(sum(tool["ok"] for tool in tools)),
         "upstream_requests": float(stats["requests"]),
         "admitted": float(stats["admitted"]),

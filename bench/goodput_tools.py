@@ -22,8 +22,8 @@ Strategies, each as small as the library's own examples:
 
 Prints one JSON object: the start on the machine's monotonic clock (the simulator's journal
 uses the same clock) and, per tool, calls answered 2xx, failed (a final non-2xx or an
-exception), unfinished, the 429s seen on the wire (the retried ones included), and when its last
-call ended, in seconds from the start.
+exception; ``raised`` counts the exceptions), unfinished, the 429s seen on the wire (the
+retried ones included), and when its last call ended, in seconds from the start.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class Job:
     handed: int = 0
     ok: int = 0
     failed: int = 0
+    #: the failed calls that raised instead of answering
+    raised: int = 0
     throttled: int = 0
     last_end: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,6 +85,7 @@ class Job:
                 self.ok += 1
             else:
                 self.failed += 1
+                self.raised += answer.status == RAISED
             self.throttled += answer.throttled
             self.last_end = max(self.last_end, at)
 
@@ -96,6 +99,7 @@ class Job:
                 "calls": self.calls,
                 "ok": self.ok,
                 "failed": self.failed,
+                "raised": self.raised,
                 "unfinished": unfinished,
                 "throttled_seen": self.throttled,
                 "finish_s": deadline if unfinished else self.last_end,
