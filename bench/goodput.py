@@ -33,7 +33,7 @@ Figures per variant and N, medians over ``--rounds``: the time until the last to
 ended (and × the floor); upstream 429s (the simulator's ``throttled``); calls failed after all
 retries (a final non-2xx, an exception, or unfinished); the spread of the tools' finish times,
 (latest − earliest) / latest in %; and the 429s the clients saw on the wire (for a direct
-strategy, the ones its library retried; through the proxy, any the proxy answered). Targets for
+strategy, every one its library retried or gave up on; through the proxy, any it passed on). Targets for
 the proxy's variants: 0 upstream 429s, time ≤ 1.03 × floor, spread ≤ 10 %. Last, the goodput:
 calls answered 2xx per second until the last tool finished (a strategy that gives calls up can
 finish before the floor; its goodput shows what it delivered).
