@@ -117,6 +117,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.body_keys
 	$(BIN)/python -m bench.reload
 	$(BIN)/python -m bench.credentials
+	$(BIN)/python -m bench.goodput
 
 # Ten minutes of steady mixed load with Redis restarted twice: RSS, fds and proxy-made 5xx.
 soak: $(STAMP)
