@@ -60,23 +60,6 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import (
-    ROOT,
-    Service,
-    SimulatorClient,
-    finite,
-    median,
-    meets,
-    scrape,
-    scratch_dir,
-    start_proxies,
-    start_proxy,
-    start_redis,
-    start_simulator,
-    stop_all,
-    unwind_on_sigterm,
-    write_json,
-)
 from bench.floor import floor_seconds, schedule
 from bench.goodput_settings import (
     PATH,
@@ -87,6 +70,20 @@ from bench.goodput_settings import (
     proxy_config,
     workers,
 )
+from bench.services import (
+    ROOT,
+    Service,
+    SimulatorClient,
+    scrape,
+    scratch_dir,
+    start_proxies,
+    start_proxy,
+    start_redis,
+    start_simulator,
+    stop_all,
+    unwind_on_sigterm,
+)
+from bench.stats import finite, median, meets, write_json
 from proxy.units import Limit
 
 #: The simulator keeps its last 10,000 requests (proxy.simulator.journal.MAX_ENTRIES).

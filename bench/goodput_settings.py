@@ -73,7 +73,7 @@ def workers(n: int) -> list[int]:
 
 def proxy_config(settings: Settings, store: int = 0, replicas: int = 1, namespace: str = "") -> str:
     """The proxies' config: the simulator's limits on the route, in memory or on the Redis at
-    port ``store`` shared by ``replicas``; upstream, ports and logs come from bench.common."""
+    port ``store`` shared by ``replicas``; upstream, ports and logs come from bench.services."""
     limits = ", ".join(f'"{limit}"' for limit in settings.limits)
     shared = (
         f"  store: redis://127.0.0.1:{store}/0\n  namespace: {namespace}\n"
