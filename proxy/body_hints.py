@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy import body_keys
 from proxy.body_keys import BodyKeys
-from proxy.reference import Param
+
+if TYPE_CHECKING:
+    from proxy.reference import Param
 
 CASE: Final = "case"
 MISSPELT: Final = "misspelt"

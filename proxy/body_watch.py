@@ -21,11 +21,11 @@ from multidict import CIMultiDict
 
 from proxy import body_hints
 from proxy.body_keys import KeyCollector
-from proxy.reference import REFERENCE, Endpoint, Reference
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
     from proxy.outcome import Outcome
+    from proxy.reference import Endpoint, Reference
 
 #: The header the hints go out in, on the upstream's 400.
 HEADER: Final = "X-Defender-Proxy-Hint"
@@ -70,12 +70,19 @@ class BodyWatch:
 
 
 def watch(
-    request: web.BaseRequest, target: str, reference: Reference = REFERENCE
+    request: web.BaseRequest, target: str, reference: Reference | None = None
 ) -> BodyWatch | None:
     """A watch on the body of ``request`` (forwarded to ``target``), or None when the endpoint
-    documents no body parameters, the method sends no body, or the body is encoded."""
+    documents no body parameters, the method sends no body, or the body is encoded;
+    ``reference``: the documented endpoints (default: ``proxy.reference.REFERENCE``)."""
     if request.method not in _BODY_METHODS:
         return None
+    if reference is None:
+        # Imported on the first request that sends a body: the table of every documented
+        # endpoint stays out of the memory of a proxy whose callers only read.
+        from proxy.reference import REFERENCE
+
+        reference = REFERENCE
     endpoint = reference.find(request.method, target.partition("?")[0])
     if endpoint is None or not endpoint.body:
         return None
