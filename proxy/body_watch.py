@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import body_hints
-from proxy.body_keys import KeyCollector
-
 if TYPE_CHECKING:
+    from proxy.body_keys import KeyCollector
     from proxy.metrics import Metrics
     from proxy.outcome import Outcome
     from proxy.reference import Endpoint, Reference
@@ -40,8 +38,12 @@ class BodyWatch:
     __slots__ = ("endpoint", "keys")
 
     def __init__(self, endpoint: Endpoint) -> None:
+        # The key collector and the hints come with the first watch (``watch``: the first body
+        # sent to a documented endpoint), as the reference table does.
+        from proxy.body_keys import KeyCollector
+
         self.endpoint = endpoint
-        self.keys = KeyCollector()
+        self.keys: KeyCollector = KeyCollector()
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``body``, chunk by chunk, each read for its keys on its way through."""
@@ -54,6 +56,8 @@ class BodyWatch:
         self, status: int, headers: CIMultiDict[str], outcome: Outcome, metrics: Metrics
     ) -> None:
         """On a 400 that a typo may cause: the hints into the outcome, the metric and ``headers``."""
+        from proxy import body_hints
+
         if not body_hints.triggers(status, outcome.error.get("code", "")):
             return
         endpoint = self.endpoint
