@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.quota_identities
 	$(BIN)/python -m bench.redis_client
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.listen_tls
 	$(BIN)/python -m bench.tracing
 	$(BIN)/python -m bench.stalled

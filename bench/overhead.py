@@ -33,10 +33,14 @@ simulator itself), and the table holds the medians over the rounds:
   table shows how much it had, and how much other processes took from /proc/stat);
 - RSS idle (after 300 requests, before the rounds), with 1,000 idle keep-alive client connections
   open (each after one request), and its growth while 1 GiB streams through. For nginx, the
-  worker's RSS and CPU (the master only supervises).
+  worker's RSS and CPU (the master only supervises);
+- RSS once the rounds are over: a second after them, and again after ``BENCH_QUIET_SECONDS`` (55)
+  of quiet, time for the upstream connections the rounds opened to pass their keepalive (30 s)
+  and for the proxy to give back what it can (``proxy.trim``, which looks every 10 s); each also
+  as a multiple of the RSS idle before the rounds.
 
 Settings from the environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (10),
-``BENCH_SATURATION_SECONDS`` (8), ``BENCH_LOG_DIR`` (keep the configs and logs there), and
+``BENCH_SATURATION_SECONDS`` (8), ``BENCH_QUIET_SECONDS`` (55), ``BENCH_LOG_DIR`` (keep the configs and logs there), and
 ``BENCH_BASELINE``: another checkout of the project (``git worktree add /tmp/base main``), whose
 proxy (the in-process store, tracing off) runs as a sixth system, ``proxy-baseline``, in the same
 rounds: ``proxy-memory``'s figures over its, a change's cost measured under the same neighbours.
@@ -80,6 +84,8 @@ from bench.stats import cpu_seconds, finite, median, meets, percentile, rss_mib,
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 SATURATION_SECONDS = int(os.environ.get("BENCH_SATURATION_SECONDS", "8"))
+#: seconds after the rounds before the RSS "once quiet" is read
+QUIET = float(os.environ.get("BENCH_QUIET_SECONDS", "55"))
 #: req/s → seconds of each fixed-rate segment (5,000+ samples at 1,000 req/s)
 RATES = {200: SECONDS, 1000: SECONDS / 2}
 POOL = 64
@@ -498,6 +504,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("stream_growth_mib", "RSS growth streaming 1 GiB, MiB", ".1f"),
     ("stream_mib_per_s", "streaming speed, MiB/s", ".0f"),
     ("rss_after_mib", "RSS idle after the rounds, MiB", ".1f"),
+    ("rss_after_ratio", "  the same, × RSS idle", ".3f"),
+    ("rss_quiet_mib", f"RSS after {QUIET:g} s more of quiet, MiB", ".1f"),
+    ("rss_quiet_ratio", "  the same, × RSS idle", ".3f"),
     ("spans_per_request", "spans exported per request", ".2f"),
 ]
 
@@ -508,7 +517,8 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("proxy-memory", "added_p50_ms@1000", "<=", 1.0),
     ("proxy-memory", "sat_rps_per_core", ">=", 4000.0),
     ("proxy-memory", "per_core_vs_nginx", ">=", 0.10),
-    ("proxy-memory", "rss_idle_mib", "<=", 50.0),
+    ("proxy-memory", "rss_idle_mib", "<=", 40.0),
+    ("proxy-memory", "rss_quiet_ratio", "<=", 1.10),
     ("proxy-memory", "rss_held_mib", "<=", 80.0),
     ("proxy-memory", "stream_growth_mib", "<=", 10.0),
     ("proxy-redis", "redis_extra_p50_ms@200", "<=", 0.3),
@@ -627,14 +637,20 @@ def main() -> None:
                     f" ms at 200 / 1,000 req/s, {figures['sat_rps']:.0f} req/s on the mix",
                     flush=True,
                 )
+        ended = time.perf_counter()
         time.sleep(1.0)
         after = {system: rss_mib(pids[system]) for system in PROXIES}
         spans = asyncio.run(_spans_per_request(collector, traced))
+        time.sleep(max(0.0, QUIET - (time.perf_counter() - ended)))
+        quiet = {system: rss_mib(pids[system]) for system in PROXIES}
     summary = _summary(rounds)
     summary["proxy-traced"]["spans_per_request"] = spans
     for system in PROXIES:
         summary[system]["rss_idle_mib"] = idle[system]
         summary[system]["rss_after_mib"] = after[system]
+        summary[system]["rss_after_ratio"] = after[system] / idle[system]
+        summary[system]["rss_quiet_mib"] = quiet[system]
+        summary[system]["rss_quiet_ratio"] = quiet[system] / idle[system]
     verdicts = _print_table(summary)
     for warning in _warnings(rounds):
         print(f"WARNING: {warning}")

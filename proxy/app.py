@@ -6,8 +6,8 @@ upstream gets its own handler, connection pool and router; all of them share one
 quota store) and one set of metrics, so a route has one quota whichever listener it came in on.
 The admin port is an ordinary ``web.Application`` (``/metrics``, ``/healthz``, ``/readyz``,
 ``/errors``) whose ``cleanup_ctx`` owns the process's resources, so they live exactly as long as
-the admin app: the pools, the quota store, and the task that checks every upstream's reachability
-(``proxy.reachability``). Every listener keeps its error answers in the one ring of recent errors.
+the admin app: the pools, the quota store, the task that checks every upstream's reachability
+(``proxy.reachability``) and the one that gives memory back once load subsides (``proxy.trim``). Every listener keeps its error answers in the one ring of recent errors.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from proxy.quota.limiter import Limiter
 from proxy.reachability import CHECK_INTERVAL, Watch
 from proxy.recent_errors import RecentErrors, answer
 from proxy.routing import Router
+from proxy.trim import INTERVAL, Trimmer
 
 if TYPE_CHECKING:
     from proxy.spans import Spans
@@ -52,6 +53,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 STATE: web.AppKey[Lifecycle] = web.AppKey("state", Lifecycle)
 ERRORS: web.AppKey[RecentErrors] = web.AppKey("errors", RecentErrors)
 WATCH: web.AppKey[Watch] = web.AppKey("watch", Watch)
+TRIMMER: web.AppKey[Trimmer] = web.AppKey("trimmer", Trimmer)
 
 
 def build(
@@ -59,10 +61,12 @@ def build(
     metrics: Metrics | None = None,
     check_interval: float = CHECK_INTERVAL,
     tracing: Spans | None = None,
+    trim_interval: float = INTERVAL,
 ) -> tuple[tuple[Proxy, ...], web.Application]:
     """The proxy handlers, one per upstream in ``settings.listeners`` order, and the admin app
     that owns their resources; each upstream's reachability is checked every
-    ``check_interval`` seconds, and requests are traced with ``tracing`` when given."""
+    ``check_interval`` seconds, the process looks for memory to give back every
+    ``trim_interval`` seconds, and requests are traced with ``tracing`` when given."""
     metrics = metrics or Metrics()
     throttle = settings.throttle
     routers = routers_for(settings)
@@ -97,6 +101,11 @@ def build(
         metrics.upstream_reachable,
         check_interval,
     )
+    admin[TRIMMER] = Trimmer(
+        lambda: _doing(proxies, metrics),
+        lambda: any(proxy.in_flight for proxy in proxies),
+        trim_interval,
+    )
     admin.router.add_get("/metrics", _metrics)
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
@@ -104,6 +113,14 @@ def build(
     admin.cleanup_ctx.append(_resources)
     admin.on_response_prepare.append(_server_header)
     return proxies, admin
+
+
+def _doing(proxies: tuple[Proxy, ...], metrics: Metrics) -> tuple[float, float, int]:
+    """What the process is doing, as ``Trimmer`` compares it from look to look: the requests
+    answered so far, the callers' connections open, the upstream connections open."""
+    answered = sum(child.value for _, child in metrics.requests.items())
+    upstream = sum(proxy.pool.open_connections for proxy in proxies if proxy.pool is not None)
+    return answered, metrics.caller_connection_sources.total(), upstream
 
 
 def _token_sources(settings: Settings, metrics: Metrics) -> dict[str, TokenSource]:
@@ -195,12 +212,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await source.start()
     await limiter.warm()
     checks = asyncio.create_task(app[WATCH].run())
+    trims = asyncio.create_task(app[TRIMMER].run())
     metrics.ready.set(1)
     yield
     metrics.ready.set(0)
-    checks.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await checks
+    for task in (checks, trims):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     for source in token_sources(proxies):
         await source.close()
     for proxy in proxies:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy import catalogue
 from proxy.identity import Claims
-from proxy.reference import REFERENCE, Reference
+
+if TYPE_CHECKING:
+    from proxy.reference import Reference
 
 NO_TOKEN: Final = "no_token"  # noqa: S105 (a cause, not a credential)
 NOT_BEARER: Final = "not_bearer"
@@ -152,11 +154,12 @@ def explain(
     path: str,
     audiences: frozenset[str] | None,
     now: float,
-    reference: Reference = REFERENCE,
+    reference: Reference | None = None,
 ) -> AuthCause:
     """Why the API refused a request carrying ``authorization`` (whose ``claims`` the proxy
     read) to ``method`` ``path`` (no query string) at Unix time ``now``. ``audiences``: those of
-    the upstream (``audiences_for``), None to decide by the path."""
+    the upstream (``audiences_for``), None to decide by the path; ``reference``: the endpoints'
+    permissions (default: ``proxy.reference.REFERENCE``)."""
     shape = _shape(authorization, claims)
     if shape is not None:
         return AuthCause(shape)
@@ -169,6 +172,12 @@ def explain(
         audience = (claims.aud or "").rstrip("/").lower()
         if audience not in wanted:
             return AuthCause(WRONG_AUDIENCE, audience=_shown(claims.aud))
+    if reference is None:
+        # Imported on the first refusal that gets this far: the table of every documented
+        # endpoint stays out of the memory of a proxy whose callers are never refused.
+        from proxy.reference import REFERENCE
+
+        reference = REFERENCE
     endpoint = reference.find(method, path)
     if endpoint is not None and endpoint.permissions:
         held = {name.lower() for name in (*claims.roles, *claims.scp)}

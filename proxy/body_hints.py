@@ -21,14 +21,15 @@ HTTP header and a log line. ``joined`` makes one text of several hints. Everythi
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy import body_keys
 from proxy.body_keys import BodyKeys
-from proxy.reference import Param
+
+if TYPE_CHECKING:
+    from proxy.reference import Param
 
 CASE: Final = "case"
 MISSPELT: Final = "misspelt"
@@ -107,6 +108,10 @@ def compare(seen: BodyKeys, params: Sequence[Param], fold_case: bool = False) ->
         if fuzzy >= MAX_FUZZY:
             continue
         fuzzy += 1
+        # Imported on the first misspelt key: most answers never need it, and an idle proxy
+        # keeps its modules in memory for good.
+        import difflib
+
         close = difflib.get_close_matches(key.casefold(), folded, n=1, cutoff=CUTOFF)
         if close:
             name = folded[close[0]]

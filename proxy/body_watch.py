@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import body_hints
-from proxy.body_keys import KeyCollector
-from proxy.reference import REFERENCE, Endpoint, Reference
-
 if TYPE_CHECKING:
+    from proxy.body_keys import KeyCollector
     from proxy.metrics import Metrics
     from proxy.outcome import Outcome
+    from proxy.reference import Endpoint, Reference
 
 #: The header the hints go out in, on the upstream's 400.
 HEADER: Final = "X-Defender-Proxy-Hint"
@@ -40,8 +38,12 @@ class BodyWatch:
     __slots__ = ("endpoint", "keys")
 
     def __init__(self, endpoint: Endpoint) -> None:
+        # The key collector and the hints come with the first watch (``watch``: the first body
+        # sent to a documented endpoint), as the reference table does.
+        from proxy.body_keys import KeyCollector
+
         self.endpoint = endpoint
-        self.keys = KeyCollector()
+        self.keys: KeyCollector = KeyCollector()
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``body``, chunk by chunk, each read for its keys on its way through."""
@@ -54,6 +56,8 @@ class BodyWatch:
         self, status: int, headers: CIMultiDict[str], outcome: Outcome, metrics: Metrics
     ) -> None:
         """On a 400 that a typo may cause: the hints into the outcome, the metric and ``headers``."""
+        from proxy import body_hints
+
         if not body_hints.triggers(status, outcome.error.get("code", "")):
             return
         endpoint = self.endpoint
@@ -70,12 +74,19 @@ class BodyWatch:
 
 
 def watch(
-    request: web.BaseRequest, target: str, reference: Reference = REFERENCE
+    request: web.BaseRequest, target: str, reference: Reference | None = None
 ) -> BodyWatch | None:
     """A watch on the body of ``request`` (forwarded to ``target``), or None when the endpoint
-    documents no body parameters, the method sends no body, or the body is encoded."""
+    documents no body parameters, the method sends no body, or the body is encoded;
+    ``reference``: the documented endpoints (default: ``proxy.reference.REFERENCE``)."""
     if request.method not in _BODY_METHODS:
         return None
+    if reference is None:
+        # Imported on the first request that sends a body: the table of every documented
+        # endpoint stays out of the memory of a proxy whose callers only read.
+        from proxy.reference import REFERENCE
+
+        reference = REFERENCE
     endpoint = reference.find(request.method, target.partition("?")[0])
     if endpoint is None or not endpoint.body:
         return None

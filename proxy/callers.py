@@ -114,9 +114,19 @@ class _Lingering:
         self._timer = loop.call_later(LINGER, transport.close)
 
     def closed(self) -> None:
-        """The connection is gone: no timer left behind."""
+        """The connection is gone: no timer left behind, and no reference back to the handler.
+
+        The handler holds this object and ``on_linger`` is one of its methods: left as it is, the
+        cycle keeps the handler, its parser and buffers until the cycle collector runs, which an
+        idle process may not do for a long time. Broken here, they go with the connection.
+        """
         if self._timer is not None:
             self._timer.cancel()
+        self._on_linger = _linger_no_more
+
+
+def _linger_no_more() -> None:
+    """What a closed connection does when asked to linger: nothing, it is gone."""
 
 
 #: What an HTTP/2 connection with prior knowledge starts with (RFC 9113 §3.4), up to the point

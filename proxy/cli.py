@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from proxy import __version__, logs
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; the options of ``command`` only are those of its module."""
     parser = argparse.ArgumentParser(
         prog="defender-proxy",
         description="A sidecar reverse proxy for the Microsoft Defender API.",
@@ -32,14 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
-    from proxy.simulator.__main__ import add_arguments
-
     simulate = commands.add_parser(
         "simulate",
         help="run a stand-in Defender API for demos and tests",
         description="Run a stand-in Defender API: the error table, odd bodies, quotas.",
     )
-    add_arguments(simulate)
+    if command == "simulate":
+        # The simulator's options are declared with the simulator, whose modules (aiohttp's web
+        # app, its tables, gzip) would otherwise stay in every proxy's memory: only a process
+        # that runs it imports them.
+        from proxy.simulator.__main__ import add_arguments
+
+        add_arguments(simulate)
 
     catalogue = commands.add_parser(
         "catalogue",
@@ -80,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``defender-proxy`` console script."""
-    args = _parser().parse_args(argv)
+    args = _parser(_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":
@@ -97,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show(args.admin, args.config, args.limit, args.status, args.route, args.json)
     _parser().print_help()
     return 2
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is no option (the top level's options,
+    ``--help`` and ``--version``, take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _run(path: str | None) -> int:

@@ -6,7 +6,8 @@ from (``contoso.yaml: timeouts.connect: ...`` or ``DEFENDER_PROXY_LISTEN: ...``)
 variables win over the file. No problem text ever carries a password: URLs are shown through
 ``redact_url``. The ``throttle`` section's own types and its list of routes live in
 ``throttle_config``, addresses, URLs and the files they name in ``endpoints``; both are
-re-exported here. Every number has bounds (listed in the README), and no value, however hostile,
+re-exported here. The file itself is read and parsed by ``config_file``, imported only when there
+is a file to read. Every number has bounds (listed in the README), and no value, however hostile,
 makes validation raise anything but ``ConfigError``.
 """
 
@@ -15,13 +16,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
-
-import yaml
 
 from proxy.credentials import (
     Credentials,
@@ -572,83 +570,6 @@ def parse_settings(
     return _parse(data, source, os.environ if environ is None else environ, [])
 
 
-#: The largest config file read, in bytes. A table of 1,000 routes takes about 100 KiB; a YAML
-#: parser takes seconds per MiB, which a reload spends while the proxy serves.
-MAX_FILE: Final = 1 << 20
-#: How many YAML nodes the aliases of one file may stand for in all, counted as if each alias were
-#: written out: a few lines of nested aliases ("billion laughs") stand for billions.
-MAX_ALIASED: Final = 100_000
-
-
-class _UnreadableError(Exception):
-    """A path that names no regular file of at most ``MAX_FILE`` bytes."""
-
-
-def _read(path: str) -> str:
-    """The text of the config file at ``path``; never blocks on a FIFO or reads past the bound."""
-    # Without O_NONBLOCK, opening a FIFO waits for a writer: a start or reload that never ends.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    # Checked before fdopen, which raises on a directory and leaves the descriptor open.
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _UnreadableError("not a regular file")
-    with os.fdopen(fd, "rb") as file:
-        raw = file.read(MAX_FILE + 1)
-    if len(raw) > MAX_FILE:
-        raise _UnreadableError(f"it is over the limit of {format_size(MAX_FILE)}")
-    return raw.decode("utf-8")
-
-
-def _expanded(node: yaml.Node, most: int) -> int:
-    """How many nodes ``node`` stands for written out, counted up to just past ``most``; a node
-    that contains itself counts once."""
-    count = 0
-    inside: set[int] = set()
-    todo: list[tuple[yaml.Node, bool]] = [(node, True)]
-    while todo and count <= most:
-        item, entering = todo.pop()
-        if not entering:
-            inside.discard(id(item))
-            continue
-        if id(item) in inside:
-            continue
-        count += 1
-        if isinstance(item, yaml.SequenceNode):
-            children = list(item.value)
-        elif isinstance(item, yaml.MappingNode):
-            children = [child for pair in item.value for child in pair]
-        else:
-            continue
-        inside.add(id(item))
-        todo.append((item, False))
-        todo.extend((child, True) for child in children)
-    return count
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, refusing a document whose aliases stand for more than
-    ``MAX_ALIASED`` nodes: validation walks what they stand for, as often as they occur."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliased = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            node = self.anchors.get(event.anchor)
-            if node is not None:
-                self._aliased += _expanded(node, MAX_ALIASED - self._aliased)
-                if self._aliased > MAX_ALIASED:
-                    raise yaml.composer.ComposerError(
-                        None,
-                        None,
-                        f"its aliases stand for more than {MAX_ALIASED:,} values",
-                        event.start_mark,
-                    )
-        return super().compose_node(parent, index)
-
-
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the YAML file at ``path`` and the environment; raises ``ConfigError``.
 
@@ -658,26 +579,10 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
     path = path or env.get("DEFENDER_PROXY_CONFIG")
     problems: list[str] = []
     data: object = None
-    try:
-        if path:
-            data = yaml.load(_read(path), Loader=_Loader)  # noqa: S506 - a safe loader, bounded
-    except _UnreadableError as error:
-        problems.append(f"{path}: cannot read the config file: {error}")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or error
-        problems.append(f"{path}: cannot read the config file: {reason}")
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
-        problems.append(f"{path}: invalid YAML{where}: {reason}")
-    except RecursionError:
-        problems.append(f"{path}: invalid YAML: nested too deeply")
-    except Exception as error:
-        # The loader's constructors raise whatever they happen to on a value they cannot build:
-        # ValueError for a date that does not exist (2024-02-30) or an integer past Python's
-        # digit limit, IndexError for `!!float ''`, AttributeError for `!!timestamp ''`.
-        reason = shown(str(error)) if str(error) else type(error).__name__
-        problems.append(f"{path}: invalid YAML: a value cannot be read: {reason}")
+    if path:
+        # Imported only to read a file: a proxy on its embedded defaults never loads PyYAML.
+        from proxy.config_file import read_document
+
+        data = read_document(path, problems)
     # Keep going so environment problems are reported alongside a file problem.
     return _parse(data, path or "<defaults>", env, problems)

@@ -14,16 +14,18 @@ it can neither pause a route the batch did not ask for nor count one inner reque
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
 
 from proxy import classify, quota_headers
-from proxy.batch_answer import InnerAnswer, Scanner
 from proxy.logs import scrub
 from proxy.metrics import status_label
 from proxy.outcome import MAX_LOGGED_ID, Outcome, Recorder
 from proxy.quota.limiter import Limiter
+
+if TYPE_CHECKING:
+    from proxy.batch_answer import InnerAnswer, Scanner
 
 
 class InnerAnswers:
@@ -42,6 +44,9 @@ class InnerAnswers:
             # Never decompressed on its way through, so not read either: said in the log line.
             outcome.note = f"inner answers not read: Content-Encoding {coding[:32]}"
             return None
+        # The scanner comes with the first $batch answered: a proxy that sees none never loads it.
+        from proxy.batch_answer import Scanner
+
         return Scanner(self._recorder.cap)
 
     async def record(

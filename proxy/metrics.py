@@ -99,13 +99,14 @@ class _Total:
 
     def __init__(self, gauge: Gauge) -> None:
         self._sources: list[Callable[[], float]] = []
-        gauge.set_function(self._total)
+        gauge.set_function(self.total)
 
     def add(self, source: Callable[[], float]) -> None:
         """Count ``source`` in the gauge from now on."""
         self._sources.append(source)
 
-    def _total(self) -> float:
+    def total(self) -> float:
+        """The sum of the sources now."""
         return float(sum(source() for source in self._sources))
 
 

@@ -111,7 +111,9 @@ class Pool:
         self._max = max_connections
         self._keepalive = keepalive
         self._max_header_size = max_header_size
+        #: idle connections and when each went idle, oldest first
         self._idle: list[tuple[Connection, float]] = []
+        self._sweep: asyncio.TimerHandle | None = None
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -258,10 +260,38 @@ class Pool:
         """Return a connection after its exchange: pooled if reusable, else closed."""
         if conn.reusable and not self._closed:
             self._idle.append((conn, time.monotonic()))
+            if self._sweep is None:
+                self._arm_sweep()
         else:
             conn.close()
             self._open -= 1
         self._wake_one()
+
+    def _arm_sweep(self) -> None:
+        """Sweep the idle connections when the oldest of them has been idle ``keepalive``."""
+        _, oldest = self._idle[0]
+        delay = max(0.0, oldest + self._keepalive - time.monotonic())
+        self._sweep = asyncio.get_running_loop().call_later(delay, self._expire_idle)
+
+    def _expire_idle(self) -> None:
+        """Close the idle connections past ``keepalive`` and those the upstream closed.
+
+        Requests take the connection that went idle last, so after a burst the ones below stay
+        unused: without this sweep they, their sockets and their buffers would be kept for as long
+        as the process runs, whatever ``keepalive`` says.
+        """
+        self._sweep = None
+        now = time.monotonic()
+        kept = []
+        for conn, since in self._idle:
+            if conn.closed or now - since >= self._keepalive:
+                conn.close()
+                self._open -= 1
+            else:
+                kept.append((conn, since))
+        self._idle = kept
+        if kept and not self._closed:
+            self._arm_sweep()
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -273,6 +303,9 @@ class Pool:
     async def close(self) -> None:
         """Close every idle connection (busy ones close as their exchanges end)."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._idle:
             conn, _ = self._idle.pop()
             conn.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy import app as wiring
 from proxy.config import Address, Settings, Upstream
+from tests.faultkit import until
 
 
 async def test_admin_endpoints_and_lifecycle(aiohttp_client: Any, base_settings: Settings) -> None:
@@ -43,3 +44,21 @@ async def test_readyz_needs_every_listener_pool(
     assert (await client.get("/readyz")).status == 503
     await client.close()
     assert all(proxy.pool is None for proxy in proxies)
+
+
+async def test_the_admin_app_gives_memory_back_once_requests_stop(
+    aiohttp_client: Any, aiohttp_raw_server: Any, base_settings: Settings
+) -> None:
+    """The trimmer runs with the admin app: requests answered, then quiet, make one trim, and
+    quiet with nothing new makes no other."""
+    (proxy,), admin = wiring.build(base_settings, trim_interval=0.05)
+    await aiohttp_client(admin)
+    trimmer = admin[wiring.TRIMMER]
+    caller = await aiohttp_client(await aiohttp_raw_server(proxy.handle))
+    for _ in range(20):
+        async with caller.get("/api/machines") as response:
+            assert response.status == 200
+            await response.read()
+    assert await until(lambda: trimmer.trims == 1, 5.0)
+    quiet = [trimmer.look() for _ in range(3)]
+    assert (quiet, trimmer.trims) == ([False] * 3, 1)

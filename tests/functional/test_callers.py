@@ -4,12 +4,17 @@ timeouts.caller_keepalive; the connection cap makes room by closing what does no
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
+from proxy import app as wiring
 from proxy.config import Limits, Pool, Settings, Timeouts
 from proxy.errors import PROXY_HEADER
 from tests.conftest import Serve, Stack
@@ -219,3 +224,29 @@ async def test_a_lingering_connection_ends_within_the_linger(callers: Serve) -> 
     assert await _eof(reader) == b""
     assert await until(lambda: stack.sample("defender_proxy_caller_connections") == 0, 10.0)
     writer.close()
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(
+    make_stack: Callable[..., Any],
+) -> None:
+    """A caller's connection, once closed, is freed by reference counting alone: its handler,
+    parser and buffers do not wait for the cycle collector, which an idle proxy may not run."""
+    stack: Stack = await make_stack()
+    server = wiring.proxy_server(stack.proxy)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    gc.disable()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(REQUEST)
+        assert (await asyncio.wait_for(read_response(reader), 5.0)).status == 200
+        (handler,) = server.connections
+        gone = weakref.ref(handler)
+        del handler
+        writer.close()
+        assert await until(lambda: not server.connections, 5.0)
+        assert await until(lambda: gone() is None, 1.0)
+    finally:
+        gc.enable()
+        await runner.cleanup()

@@ -1,6 +1,8 @@
 """What a fresh process imports to build and start the app: the Redis client only when it is used,
 cryptography only for listen_tls, OpenTelemetry only when tracing is on, no token library
-(azure-identity, MSAL, PyJWT).
+(azure-identity, MSAL, PyJWT); and what ``defender-proxy run`` holds once it listens: no PyYAML
+without a config file, no simulator, and none of what only some requests need (the reference
+table, the body readers, the $batch scanner) until one comes.
 
 redis-py adds about 7 MiB to every process, and the lean RESP client and the Redis store are of no
 use with the in-process store; ``proxy.quota.make_store`` imports them only when a ``redis://``
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -125,3 +129,91 @@ async def test_tracing_on_imports_the_sdk_and_its_exporter() -> None:
         "opentelemetry.sdk.trace",
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     } <= _telemetry(modules)
+
+
+# `defender-proxy run` as the console script runs it; once the admin port answers, the names in
+# sys.modules go to the file argv[1] names and the process stops itself with SIGTERM.
+_RUN = """
+import os, signal, socket, sys, threading, time
+
+def dump():
+    port = int(os.environ["DEFENDER_PROXY_ADMIN_LISTEN"].rsplit(":", 1)[1])
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    with open(sys.argv[1], "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=dump, daemon=True).start()
+from proxy.cli import main
+sys.exit(main(["run"]))
+"""
+
+# Modules a proxy on its embedded defaults has no use for until a request needs them (or never):
+# PyYAML without a file, the simulator, the reference table and what reads request bodies, the
+# $batch answer scanner, difflib's suggestions, ctypes (malloc_trim, after a burst).
+_LATER = (
+    "yaml", "proxy.config_file", "proxy.simulator", "proxy.reference", "proxy.body_keys",
+    "proxy.body_hints", "proxy.batch_answer", "difflib", "ctypes",
+)  # fmt: skip
+
+
+async def _modules_of_run(tmp_path: Path, **environ: str) -> set[str]:
+    """The names in ``sys.modules`` of ``defender-proxy run`` once it listens, with the
+    ``DEFENDER_PROXY_*`` variables ``environ`` (and free loopback ports)."""
+    names = tmp_path / "modules.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFENDER_PROXY_", "OTEL_"))}
+    env |= {
+        # An https:// origin on loopback that nothing serves: the TLS context is made as in
+        # production, and the reachability check is refused there.
+        "DEFENDER_PROXY_UPSTREAM": f"https://127.0.0.1:{_free_port()}",
+        "DEFENDER_PROXY_LISTEN": f"127.0.0.1:{_free_port()}",
+        "DEFENDER_PROXY_ADMIN_LISTEN": f"127.0.0.1:{_free_port()}",
+        "DEFENDER_PROXY_LOG_FORMAT": "json",
+        **environ,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _RUN, str(names), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert b'"event":"listening"' in out  # it really started
+    return set(names.read_text().split())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _loaded(modules: set[str], names: tuple[str, ...]) -> set[str]:
+    return {m for m in modules for n in names if m == n or m.startswith(n + ".")}
+
+
+async def test_run_on_the_embedded_defaults_loads_only_what_serving_needs(tmp_path: Path) -> None:
+    """`defender-proxy run` without a config file, once listening, has loaded neither PyYAML,
+    the simulator, the reference table, the body readers, the batch scanner, difflib nor ctypes;
+    nor OpenTelemetry, a Redis client or a token library."""
+    modules = await _modules_of_run(tmp_path)
+    assert {"proxy.cli", "proxy.serve", "proxy.handler", "proxy.trim"} <= modules
+    assert _loaded(modules, _LATER) == set()
+    assert _redis_py(modules) == set()
+    assert modules.isdisjoint(REDIS_CLIENT)
+    assert _telemetry(modules) == set()
+    assert _loaded(modules, ("azure", "msal", "jwt", "cryptography")) == set()
+
+
+async def test_run_with_a_config_file_loads_the_yaml_reader(tmp_path: Path) -> None:
+    """With a config file, PyYAML and the file reader are loaded to read it, and the rest that
+    serving does not need still is not."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text("timeouts:\n  connect: 3s\n")
+    modules = await _modules_of_run(tmp_path, DEFENDER_PROXY_CONFIG=str(config))
+    assert {"yaml", "proxy.config_file"} <= modules
+    assert _loaded(modules, _LATER[2:]) == set()

@@ -183,3 +183,32 @@ async def test_a_waiter_that_leaves_gives_its_place_back(make_pool: MakePool) ->
     assert await stayer == (200, b"ok")
     assert upstream.connections == 1
     assert pool.waiting == 0
+
+
+async def test_idle_connections_past_keepalive_are_closed_without_a_new_request(
+    make_pool: MakePool,
+) -> None:
+    """After a burst, every idle connection is closed once it has been idle ``keepalive``, the
+    ones below the top of the stack too, with no request to find them."""
+    upstream = ScriptedUpstream(lambda connection, request, head: OK)
+    pool = make_pool(upstream, keepalive=0.05)
+    held_at_once = [await held(pool) for _ in range(3)]
+    for response in held_at_once:
+        while await response.read():
+            pass
+        response.release()
+    assert (pool.open_connections, pool.idle_connections) == (3, 3)
+    assert await until(lambda: pool.open_connections == 0, 5.0)
+    assert pool.idle_connections == 0
+    assert all(transport.closed for transport in upstream.transports)
+    assert await fetch(pool) == (200, b"ok")
+    assert upstream.connections == 4
+
+
+async def test_a_busy_pool_keeps_its_recent_idle_connections(make_pool: MakePool) -> None:
+    """The sweep closes only connections idle for ``keepalive``: one used again keeps serving."""
+    upstream = ScriptedUpstream(lambda connection, request, head: OK)
+    pool = make_pool(upstream, keepalive=30.0)
+    assert await fetch(pool) == (200, b"ok")
+    assert await fetch(pool) == (200, b"ok")
+    assert (upstream.connections, pool.idle_connections) == (1, 1)
