@@ -168,9 +168,10 @@ def _idle_rss(args: list[str], env: dict[str, str], port: int) -> float:
         return rss_mib(pid)
 
 
-def _stages() -> list[tuple[str, float]]:
+def _printed(script: str, *args: str) -> object:
+    """What ``script`` (run by this interpreter with ``args``) prints, read as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", _STAGE_SCRIPT, json.dumps(STAGES)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -178,7 +179,13 @@ def _stages() -> list[tuple[str, float]]:
         timeout=60,
         check=True,
     ).stdout
-    return [(label, float(mib)) for label, mib in json.loads(out)]
+    return json.loads(out)
+
+
+def _stages() -> list[tuple[str, float]]:
+    stages = _printed(_STAGE_SCRIPT, json.dumps(STAGES))
+    assert isinstance(stages, list)
+    return [(str(label), float(mib)) for label, mib in stages]
 
 
 def _proxy_modules(work: Path) -> set[str]:
@@ -199,16 +206,9 @@ def _bare_modules() -> set[str]:
     script = _BARE_SCRIPT.replace(
         "    await asyncio.Event().wait()", "    print(json.dumps(sorted(sys.modules)))"
     ).replace("import asyncio, sys", "import asyncio, json, sys")
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(free_port())],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_environ(),
-        timeout=60,
-        check=True,
-    ).stdout
-    return set(json.loads(out))
+    names = _printed(script, str(free_port()))
+    assert isinstance(names, list)
+    return {str(name) for name in names}
 
 
 def main() -> None:
