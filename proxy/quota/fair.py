@@ -3,14 +3,16 @@
 Without it, the queue of a full quota is first come, first served: a tool with eight workers
 holds eight reservations for each one of a tool with a single worker, and finishes long before it.
 With it, the callers' use of the quota is compared: what each was admitted within the quota's
-narrowest window, reservations still to come included. A caller may take a future slot (a
-reservation) while it holds none, or while it has used less than every other caller of the same
+narrowest window, reservations still to come included. A caller may take a slot (a
+reservation, or one free now) while it holds none, or while it has used less than every other caller of the same
 priority that uses the quota too; otherwise its request is *deferred*: it takes no slot, and asks
 again when its own earliest reservation comes due. The callers thus take the queue's slots in
 turns, and one that arrived late (or whose workers are few) catches up with the others within a
-window, whatever their numbers of workers. A slot free now is taken by whoever asks: the share only
-orders a queue, and a deferred caller always holds a reservation of its own, so no slot is left
-unused.
+window, whatever their numbers of workers. The rule holds for a slot free now too: when a window
+frees many slots at once, the first caller to wake would otherwise take them all with its many
+workers. Without a queue it changes nothing (a caller that holds no reservation is never
+deferred), and a deferred caller always holds a reservation of its own, so the quota's pace is
+kept: what one caller may not take now, another that has used less may.
 
 Recent slots count, not only reservations: between its answer and its next request (the API's
 own time, milliseconds to seconds) a caller holds nothing, and another caller's many workers,

@@ -146,7 +146,7 @@ class MemoryStore:
         wait = slot - now
         admitted = wait <= round(max_wait * MICROS)
         caller = caller_of(member)
-        if admitted and caller and not shadow and slot > now:
+        if admitted and caller and not shadow:
             recent = self._recent(quota, now)
             turn = deferred(((caller_of(m), at) for at, m in recent), caller, now)
             if turn is not None:

@@ -95,7 +95,7 @@ class QuotaStore(Protocol):
     ) -> Decision:
         """Reserve the earliest slot within ``max_wait`` seconds, or refuse, or defer.
 
-        A ``member`` tagged with its caller (``proxy.quota.fair``) that would take a future slot
+        A ``member`` tagged with its caller (``proxy.quota.fair``) that would take a slot
         while its caller already holds its share of the queue takes none: the decision is not
         admitted and its ``turn`` says when to ask again.
 

@@ -100,7 +100,7 @@ end
 
 -- The fair share: a member "<tag>~<id>" names its caller. A caller that holds a reservation
 -- still to come, and has as many entries within the narrowest window (reservations included) as
--- the fewest another caller of its priority (the tag's first letter) has, takes no future slot
+-- the fewest another caller of its priority (the tag's first letter) has, takes no slot
 -- now: it asks again when its earliest reservation is due. Every admission is in every window's
 -- set, so the first window's set holds every entry of the narrowest window.
 local function deferred(caller)
@@ -136,7 +136,7 @@ local wait = t - now
 local admitted = wait <= max_wait
 local turn = 0
 local caller = string.match(member, '^([^~]+)~')
-if admitted and caller and not shadow and t > now then
+if admitted and caller and not shadow then
   local due = deferred(caller)
   if due ~= nil then
     admitted = false
