@@ -3,16 +3,24 @@
 Without it, the queue of a full quota is first come, first served: a tool with eight workers
 holds eight reservations for each one of a tool with a single worker, and finishes long before it.
 With it, the callers' use of the quota is compared: what each was admitted within the quota's
-narrowest window, reservations still to come included. A caller may take a slot (a
-reservation, or one free now) while it holds none, or while it has used less than every other caller of the same
-priority that uses the quota too; otherwise its request is *deferred*: it takes no slot, and asks
-again when its own earliest reservation comes due. The callers thus take the queue's slots in
-turns, and one that arrived late (or whose workers are few) catches up with the others within a
-window, whatever their numbers of workers. The rule holds for a slot free now too: when a window
-frees many slots at once, the first caller to wake would otherwise take them all with its many
-workers. Without a queue it changes nothing (a caller that holds no reservation is never
-deferred), and a deferred caller always holds a reservation of its own, so the quota's pace is
-kept: what one caller may not take now, another that has used less may.
+narrowest window, reservations still to come included. Least used first:
+
+- a caller that holds a reservation may take another slot (a reservation, or one free now) only
+  while it has used less than every other caller of the same priority that uses the quota too;
+  otherwise its request is *deferred*: it takes no slot, and asks again when its own earliest
+  reservation comes due;
+- a caller that holds none may take a slot unless another caller that has used less holds a
+  reservation; then it is deferred until that reservation comes due, when the other caller takes
+  its turn. Without this, a tool with one quick worker asks again the moment its slot comes,
+  holds nothing each time it asks, and takes a slot every time.
+
+The callers thus take the queue's slots in turns, and one that arrived late (or whose workers are
+few) catches up with the others within a window, whatever their numbers of workers. The rule
+holds for a slot free now too: when a window frees many slots at once, the first caller to wake
+would otherwise take them all with its many workers. Without a queue it changes nothing (nobody
+holds a reservation, so nobody is deferred), and a caller is only ever deferred while some caller
+holds a reservation that will take the quota's next slot, so the quota's pace is kept: what one
+caller may not take now, another that has used less will.
 
 Recent slots count, not only reservations: between its answer and its next request (the API's
 own time, milliseconds to seconds) a caller holds nothing, and another caller's many workers,
@@ -57,23 +65,33 @@ def caller_of(member: str) -> str:
     return head if sep else ""
 
 
+def untagged(member: str) -> str:
+    """``member`` without its caller's tag."""
+    head, sep, rest = member.partition(SEPARATOR)
+    return rest if sep else head
+
+
 def deferred(entries: Iterable[tuple[str, int]], caller: str, now: int) -> int | None:
-    """When ``caller`` may ask again (its earliest reservation), or None if it may reserve now.
+    """When ``caller`` may ask again, or None if it may take a slot now.
 
     ``entries`` are (tag, slot) of the admissions from the quota's narrowest window on: those
-    after ``now`` are reservations; untagged ones are skipped. The caller may reserve while it
-    holds no reservation, or while it has fewer entries than each other caller of its priority
-    (the tags' initial) has.
+    after ``now`` are reservations; untagged ones and other priorities' (the tags' initial) are
+    skipped. A caller that holds a reservation waits for its earliest one while it has as many
+    entries as the fewest another caller has. A caller that holds none waits while another
+    caller that has used less holds a reservation: until the earliest such reservation, when that
+    caller takes its turn.
     """
     used: dict[str, int] = {}
-    mine: int | None = None
+    due: dict[str, int] = {}
     for other, slot in entries:
         if not other or other[0] != caller[0]:
             continue
         used[other] = used.get(other, 0) + 1
-        if other == caller and slot > now and (mine is None or slot < mine):
-            mine = slot
+        if slot > now and slot < due.get(other, slot + 1):
+            due[other] = slot
     count = used.pop(caller, 0)
-    if mine is None or not used or count < min(used.values()):
-        return None
-    return mine
+    mine = due.pop(caller, None)
+    if mine is not None:
+        return mine if used and count >= min(used.values()) else None
+    behind = [slot for other, slot in due.items() if used[other] < count]
+    return min(behind) if behind else None

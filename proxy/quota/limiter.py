@@ -327,11 +327,15 @@ class Limiter:
             member = fair.tagged(fair.tag(client, self._is_bulk(policy, bulk)), member)
         first = self._clock()
         deferred = 0.0
+        turns = 0
         while True:
             started = self._clock()
-            decision = await self._ask(
-                quota, member, max(0.0, deadline - (started - first)), reserve, policy.shadow
-            )
+            left = max(0.0, deadline - (started - first))
+            if turns and not left:
+                # The deadline comes before the share: its last ask is first come, first served,
+                # so a deferral never turns into a refusal the queue alone would not give.
+                member = fair.untagged(member)
+            decision = await self._ask(quota, member, left, reserve, policy.shadow)
             ended = self._clock()
             if decision.turn <= 0:
                 break
@@ -339,6 +343,7 @@ class Limiter:
             # caller that leaves now has nothing to give back.
             await self._sleep(min(decision.turn, max(0.0, deadline - (ended - first))))
             deferred = self._clock() - first
+            turns += 1
         decided = ended - started
         if decision.admitted or policy.shadow:
             self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)

@@ -235,7 +235,7 @@ class TestFairShareContract:
         assert 60.0 - SLACK <= untagged.wait <= 60.0
 
     async def test_a_free_slot_and_another_priority_defer_nobody(self, store: QuotaStore) -> None:
-        """Only the queue is shared out: a slot free now goes to whoever asks, and a bulk caller's
+        """A caller alone takes free slots and reserves as it likes, and a bulk caller's
         reservations do not hold back an interactive one."""
         q = quota("free", (2, 10.0))
         for i in range(2):
@@ -250,6 +250,29 @@ class TestFairShareContract:
         assert (await store.admit(q, f"{B}~1", 300.0, 0.0, False)).admitted
         assert (await store.admit(q, f"{B}~2", 300.0, 0.0, False)).admitted
         assert (await store.admit(q, f"{A}~4", 300.0, 0.0, False)).turn > 0
+
+    async def test_a_caller_holding_none_waits_for_one_that_used_less(
+        self, store: QuotaStore
+    ) -> None:
+        """A caller that holds no reservation but has used more waits while a caller that has used
+        less holds one, until that reservation is due; once level, it takes its slot."""
+        q = quota("least", (5, 10.0))
+        for i in range(3):
+            assert (await store.admit(q, f"{A}~{i}", 300.0, 0.0, False)).wait == 0.0
+        assert (await store.admit(q, f"{B}~0", 300.0, 0.0, False)).wait == 0.0
+        assert (await store.admit(q, "plain", 300.0, 0.0, False)).wait == 0.0
+        b1 = await store.admit(q, f"{B}~1", 300.0, 0.0, False)
+        assert b1.admitted
+        assert 10.0 - SLACK <= b1.wait <= 10.0
+        # A holds nothing and has used 3; B has used 2 and holds a reservation.
+        a3 = await store.admit(q, f"{A}~3", 300.0, 0.0, False)
+        assert not a3.admitted
+        assert 10.0 - SLACK <= a3.turn <= 10.0
+        # B takes its turn; level with A, A takes the next slot.
+        assert (await store.admit(q, f"{B}~2", 300.0, 0.0, False)).admitted
+        again = await store.admit(q, f"{A}~3", 300.0, 0.0, False)
+        assert again.admitted
+        assert again.turn == 0.0
 
     async def test_a_deferral_past_the_deadline_is_a_refusal(self, store: QuotaStore) -> None:
         """A request whose slot lies beyond its deadline is refused, never deferred."""

@@ -59,6 +59,18 @@ def test_callers_of_another_priority_and_untagged_slots_do_not_count() -> None:
     assert fair.deferred(queue, "ia", now=0) is None
 
 
+def test_a_caller_holding_none_waits_for_one_that_used_less() -> None:
+    """A quick single worker holds nothing when it asks, yet waits while a caller that has used
+    less holds a reservation: until that reservation is due."""
+    entries = [("ia", 80), ("ia", 90), ("ia", 95), ("ib", 85), ("ib", 120)]
+    assert fair.deferred(entries, "ia", now=100) == 120
+    assert fair.deferred([*entries, ("ic", 110)], "ia", now=100) == 110
+    # As many as the other caller: ia takes its slot.
+    assert fair.deferred([*entries, ("ib", 140)], "ia", now=100) is None
+    # The caller that used less holds nothing: no slot would be left unused, ia takes it.
+    assert fair.deferred([("ia", 80), ("ia", 90), ("ib", 85)], "ia", now=100) is None
+
+
 @given(
     st.lists(
         st.tuples(st.sampled_from(["", "ia", "ib", "ic", "ba"]), st.integers(1, 100)), max_size=30
@@ -66,19 +78,27 @@ def test_callers_of_another_priority_and_untagged_slots_do_not_count() -> None:
     st.sampled_from(["ia", "ib", "ba"]),
     st.integers(0, 100),
 )
-def test_deferred_exactly_when_the_caller_has_used_no_less_than_another(
+def test_deferred_exactly_while_a_caller_that_used_less_waits(
     entries: list[tuple[str, int]], caller: str, now: int
 ) -> None:
-    """Deferred iff the caller holds a reservation and has as many entries as the fewest another
-    caller of its priority has; then until the caller's earliest reservation."""
+    """Holding a reservation: deferred iff the caller has as many entries as the fewest another
+    caller of its priority has, until its own earliest reservation. Holding none: deferred iff a
+    caller of its priority with fewer entries holds a reservation, until the earliest of those."""
     used: dict[str, int] = {}
     for other, _ in entries:
         if other and other[0] == caller[0]:
             used[other] = used.get(other, 0) + 1
     mine = used.pop(caller, 0)
     ahead = [slot for other, slot in entries if other == caller and slot > now]
-    expect_deferred = bool(ahead) and bool(used) and mine >= min(used.values())
+    behind = [
+        slot for other, slot in entries if other in used and used[other] < mine and slot > now
+    ]
     answer = fair.deferred(entries, caller, now)
-    assert (answer is not None) == expect_deferred
-    if answer is not None:
-        assert answer == min(ahead)
+    if ahead:
+        expected = min(ahead) if used and mine >= min(used.values()) else None
+    else:
+        expected = min(behind) if behind else None
+    assert answer == expected
+    # Never deferred while nobody holds a reservation.
+    if all(slot <= now for _, slot in entries):
+        assert answer is None

@@ -65,8 +65,11 @@ def limiter(clock: VirtualTime, fair_share: bool, *limits: str) -> Limiter:
     )
 
 
-async def finishes(fair_share: bool, workers: dict[str, int], calls: int) -> dict[str, float]:
-    """Each tool runs ``calls`` admissions over its workers; the time its last one was admitted."""
+async def finishes(
+    fair_share: bool, workers: dict[str, int], calls: int, latency: float = 0.0
+) -> dict[str, float]:
+    """Each tool runs ``calls`` admissions over its workers, each followed by ``latency`` seconds
+    of the API's own time; the time its last one was admitted."""
     clock = VirtualTime()
     quota = limiter(clock, fair_share)
     done: dict[str, float] = {}
@@ -77,6 +80,8 @@ async def finishes(fair_share: bool, workers: dict[str, int], calls: int) -> dic
             share[0] -= 1
             await quota.admit(ROUTE, f"r{next(ids)}", client=tool)
             done[tool] = clock.now
+            if latency:
+                await clock.sleep(latency)
 
     jobs = []
     for tool, count in workers.items():

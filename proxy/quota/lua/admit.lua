@@ -98,11 +98,13 @@ while true do
   if not moved then break end
 end
 
--- The fair share: a member "<tag>~<id>" names its caller. A caller that holds a reservation
--- still to come, and has as many entries within the narrowest window (reservations included) as
--- the fewest another caller of its priority (the tag's first letter) has, takes no slot
--- now: it asks again when its earliest reservation is due. Every admission is in every window's
--- set, so the first window's set holds every entry of the narrowest window.
+-- The fair share (least used first): a member "<tag>~<id>" names its caller; only callers of its
+-- priority (the tag's first letter) count. A caller that holds a reservation still to come, and
+-- has as many entries within the narrowest window (reservations included) as the fewest another
+-- caller has, takes no slot now: it asks again when its earliest reservation is due. A caller
+-- that holds none waits while another caller that has used less holds one: until the earliest
+-- such reservation. Every admission is in every window's set, so the first window's set holds
+-- every entry of the narrowest window.
 local function deferred(caller)
   local narrowest = windows[1][3]
   for i = 2, #windows do
@@ -110,26 +112,31 @@ local function deferred(caller)
   end
   local entries = redis.call(
     'ZRANGEBYSCORE', KEYS[2], '(' .. num(now - narrowest), '+inf', 'WITHSCORES')
-  local used, mine, count = {}, nil, 0
+  local used, due = {}, {}
+  local prefix = string.sub(caller, 1, 1)
   for j = 1, #entries, 2 do
     local other = string.match(entries[j], '^([^~]+)~')
-    if other and string.sub(other, 1, 1) == string.sub(caller, 1, 1) then
-      if other == caller then
-        count = count + 1
-        local slot = tonumber(entries[j + 1])
-        if slot > now and (mine == nil or slot < mine) then mine = slot end
-      else
-        used[other] = (used[other] or 0) + 1
-      end
+    if other and string.sub(other, 1, 1) == prefix then
+      used[other] = (used[other] or 0) + 1
+      local slot = tonumber(entries[j + 1])
+      if slot > now and (due[other] == nil or slot < due[other]) then due[other] = slot end
     end
   end
-  if mine == nil then return nil end
-  local fewest = nil
-  for _, n in pairs(used) do
-    if fewest == nil or n < fewest then fewest = n end
+  local count = used[caller] or 0
+  local mine = due[caller]
+  if mine ~= nil then
+    local fewest = nil
+    for other, n in pairs(used) do
+      if other ~= caller and (fewest == nil or n < fewest) then fewest = n end
+    end
+    if fewest == nil or count < fewest then return nil end
+    return mine
   end
-  if fewest == nil or count < fewest then return nil end
-  return mine
+  local earliest = nil
+  for other, slot in pairs(due) do
+    if used[other] < count and (earliest == nil or slot < earliest) then earliest = slot end
+  end
+  return earliest
 end
 
 local wait = t - now
