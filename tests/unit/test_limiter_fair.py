@@ -104,6 +104,18 @@ async def test_tools_with_one_three_and_eight_workers_finish_together() -> None:
     assert max(ends.values()) <= 74.5
 
 
+async def test_the_share_holds_when_each_call_takes_the_apis_own_time() -> None:
+    """With 50 ms of API time after each admission (a worker holds nothing meanwhile), the
+    tools still finish within 7 % of each other; first come, first served, the eight workers
+    finish before the single one by far."""
+    workers = {"siem-connector": 1, "soar": 8, "script": 3}
+    ends = await finishes(True, workers, 20, latency=0.05)
+    assert spread(ends) <= 0.07
+    queued = await finishes(False, workers, 20, latency=0.05)
+    assert spread(queued) >= 0.5
+    assert queued["soar"] < ends["soar"]
+
+
 async def test_without_the_share_the_tool_with_more_workers_finishes_first() -> None:
     """The same jobs first come, first served: the single worker finishes far behind."""
     ends = await finishes(False, {"siem-connector": 1, "soar": 8, "script": 3}, 20)
