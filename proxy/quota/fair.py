@@ -9,22 +9,25 @@ narrowest window, reservations still to come included. Least used first:
   while it has used less than every other caller of the same priority that uses the quota too;
   otherwise its request is *deferred*: it takes no slot, and asks again when its own earliest
   reservation comes due;
-- a caller that holds none may take a slot unless another caller that has used less holds a
-  reservation; then it is deferred until that reservation comes due, when the other caller takes
-  its turn. Without this, a tool with one quick worker asks again the moment its slot comes,
-  holds nothing each time it asks, and takes a slot every time.
+- a caller that holds none may take a slot unless a caller that has used less holds a
+  reservation (then it is deferred until that reservation comes due, when the other caller
+  takes its turn), or a caller that has used less was admitted within the *grace* (2 % of the
+  narrowest window: 42 ms of 20 per 2.1 s, 1.2 s of 100 a minute) and the window's free slots
+  are fewer than such callers lack to catch up (then it is deferred until that grace is over).
 
 The callers thus take the queue's slots in turns, and one that arrived late (or whose workers are
-few) catches up with the others within a window, whatever their numbers of workers. The rule
-holds for a slot free now too: when a window frees many slots at once, the first caller to wake
-would otherwise take them all with its many workers. Without a queue it changes nothing (nobody
-holds a reservation, so nobody is deferred), and a caller is only ever deferred while some caller
-holds a reservation that will take the quota's next slot, so the quota's pace is kept: what one
-caller may not take now, another that has used less will.
-
-Recent slots count, not only reservations: between its answer and its next request (the API's
-own time, milliseconds to seconds) a caller holds nothing, and another caller's many workers,
-woken by the same slot, would otherwise take the whole queue in that gap.
+few) catches up with the others within a window, whatever their numbers of workers. The second
+rule is there because a caller holds nothing between its answer and its next request (the API's
+own time, milliseconds to seconds). A tool with one quick worker would otherwise take a slot
+each time it asks; and when a window frees many slots at once, within milliseconds, the tool with
+the most workers awake would take them all while the others' answers are on their way: the
+share waits for a caller on its way back, as a disk scheduler idles briefly for the process
+whose next read is likely near. Waiting is bounded: for a grace at a time, and only while the
+free slots would not cover what the callers on their way back lack, so a quota with room to
+spare defers nobody, and a slot waits at most a grace for a caller that does not come back (at
+most 2 % of the quota's pace, and only then). Without a queue or callers on their way back it
+changes nothing, and a caller deferred for a reservation leaves the slot to the reservation's
+caller, so the quota's pace is kept.
 
 The rule lives in the stores, next to the reservations it counts, so that it holds across replicas
 (the Redis script ports ``deferred`` step for step). A caller is named by a tag in front of the
@@ -71,27 +74,52 @@ def untagged(member: str) -> str:
     return rest if sep else head
 
 
-def deferred(entries: Iterable[tuple[str, int]], caller: str, now: int) -> int | None:
+#: The longest a caller waits for another that has used less and is likely on its way back, as a
+#: share of the quota's narrowest window: 2 % (42 ms of 20 per 2.1 s, 1.2 s of 100 a minute).
+GRACE_SHARE: Final = 50
+
+
+def grace(width: int) -> int:
+    """How long (µs) a caller's latest admission marks it as on its way back, for a narrowest
+    window ``width`` µs wide."""
+    return width // GRACE_SHARE
+
+
+def deferred(
+    entries: Iterable[tuple[str, int]], caller: str, now: int, free: int = 0, grace: int = 0
+) -> int | None:
     """When ``caller`` may ask again, or None if it may take a slot now.
 
     ``entries`` are (tag, slot) of the admissions from the quota's narrowest window on: those
     after ``now`` are reservations; untagged ones and other priorities' (the tags' initial) are
-    skipped. A caller that holds a reservation waits for its earliest one while it has as many
-    entries as the fewest another caller has. A caller that holds none waits while another
-    caller that has used less holds a reservation: until the earliest such reservation, when that
-    caller takes its turn.
+    skipped. ``free`` is the number of slots that window has left; ``grace`` how long (µs) after
+    its latest admission a caller is taken to be on its way back.
+
+    A caller that holds a reservation waits for its earliest one while it has as many entries as
+    the fewest another caller has. A caller that holds none waits while a caller that has used
+    less holds a reservation (until the earliest such reservation, when that caller takes its
+    turn), or is on its way back and the free slots would not let it catch up (until its grace
+    runs out).
     """
     used: dict[str, int] = {}
     due: dict[str, int] = {}
+    latest: dict[str, int] = {}
     for other, slot in entries:
         if not other or other[0] != caller[0]:
             continue
         used[other] = used.get(other, 0) + 1
-        if slot > now and slot < due.get(other, slot + 1):
-            due[other] = slot
+        if slot > now:
+            if slot < due.get(other, slot + 1):
+                due[other] = slot
+        elif slot > latest.get(other, slot - 1):
+            latest[other] = slot
     count = used.pop(caller, 0)
     mine = due.pop(caller, None)
     if mine is not None:
         return mine if used and count >= min(used.values()) else None
-    behind = [slot for other, slot in due.items() if used[other] < count]
-    return min(behind) if behind else None
+    behind = [other for other, n in used.items() if n < count]
+    turns = [due[other] for other in behind if other in due]
+    coming = [other for other in behind if other not in due and latest[other] + grace > now]
+    if coming and free <= sum(count - used[other] for other in coming):
+        turns += [latest[other] + grace for other in coming]
+    return min(turns) if turns else None

@@ -20,7 +20,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
 
 from proxy.leases import Leases
-from proxy.quota.fair import caller_of, deferred
+from proxy.quota.fair import caller_of, deferred, grace
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
 
@@ -148,7 +148,16 @@ class MemoryStore:
         caller = caller_of(member)
         if admitted and caller and not shadow:
             recent = self._recent(quota, now)
-            turn = deferred(((caller_of(m), at) for at, m in recent), caller, now)
+            narrowest = min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
+            window, log = quota.windows[narrowest], logs[narrowest]
+            free = window.limit - (len(log) - bisect_right(log, now - window.width))
+            turn = deferred(
+                ((caller_of(m), at) for at, m in recent),
+                caller,
+                now,
+                free,
+                grace(window.width),
+            )
             if turn is not None:
                 return self._decision(quota, logs, now, False, wait, turn - now), slot
         at = now if shadow else slot

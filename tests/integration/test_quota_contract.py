@@ -3,6 +3,7 @@ and the circuit breaker over the in-process store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,16 +26,31 @@ class Clock:
         return self.now
 
 
+#: The hand-driven clock of each in-process store the fixture made, by the store's id.
+CLOCKS: dict[int, Clock] = {}
+
+
+async def later(store: QuotaStore, seconds: float) -> None:
+    """Let ``seconds`` pass for ``store``: its hand-driven clock moves, or Redis's own runs."""
+    clock = CLOCKS.get(id(store))
+    if clock is not None:
+        clock.now += seconds
+    else:
+        await asyncio.sleep(seconds)
+
+
 @pytest.fixture(params=["memory", "redis", "redis-py", "fallback-over-memory"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
     """Each store in turn; Redis is a private redis-server started for the session, reached by
     the lean client and (a URL with an option) by redis-py."""
-    if request.param == "memory":
-        yield MemoryStore(Clock())
-        return
-    if request.param == "fallback-over-memory":
+    if request.param in ("memory", "fallback-over-memory"):
         clock = Clock()
-        yield FallbackStore(MemoryStore(clock), cooldown=5.0, expected_replicas=1, clock=clock)
+        made: QuotaStore = MemoryStore(clock)
+        if request.param == "fallback-over-memory":
+            made = FallbackStore(made, cooldown=5.0, expected_replicas=1, clock=clock)
+        CLOCKS[id(made)] = clock
+        yield made
+        del CLOCKS[id(made)]
         return
     proc: Any = request.getfixturevalue("redis_proc")
     options = "?client_name=contract" if request.param == "redis-py" else ""
@@ -273,6 +289,24 @@ class TestFairShareContract:
         again = await store.admit(q, f"{A}~3", 300.0, 0.0, False)
         assert again.admitted
         assert again.turn == 0.0
+
+    async def test_a_caller_on_its_way_back_is_waited_for_a_grace(self, store: QuotaStore) -> None:
+        """With the window full, a caller that has used more waits for one that has used less and
+        was admitted a moment ago, for 2 % of the narrowest window; after that it reserves."""
+        q = quota("back", (5, 30.0))
+        for i in range(3):
+            assert (await store.admit(q, f"{A}~{i}", 300.0, 0.0, False)).wait == 0.0
+        assert (await store.admit(q, "plain", 300.0, 0.0, False)).wait == 0.0
+        assert (await store.admit(q, f"{B}~0", 300.0, 0.0, False)).wait == 0.0
+        a3 = await store.admit(q, f"{A}~3", 300.0, 0.0, False)
+        assert not a3.admitted
+        assert 0.0 < a3.turn <= 0.6
+        # B did not come back within its grace: A reserves the next slot.
+        await later(store, a3.turn + 0.05)
+        again = await store.admit(q, f"{A}~3", 300.0, 0.0, False)
+        assert again.admitted
+        assert again.turn == 0.0
+        assert 30.0 - 1.0 <= again.wait <= 30.0
 
     async def test_a_deferral_past_the_deadline_is_a_refusal(self, store: QuotaStore) -> None:
         """A request whose slot lies beyond its deadline is refused, never deferred."""

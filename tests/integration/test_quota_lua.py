@@ -4,7 +4,8 @@ A property over random quotas (one to three windows), reserves, deadlines, pause
 earlier admissions (reservations still to come among them) and times: ``admit.lua`` on a private
 redis-server, given the same time through its ``now`` argument, returns the same decision as
 ``MemoryStore`` to the microsecond — admitted, wait, remaining, reset, pause and the fair share's
-turn (the log's admissions and the new one each named for a caller, or for none).
+turn (the log's admissions and the new one each named for a caller, or for none), callers on
+their way back included.
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     windows = tuple(Window(draw(st.integers(1, 6)), width) for width in widths)
     widest = max(widths)
     now = draw(st.integers(10**6, 10**12))
-    # Half the cases hold a queue (reservations still to come, of a few callers), where the fair
-    # share decides; the others spread their log around now.
-    queued = draw(st.booleans())
-    low = now if queued else now - 2 * widest
-    log = draw(st.lists(st.integers(low, now + 2 * widest), max_size=20))
+    # A third of the cases hold a queue (reservations still to come, of a few callers), where the
+    # fair share decides; a third hold admissions of the last two graces (the narrowest width /
+    # 25) and a few reservations, where it waits for callers on their way back; the others spread
+    # their log around now.
+    shape = draw(st.sampled_from(["queued", "recent", "spread"]))
+    queued = shape != "spread"
+    if shape == "recent":
+        log = draw(st.lists(st.integers(now - min(widths) // 25 - 1, now), max_size=14))
+        log += draw(st.lists(st.integers(now + 1, now + 2 * widest), max_size=4))
+    else:
+        low = now if queued else now - 2 * widest
+        log = draw(st.lists(st.integers(low, now + 2 * widest), max_size=20))
     callers = st.sampled_from(["ia", "ib", "ia", "ib", "ic", "ba", ""])
     return {
         "callers": [draw(callers) for _ in log],

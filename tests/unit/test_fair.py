@@ -71,34 +71,71 @@ def test_a_caller_holding_none_waits_for_one_that_used_less() -> None:
     assert fair.deferred([("ia", 80), ("ia", 90), ("ib", 85)], "ia", now=100) is None
 
 
+def test_a_caller_on_its_way_back_is_waited_for_while_the_free_slots_are_short() -> None:
+    """A caller that has used less and was admitted within the grace is likely on its way back:
+    one that has used more waits out that grace while the free slots would not let it catch up."""
+    entries = [("ia", 90), ("ia", 95), ("ia", 98), ("ib", 97)]
+    assert fair.deferred(entries, "ia", now=100, free=2, grace=5) == 102
+    # Enough free slots for ib to catch up: ia takes one.
+    assert fair.deferred(entries, "ia", now=100, free=3, grace=5) is None
+    # ib's grace is over: it is not coming back soon, nothing waits for it.
+    assert fair.deferred(entries, "ia", now=100, free=0, grace=3) is None
+    # A reservation of a caller that has used less comes first, if it is earlier.
+    assert fair.deferred([*entries, ("ic", 101)], "ia", now=100, free=0, grace=5) == 101
+    # The caller on its way back is not held back itself.
+    assert fair.deferred(entries, "ib", now=100, free=0, grace=5) is None
+
+
+def expected_turn(
+    entries: list[tuple[str, int]], caller: str, now: int, free: int, grace: int
+) -> int | None:
+    """The rule as the README states it, caller by caller."""
+    mine = [(o, slot) for o, slot in entries if o and o[0] == caller[0]]
+    others = {o for o, _ in mine if o != caller}
+    count = sum(1 for o, _ in mine if o == caller)
+
+    def used(o: str) -> int:
+        return sum(1 for p, _ in mine if p == o)
+
+    def reservations(o: str) -> list[int]:
+        return [slot for p, slot in mine if p == o and slot > now]
+
+    if reservations(caller):
+        if others and count >= min(used(o) for o in others):
+            return min(reservations(caller))
+        return None
+    lighter = [o for o in others if used(o) < count]
+    turns = [min(reservations(o)) for o in lighter if reservations(o)]
+    back = [
+        o
+        for o in lighter
+        if not reservations(o) and max(slot for p, slot in mine if p == o) + grace > now
+    ]
+    if back and free <= sum(count - used(o) for o in back):
+        turns += [max(slot for p, slot in mine if p == o) + grace for o in back]
+    return min(turns) if turns else None
+
+
 @given(
     st.lists(
         st.tuples(st.sampled_from(["", "ia", "ib", "ic", "ba"]), st.integers(1, 100)), max_size=30
     ),
     st.sampled_from(["ia", "ib", "ba"]),
     st.integers(0, 100),
+    st.integers(-3, 8),
+    st.sampled_from([0, 1, 5, 30]),
 )
-def test_deferred_exactly_while_a_caller_that_used_less_waits(
-    entries: list[tuple[str, int]], caller: str, now: int
+def test_deferred_exactly_as_the_rule_says(
+    entries: list[tuple[str, int]], caller: str, now: int, free: int, grace: int
 ) -> None:
     """Holding a reservation: deferred iff the caller has as many entries as the fewest another
-    caller of its priority has, until its own earliest reservation. Holding none: deferred iff a
-    caller of its priority with fewer entries holds a reservation, until the earliest of those."""
-    used: dict[str, int] = {}
-    for other, _ in entries:
-        if other and other[0] == caller[0]:
-            used[other] = used.get(other, 0) + 1
-    mine = used.pop(caller, 0)
-    ahead = [slot for other, slot in entries if other == caller and slot > now]
-    behind = [
-        slot for other, slot in entries if other in used and used[other] < mine and slot > now
-    ]
-    answer = fair.deferred(entries, caller, now)
-    if ahead:
-        expected = min(ahead) if used and mine >= min(used.values()) else None
-    else:
-        expected = min(behind) if behind else None
-    assert answer == expected
-    # Never deferred while nobody holds a reservation.
-    if all(slot <= now for _, slot in entries):
+    caller of its priority has, until its own earliest reservation. Holding none: until the
+    earliest reservation of a caller that has used less, or the end of the grace of one on its
+    way back while the free slots are fewer than such callers lack."""
+    answer = fair.deferred(entries, caller, now, free, grace)
+    assert answer == expected_turn(entries, caller, now, free, grace)
+    if answer is not None:
+        assert answer > now
+    # Never deferred while nobody holds a reservation or is on its way back.
+    if all(slot + grace <= now for _, slot in entries):
         assert answer is None

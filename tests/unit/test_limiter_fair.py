@@ -49,10 +49,10 @@ class VirtualTime:
         await asyncio.gather(*tasks)
 
 
-def limiter(clock: VirtualTime, fair_share: bool, *limits: str) -> Limiter:
+def limiter(clock: VirtualTime, fair_share: bool, *limits: str, margin: float = 0.0) -> Limiter:
     shape = tuple(parse_limit(text) for text in limits or ("2/1s", "30/1m"))
     route = RouteOverride(ROUTE, None, shape, None, None)
-    throttle = Throttle(max_wait=600.0, margin=0.0, routes=(route,), fair_share=fair_share)
+    throttle = Throttle(max_wait=600.0, margin=margin, routes=(route,), fair_share=fair_share)
     return Limiter(
         throttle,
         effective_routes(throttle),
@@ -66,22 +66,28 @@ def limiter(clock: VirtualTime, fair_share: bool, *limits: str) -> Limiter:
 
 
 async def finishes(
-    fair_share: bool, workers: dict[str, int], calls: int, latency: float = 0.0
+    fair_share: bool,
+    workers: dict[str, int],
+    calls: int,
+    latency: tuple[float, float] = (0.0, 0.0),
+    limits: tuple[str, ...] = (),
+    margin: float = 0.0,
 ) -> dict[str, float]:
-    """Each tool runs ``calls`` admissions over its workers, each followed by ``latency`` seconds
-    of the API's own time; the time its last one was admitted."""
+    """Each tool runs ``calls`` admissions over its workers, each followed by the API's own time
+    (uniform within ``latency``, seeded); the time its last one was answered."""
     clock = VirtualTime()
-    quota = limiter(clock, fair_share)
+    quota = limiter(clock, fair_share, *limits, margin=margin)
     done: dict[str, float] = {}
     ids = itertools.count()
+    jitter = random.Random(11)
 
     async def worker(tool: str, share: list[int]) -> None:
         while share[0] > 0:
             share[0] -= 1
             await quota.admit(ROUTE, f"r{next(ids)}", client=tool)
+            if latency[1]:
+                await clock.sleep(jitter.uniform(*latency))
             done[tool] = clock.now
-            if latency:
-                await clock.sleep(latency)
 
     jobs = []
     for tool, count in workers.items():
@@ -109,11 +115,26 @@ async def test_the_share_holds_when_each_call_takes_the_apis_own_time() -> None:
     tools still finish within 7 % of each other; first come, first served, the eight workers
     finish before the single one by far."""
     workers = {"siem-connector": 1, "soar": 8, "script": 3}
-    ends = await finishes(True, workers, 20, latency=0.05)
+    ends = await finishes(True, workers, 20, latency=(0.05, 0.05))
     assert spread(ends) <= 0.07
-    queued = await finishes(False, workers, 20, latency=0.05)
+    queued = await finishes(False, workers, 20, latency=(0.05, 0.05))
     assert spread(queued) >= 0.5
     assert queued["soar"] < ends["soar"]
+
+
+async def test_a_window_freeing_many_slots_at_once_is_shared_too() -> None:
+    """On 20/2s and 300/1m (plus 100 ms of margin) with 2–5 ms of API time, each window's slots
+    come free at once, within milliseconds; the callers on their way back are waited for, so
+    tools with 1, 4 and 2 workers finish within 5 % of each other, and the last within 1 % of
+    when first come, first served finishes its last (which lets the four workers finish in
+    under half that)."""
+    workers = {"siem-connector": 1, "soar": 4, "script": 2}
+    shape = {"latency": (0.002, 0.005), "limits": ("20/2s", "300/1m"), "margin": 0.1}
+    ends = await finishes(True, workers, 160, **shape)  # type: ignore[arg-type]
+    queued = await finishes(False, workers, 160, **shape)  # type: ignore[arg-type]
+    assert spread(ends) <= 0.05
+    assert max(ends.values()) <= 1.01 * max(queued.values())
+    assert queued["soar"] < 0.5 * max(queued.values())
 
 
 async def test_without_the_share_the_tool_with_more_workers_finishes_first() -> None:

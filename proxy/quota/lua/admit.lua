@@ -98,45 +98,63 @@ while true do
   if not moved then break end
 end
 
--- The fair share (least used first): a member "<tag>~<id>" names its caller; only callers of its
--- priority (the tag's first letter) count. A caller that holds a reservation still to come, and
--- has as many entries within the narrowest window (reservations included) as the fewest another
--- caller has, takes no slot now: it asks again when its earliest reservation is due. A caller
--- that holds none waits while another caller that has used less holds one: until the earliest
--- such reservation. Every admission is in every window's set, so the first window's set holds
--- every entry of the narrowest window.
+-- The fair share (least used first; proxy/quota/fair.py's `deferred`): a member "<tag>~<id>"
+-- names its caller; only callers of its priority (the tag's first letter) count. A caller that
+-- holds a reservation still to come, and has as many entries within the narrowest window
+-- (reservations included) as the fewest another caller has, takes no slot now: it asks again
+-- when its earliest reservation is due. A caller that holds none waits while another caller
+-- that has used less holds one (until the earliest such reservation), or was admitted within
+-- the grace (the narrowest width / GRACE_SHARE) and the narrowest window's free slots would not
+-- let it catch up (until its grace runs out). Every admission is in every window's set, so the
+-- narrowest window's set holds every entry of it.
+local GRACE_SHARE = 50  -- as fair.GRACE_SHARE
 local function deferred(caller)
-  local narrowest = windows[1][3]
+  local narrow = windows[1]
   for i = 2, #windows do
-    if windows[i][3] < narrowest then narrowest = windows[i][3] end
+    if windows[i][3] < narrow[3] then narrow = windows[i] end
   end
-  local entries = redis.call(
-    'ZRANGEBYSCORE', KEYS[2], '(' .. num(now - narrowest), '+inf', 'WITHSCORES')
-  local used, due = {}, {}
+  local since = '(' .. num(now - narrow[3])
+  local entries = redis.call('ZRANGEBYSCORE', narrow[1], since, '+inf', 'WITHSCORES')
+  local free = narrow[2] - #entries / 2
+  local grace = math.floor(narrow[3] / GRACE_SHARE)
+  local used, due, latest = {}, {}, {}
   local prefix = string.sub(caller, 1, 1)
   for j = 1, #entries, 2 do
     local other = string.match(entries[j], '^([^~]+)~')
     if other and string.sub(other, 1, 1) == prefix then
       used[other] = (used[other] or 0) + 1
       local slot = tonumber(entries[j + 1])
-      if slot > now and (due[other] == nil or slot < due[other]) then due[other] = slot end
+      if slot > now then
+        if due[other] == nil or slot < due[other] then due[other] = slot end
+      elseif latest[other] == nil or slot > latest[other] then
+        latest[other] = slot
+      end
     end
   end
   local count = used[caller] or 0
   local mine = due[caller]
   if mine ~= nil then
     local fewest = nil
-    for other, n in pairs(used) do
-      if other ~= caller and (fewest == nil or n < fewest) then fewest = n end
+    for other, k in pairs(used) do
+      if other ~= caller and (fewest == nil or k < fewest) then fewest = k end
     end
     if fewest == nil or count < fewest then return nil end
     return mine
   end
-  local earliest = nil
-  for other, slot in pairs(due) do
-    if used[other] < count and (earliest == nil or slot < earliest) then earliest = slot end
+  local turn, short, back = nil, 0, nil
+  for other, k in pairs(used) do
+    if k < count then
+      local at = due[other]
+      if at ~= nil then
+        if turn == nil or at < turn then turn = at end
+      elseif latest[other] + grace > now then
+        short = short + count - k
+        if back == nil or latest[other] + grace < back then back = latest[other] + grace end
+      end
+    end
   end
-  return earliest
+  if back ~= nil and free <= short and (turn == nil or back < turn) then turn = back end
+  return turn
 end
 
 local wait = t - now
