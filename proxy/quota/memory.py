@@ -147,19 +147,19 @@ class MemoryStore:
         admitted = wait <= round(max_wait * MICROS)
         caller = caller_of(member)
         if admitted and caller and not shadow:
-            recent = self._recent(quota, now)
             narrowest = min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
             window, log = quota.windows[narrowest], logs[narrowest]
-            free = window.limit - (len(log) - bisect_right(log, now - window.width))
-            turn = deferred(
-                ((caller_of(m), at) for at, m in recent),
-                caller,
-                now,
-                free,
-                grace(window.width),
-            )
-            if turn is not None:
-                return self._decision(quota, logs, now, False, wait, turn - now), slot
+            used = len(log) - bisect_right(log, now - window.width)
+            free = window.limit - used
+            spare = grace(window.width)
+            if log[-1:] > [now] or free <= used * (len(log) - bisect_right(log, now - spare)):
+                # Otherwise nobody holds a reservation, and the callers on their way back (each
+                # with an admission within the grace) cannot lack more than the free slots: no
+                # deferral is possible, and the scan is skipped.
+                recent = self._recent(quota, now)
+                turn = deferred(((caller_of(m), at) for at, m in recent), caller, now, free, spare)
+                if turn is not None:
+                    return self._decision(quota, logs, now, False, wait, turn - now), slot
         at = now if shadow else slot
         if shadow or admitted:
             for log in logs:
@@ -181,6 +181,8 @@ class MemoryStore:
 
     def _note_caller(self, quota: Quota, member: str, at: int, now: int) -> None:
         if caller_of(member) and at > now - min(w.width for w in quota.windows):
+            # Trimmed here too: the admissions that skip the fair share's scan still add to it.
+            self._recent(quota, now)
             insort(self._callers.setdefault(quota.key, []), (at, member))
 
     def move(self, quota: Quota, member: str, to: int | None) -> None:

@@ -6,6 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.quota import fair
+from proxy.quota.memory import MemoryStore
+from proxy.quota.store import Quota, as_windows
 
 
 def test_a_tag_names_the_priority_and_hides_the_name() -> None:
@@ -139,3 +141,16 @@ def test_deferred_exactly_as_the_rule_says(
     # Never deferred while nobody holds a reservation or is on its way back.
     if all(slot + grace <= now for _, slot in entries):
         assert answer is None
+
+
+async def test_an_uncontended_quota_keeps_only_its_last_window_of_callers() -> None:
+    """Admissions that skip the share's scan (room to spare, nobody queued) still trim what the
+    in-process store keeps of the callers: a window's worth, however long it runs."""
+    clock = [1000.0]
+    store = MemoryStore(lambda: clock[0])
+    quota = Quota("dp:{test:trim}", as_windows(((1000, 1.0),), 0.0))
+    for i in range(2_000):
+        clock[0] += 0.01
+        decision = await store.admit(quota, fair.tagged("ia", f"r{i}"), 0.0, 0.0, False)
+        assert decision.admitted
+    assert len(store._callers[quota.key]) <= 101

@@ -114,9 +114,15 @@ local function deferred(caller)
     if windows[i][3] < narrow[3] then narrow = windows[i] end
   end
   local since = '(' .. num(now - narrow[3])
-  local entries = redis.call('ZRANGEBYSCORE', narrow[1], since, '+inf', 'WITHSCORES')
-  local free = narrow[2] - #entries / 2
   local grace = math.floor(narrow[3] / GRACE_SHARE)
+  local in_window = redis.call('ZCOUNT', narrow[1], since, '+inf')
+  local free = narrow[2] - in_window
+  local ahead = redis.call('ZCOUNT', narrow[1], '(' .. num(now), '+inf')
+  local fresh = redis.call('ZCOUNT', narrow[1], '(' .. num(now - grace), '+inf')
+  -- As MemoryStore: with no reservation, and more free slots than the callers on their way back
+  -- could lack, nobody is deferred; the scan is skipped.
+  if ahead == 0 and free > in_window * fresh then return nil end
+  local entries = redis.call('ZRANGEBYSCORE', narrow[1], since, '+inf', 'WITHSCORES')
   local used, due, latest = {}, {}, {}
   local prefix = string.sub(caller, 1, 1)
   for j = 1, #entries, 2 do
