@@ -198,6 +198,13 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=r,
         )
+        self.fair_share_deferrals = Counter(
+            "defender_proxy_fair_share_deferrals",
+            "Times a request took no slot and waited for another caller's turn (or its own "
+            "earliest reservation) under throttle.fair_share, by route.",
+            ["route"],
+            registry=r,
+        )
         self.upstream_throttled = Counter(
             "defender_proxy_upstream_throttled",
             "429 answers from the API (and 503s that say when to come back), by route and the "

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from proxy import hints
 from proxy.catalogue import OTHER, RouteSpec
@@ -48,6 +49,9 @@ from proxy.quota.families import Families
 from proxy.quota.learned import LearnedLimits
 from proxy.quota.policies import RoutePolicy, RouteSeries, route_table
 from proxy.quota.store import Decision, Quota, QuotaStore, quota_key
+
+#: The shortest a deferred request sleeps before it asks again (seconds).
+MIN_TURN: Final = 0.001
 
 
 def fresh_member(member: str) -> str:
@@ -340,8 +344,11 @@ class Limiter:
             if decision.turn <= 0:
                 break
             # Deferred: the caller holds its share of the queue. Nothing is held meanwhile, so a
-            # caller that leaves now has nothing to give back.
-            await self._sleep(min(decision.turn, max(0.0, deadline - (ended - first))))
+            # caller that leaves now has nothing to give back. A turn microseconds away is slept
+            # as MIN_TURN, so a run of such turns cannot spin on the store.
+            self._metrics.fair_share_deferrals.labels(route).inc()
+            turn = max(decision.turn, MIN_TURN)
+            await self._sleep(min(turn, max(0.0, deadline - (ended - first))))
             deferred = self._clock() - first
             turns += 1
         decided = ended - started

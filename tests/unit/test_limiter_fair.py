@@ -17,6 +17,7 @@ from proxy.throttle_config import RouteOverride
 from proxy.units import parse_limit
 
 ROUTE = "machines.list"
+DEFERRALS = "defender_proxy_fair_share_deferrals_total"
 
 
 class VirtualTime:
@@ -27,16 +28,19 @@ class VirtualTime:
         self.now = 1000.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        #: every sleep asked for, in seconds
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._order), woken))
         await woken
 
-    async def run(self, *jobs: Awaitable[None]) -> None:
+    async def run(self, *jobs: Awaitable[object]) -> None:
         tasks = [asyncio.ensure_future(job) for job in jobs]
         for _ in range(100_000):
             for _ in range(20):  # let every task reach its next sleep (the store never blocks)
@@ -49,7 +53,13 @@ class VirtualTime:
         await asyncio.gather(*tasks)
 
 
-def limiter(clock: VirtualTime, fair_share: bool, *limits: str, margin: float = 0.0) -> Limiter:
+def limiter(
+    clock: VirtualTime,
+    fair_share: bool,
+    *limits: str,
+    margin: float = 0.0,
+    metrics: Metrics | None = None,
+) -> Limiter:
     shape = tuple(parse_limit(text) for text in limits or ("2/1s", "30/1m"))
     route = RouteOverride(ROUTE, None, shape, None, None)
     throttle = Throttle(max_wait=600.0, margin=margin, routes=(route,), fair_share=fair_share)
@@ -58,7 +68,7 @@ def limiter(clock: VirtualTime, fair_share: bool, *limits: str, margin: float = 
         effective_routes(throttle),
         route_policies(throttle),
         MemoryStore(clock),
-        Metrics(),
+        metrics or Metrics(),
         random.Random(7),
         clock=clock,
         sleep=clock.sleep,
@@ -173,3 +183,42 @@ async def test_a_deferred_caller_still_keeps_its_deadline() -> None:
     assert outcomes["a1"] == "admitted"
     assert outcomes["c7"] == "waited"
     assert outcomes["a6"].startswith("refused ")
+
+
+async def test_a_turn_microseconds_away_is_slept_as_a_millisecond_and_counted() -> None:
+    """A caller deferred for a grace that ends 1 µs later sleeps 1 ms before it asks again (no
+    spin on the store), and each deferral is counted for its route."""
+    clock = VirtualTime()
+    metrics = Metrics()
+    quota = limiter(clock, True, "5/1s", metrics=metrics)
+    for member in ("a0", "a1", "a2"):
+        await quota.admit(ROUTE, member, client="a")
+    await quota.admit(ROUTE, "plain")
+    await quota.admit(ROUTE, "b0", client="b")
+    # b was admitted at 1000.0; its grace (1 s / 50) ends at 1000.02.
+    clock.now = 1000.02 - 1e-6
+    clock.slept.clear()
+    outcome: list[str] = []
+
+    async def late() -> None:
+        outcome.append((await quota.admit(ROUTE, "a3", client="a")).outcome)
+
+    await clock.run(late())
+    assert outcome == ["waited"]
+    assert clock.slept[0] == 0.001
+    counted = metrics.registry.get_sample_value(DEFERRALS, {"route": ROUTE})
+    assert counted == 1
+
+
+async def test_without_the_share_nothing_is_deferred_or_counted() -> None:
+    """throttle.fair_share off: the same calls take their slots first come, first served."""
+    clock = VirtualTime()
+    metrics = Metrics()
+    quota = limiter(clock, False, "5/1s", metrics=metrics)
+    for member in ("a0", "a1", "a2"):
+        await quota.admit(ROUTE, member, client="a")
+    await quota.admit(ROUTE, "b0", client="b")
+    await clock.run(quota.admit(ROUTE, "a3", client="a"), quota.admit(ROUTE, "a4", client="a"))
+    assert not metrics.registry.get_sample_value(DEFERRALS, {"route": ROUTE})
+    assert clock.slept
+    assert min(clock.slept) > 0.5
