@@ -79,6 +79,11 @@ def untagged(member: str) -> str:
 GRACE_SHARE: Final = 50
 
 
+#: How many times its admissions within the last grace a caller on its way back is kept free
+#: slots for: what it took in one grace it may take again in the next, and some more.
+PACE: Final = 2
+
+
 def grace(width: int) -> int:
     """How long (µs) a caller's latest admission marks it as on its way back, for a narrowest
     window ``width`` µs wide."""
@@ -98,12 +103,14 @@ def deferred(
     A caller that holds a reservation waits for its earliest one while it has as many entries as
     the fewest another caller has. A caller that holds none waits while a caller that has used
     less holds a reservation (until the earliest such reservation, when that caller takes its
-    turn), or is on its way back and the free slots would not let it catch up (until its grace
-    runs out).
+    turn), or is on its way back (admitted within the grace) and the free slots are no more than
+    such callers may take: each ``PACE`` times as many as it was admitted within the grace, no
+    more than it lacks to catch up (until its grace runs out).
     """
     used: dict[str, int] = {}
     due: dict[str, int] = {}
     latest: dict[str, int] = {}
+    fresh: dict[str, int] = {}
     for other, slot in entries:
         if not other or other[0] != caller[0]:
             continue
@@ -111,15 +118,19 @@ def deferred(
         if slot > now:
             if slot < due.get(other, slot + 1):
                 due[other] = slot
-        elif slot > latest.get(other, slot - 1):
-            latest[other] = slot
+        elif slot > now - grace:
+            fresh[other] = fresh.get(other, 0) + 1
+            if slot > latest.get(other, slot - 1):
+                latest[other] = slot
     count = used.pop(caller, 0)
     mine = due.pop(caller, None)
     if mine is not None:
         return mine if used and count >= min(used.values()) else None
     behind = [other for other, n in used.items() if n < count]
     turns = [due[other] for other in behind if other in due]
-    coming = [other for other in behind if other not in due and latest[other] + grace > now]
-    if coming and free <= sum(count - used[other] for other in coming):
+    coming = [other for other in behind if other not in due and other in fresh]
+    # What the callers on their way back may take: PACE times as many as each took within the
+    # last grace, no more than it lacks to catch up.
+    if coming and free <= sum(min(count - used[other], PACE * fresh[other]) for other in coming):
         turns += [latest[other] + grace for other in coming]
     return min(turns) if turns else None

@@ -20,7 +20,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
 
 from proxy.leases import Leases
-from proxy.quota.fair import caller_of, deferred, grace
+from proxy.quota.fair import PACE, caller_of, deferred, grace
 from proxy.quota.schedule import earliest, headroom
 from proxy.quota.store import MICROS, Decision, Quota
 
@@ -149,13 +149,12 @@ class MemoryStore:
         if admitted and caller and not shadow:
             narrowest = min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
             window, log = quota.windows[narrowest], logs[narrowest]
-            used = len(log) - bisect_right(log, now - window.width)
-            free = window.limit - used
+            free = window.limit - (len(log) - bisect_right(log, now - window.width))
             spare = grace(window.width)
-            if log[-1:] > [now] or free <= used * (len(log) - bisect_right(log, now - spare)):
-                # Otherwise nobody holds a reservation, and the callers on their way back (each
-                # with an admission within the grace) cannot lack more than the free slots: no
-                # deferral is possible, and the scan is skipped.
+            if log[-1:] > [now] or free <= PACE * (len(log) - bisect_right(log, now - spare)):
+                # Otherwise nobody holds a reservation, and the callers on their way back may
+                # take no more than PACE times what was admitted within the grace, fewer than the
+                # free slots: no deferral is possible, and the scan is skipped.
                 recent = self._recent(quota, now)
                 turn = deferred(((caller_of(m), at) for at, m in recent), caller, now, free, spare)
                 if turn is not None:

@@ -75,11 +75,16 @@ def test_a_caller_holding_none_waits_for_one_that_used_less() -> None:
 
 def test_a_caller_on_its_way_back_is_waited_for_while_the_free_slots_are_short() -> None:
     """A caller that has used less and was admitted within the grace is likely on its way back:
-    one that has used more waits out that grace while the free slots would not let it catch up."""
-    entries = [("ia", 90), ("ia", 95), ("ia", 98), ("ib", 97)]
+    one that has used more waits out that grace while the free slots are no more than it may
+    take (twice as many as it was admitted within the grace, at most what it lacks)."""
+    entries = [("ia", 90), ("ia", 95), ("ia", 98), ("ia", 99), ("ia", 99), ("ib", 97)]
     assert fair.deferred(entries, "ia", now=100, free=2, grace=5) == 102
-    # Enough free slots for ib to catch up: ia takes one.
+    # More free slots than twice what ib took within its grace: ia takes one.
     assert fair.deferred(entries, "ia", now=100, free=3, grace=5) is None
+    # ib took two within the grace but lacks only one: one free slot is kept for it.
+    near = [("ia", 90), ("ia", 95), ("ia", 98), ("ib", 97), ("ib", 96)]
+    assert fair.deferred(near, "ia", now=100, free=1, grace=5) == 102
+    assert fair.deferred(near, "ia", now=100, free=2, grace=5) is None
     # ib's grace is over: it is not coming back soon, nothing waits for it.
     assert fair.deferred(entries, "ia", now=100, free=0, grace=3) is None
     # A reservation of a caller that has used less comes first, if it is earlier.
@@ -108,12 +113,12 @@ def expected_turn(
         return None
     lighter = [o for o in others if used(o) < count]
     turns = [min(reservations(o)) for o in lighter if reservations(o)]
-    back = [
-        o
-        for o in lighter
-        if not reservations(o) and max(slot for p, slot in mine if p == o) + grace > now
-    ]
-    if back and free <= sum(count - used(o) for o in back):
+
+    def within_grace(o: str) -> int:
+        return sum(1 for p, slot in mine if p == o and now - grace < slot <= now)
+
+    back = [o for o in lighter if not reservations(o) and within_grace(o)]
+    if back and free <= sum(min(count - used(o), 2 * within_grace(o)) for o in back):
         turns += [max(slot for p, slot in mine if p == o) + grace for o in back]
     return min(turns) if turns else None
 
@@ -133,7 +138,7 @@ def test_deferred_exactly_as_the_rule_says(
     """Holding a reservation: deferred iff the caller has as many entries as the fewest another
     caller of its priority has, until its own earliest reservation. Holding none: until the
     earliest reservation of a caller that has used less, or the end of the grace of one on its
-    way back while the free slots are fewer than such callers lack."""
+    way back while the free slots are no more than such callers may take."""
     answer = fair.deferred(entries, caller, now, free, grace)
     assert answer == expected_turn(entries, caller, now, free, grace)
     if answer is not None:

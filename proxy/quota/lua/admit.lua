@@ -104,10 +104,12 @@ end
 -- (reservations included) as the fewest another caller has, takes no slot now: it asks again
 -- when its earliest reservation is due. A caller that holds none waits while another caller
 -- that has used less holds one (until the earliest such reservation), or was admitted within
--- the grace (the narrowest width / GRACE_SHARE) and the narrowest window's free slots would not
--- let it catch up (until its grace runs out). Every admission is in every window's set, so the
+-- the grace (the narrowest width / GRACE_SHARE) while the narrowest window's free slots are no
+-- more than such callers may take: each PACE times as many as it was admitted within the grace,
+-- at most what it lacks to catch up (until its grace runs out). Every admission is in every window's set, so the
 -- narrowest window's set holds every entry of it.
 local GRACE_SHARE = 50  -- as fair.GRACE_SHARE
+local PACE = 2  -- as fair.PACE
 local function deferred(caller)
   local narrow = windows[1]
   for i = 2, #windows do
@@ -115,15 +117,14 @@ local function deferred(caller)
   end
   local since = '(' .. num(now - narrow[3])
   local grace = math.floor(narrow[3] / GRACE_SHARE)
-  local in_window = redis.call('ZCOUNT', narrow[1], since, '+inf')
-  local free = narrow[2] - in_window
+  local free = narrow[2] - redis.call('ZCOUNT', narrow[1], since, '+inf')
   local ahead = redis.call('ZCOUNT', narrow[1], '(' .. num(now), '+inf')
-  local fresh = redis.call('ZCOUNT', narrow[1], '(' .. num(now - grace), '+inf')
-  -- As MemoryStore: with no reservation, and more free slots than the callers on their way back
-  -- could lack, nobody is deferred; the scan is skipped.
-  if ahead == 0 and free > in_window * fresh then return nil end
+  local recent = redis.call('ZCOUNT', narrow[1], '(' .. num(now - grace), '+inf')
+  -- As MemoryStore: with no reservation, and more free slots than PACE times what was admitted
+  -- within the grace (the most the callers on their way back may take), nobody is deferred.
+  if ahead == 0 and free > PACE * recent then return nil end
   local entries = redis.call('ZRANGEBYSCORE', narrow[1], since, '+inf', 'WITHSCORES')
-  local used, due, latest = {}, {}, {}
+  local used, due, latest, fresh = {}, {}, {}, {}
   local prefix = string.sub(caller, 1, 1)
   for j = 1, #entries, 2 do
     local other = string.match(entries[j], '^([^~]+)~')
@@ -132,8 +133,9 @@ local function deferred(caller)
       local slot = tonumber(entries[j + 1])
       if slot > now then
         if due[other] == nil or slot < due[other] then due[other] = slot end
-      elseif latest[other] == nil or slot > latest[other] then
-        latest[other] = slot
+      elseif slot > now - grace then
+        fresh[other] = (fresh[other] or 0) + 1
+        if latest[other] == nil or slot > latest[other] then latest[other] = slot end
       end
     end
   end
@@ -153,8 +155,8 @@ local function deferred(caller)
       local at = due[other]
       if at ~= nil then
         if turn == nil or at < turn then turn = at end
-      elseif latest[other] + grace > now then
-        short = short + count - k
+      elseif fresh[other] ~= nil then
+        short = short + math.min(count - k, PACE * fresh[other])
         if back == nil or latest[other] + grace < back then back = latest[other] + grace end
       end
     end
