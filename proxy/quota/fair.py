@@ -13,7 +13,9 @@ narrowest window, reservations still to come included. Least used first:
   reservation (then it is deferred until that reservation comes due, when the other caller
   takes its turn), or a caller that has used less was admitted within the *grace* (2 % of the
   narrowest window: 42 ms of 20 per 2.1 s, 1.2 s of 100 a minute) and the window's free slots
-  are fewer than such callers lack to catch up (then it is deferred until that grace is over).
+  are no more than such callers may take — each ``PACE`` (2) times as many as it was admitted
+  within the grace, at most what it lacks to catch up (then it is deferred until that grace is
+  over).
 
 The callers thus take the queue's slots in turns, and one that arrived late (or whose workers are
 few) catches up with the others within a window, whatever their numbers of workers. The second
@@ -23,9 +25,10 @@ each time it asks; and when a window frees many slots at once, within millisecon
 the most workers awake would take them all while the others' answers are on their way: the
 share waits for a caller on its way back, as a disk scheduler idles briefly for the process
 whose next read is likely near. Waiting is bounded: for a grace at a time, and only while the
-free slots would not cover what the callers on their way back lack, so a quota with room to
-spare defers nobody, and a slot waits at most a grace for a caller that does not come back (at
-most 2 % of the quota's pace, and only then). Without a queue or callers on their way back it
+free slots would not cover what the callers on their way back may take at their own pace, so a
+quota with room to spare defers nobody, a sporadic caller is kept a slot or two rather than all
+it lacks, and a slot waits at most a grace for a caller that does not come back (at most 2 % of
+the quota's pace, and only then). Without a queue or callers on their way back it
 changes nothing, and a caller deferred for a reservation leaves the slot to the reservation's
 caller, so the quota's pace is kept.
 
