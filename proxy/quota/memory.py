@@ -29,6 +29,12 @@ from proxy.quota.store import MICROS, Decision, Quota
 _RECENT = 256
 
 
+def narrowest(quota: Quota) -> int:
+    """The index of ``quota``'s narrowest window (the first of equals), which the fair share
+    counts in; the Redis script picks the same one."""
+    return min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
+
+
 class MemoryStore:
     """Admission logs in this process's memory."""
 
@@ -147,8 +153,8 @@ class MemoryStore:
         admitted = wait <= round(max_wait * MICROS)
         caller = caller_of(member)
         if admitted and caller and not shadow:
-            narrowest = min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
-            window, log = quota.windows[narrowest], logs[narrowest]
+            index = narrowest(quota)
+            window, log = quota.windows[index], logs[index]
             free = window.limit - (len(log) - bisect_right(log, now - window.width))
             spare = grace(window.width)
             if log[-1:] > [now] or free <= PACE * (len(log) - bisect_right(log, now - spare)):
@@ -173,13 +179,14 @@ class MemoryStore:
         entries = self._callers.get(quota.key)
         if not entries:
             return []
-        gone = bisect_right(entries, (now - min(w.width for w in quota.windows), "\U0010ffff"))
+        width = quota.windows[narrowest(quota)].width
+        gone = bisect_right(entries, (now - width, "\U0010ffff"))
         if gone:
             del entries[:gone]
         return entries
 
     def _note_caller(self, quota: Quota, member: str, at: int, now: int) -> None:
-        if caller_of(member) and at > now - min(w.width for w in quota.windows):
+        if caller_of(member) and at > now - quota.windows[narrowest(quota)].width:
             # Trimmed here too: the admissions that skip the fair share's scan still add to it.
             self._recent(quota, now)
             insort(self._callers.setdefault(quota.key, []), (at, member))
