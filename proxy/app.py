@@ -105,6 +105,7 @@ def build(
         lambda: _doing(proxies, metrics),
         lambda: any(proxy.in_flight for proxy in proxies),
         trim_interval,
+        tidy=limiter.tidy,
     )
     admin.router.add_get("/metrics", _metrics)
     admin.router.add_get("/healthz", _healthz)

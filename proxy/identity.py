@@ -221,6 +221,10 @@ class Identities:
         self._overflow.send(identity, until)
         return OVERFLOW
 
+    def sweep(self, now: float) -> None:
+        """Forget every identity held until ``now`` or before."""
+        self._held.sweep(now, None)
+
     def extend(self, identity: str, until: float) -> None:
         """Hold ``identity`` (if it is held, or ``overflow``) at least until ``until``."""
         if identity == OVERFLOW:

@@ -65,8 +65,10 @@ class Trimmer:
     """The looks at the process, and the trims they decide on.
 
     ``state`` says what the process is doing (any value that changes when a request is answered
-    or a connection opens or closes); ``busy`` whether a request is in flight. ``release`` gives
-    freed memory back to the system (default: ``malloc_trim``, looked up at the first trim).
+    or a connection opens or closes); ``busy`` whether a request is in flight. ``tidy`` drops
+    what the process holds but no longer needs (the quota tables' expired keys) before each
+    collection. ``release`` gives freed memory back to the system (default: ``malloc_trim``,
+    looked up at the first trim).
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class Trimmer:
         interval: float = INTERVAL,
         release: Callable[[], object] | None = None,
         resident: Callable[[], int | None] = resident_bytes,
+        tidy: Callable[[], object] | None = None,
     ) -> None:
         self._state = state
+        self._tidy = tidy
         self._busy = busy
         self.interval = interval
         self._release = release
@@ -102,8 +106,11 @@ class Trimmer:
         return True
 
     def trim(self) -> None:
-        """Collect every generation, then give freed memory back to the system."""
+        """Drop what is no longer needed, collect every generation, then give freed memory
+        back to the system."""
         before = self._resident()
+        if self._tidy is not None:
+            self._tidy()
         gc.collect()
         if not self._looked_up:
             self._looked_up = True

@@ -334,6 +334,12 @@ class FallbackStore(Generic[Shared]):
             self._failed(exc)
             return False
 
+    def tidy(self) -> None:
+        """The local store's keys whose time has passed go, and with them what this store
+        keeps per quota; then the shared store's tidy (Redis's keys expire there)."""
+        self.local.tidy()
+        self.shared.tidy()
+
     async def close(self) -> None:
         """Close the shared store's connections."""
         await self.shared.close()

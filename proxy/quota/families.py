@@ -105,3 +105,7 @@ class Families:
     def __len__(self) -> int:
         """Families held, the overflow not counted."""
         return len(self._held)
+
+    def sweep(self, now: float) -> None:
+        """Forget every family held until ``now`` or before."""
+        self._held.sweep(now, None)

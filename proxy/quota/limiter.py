@@ -276,6 +276,17 @@ class Limiter:
         self._streak.pop(quota.key, None)
         self._paused_until.pop(quota.key, None)
 
+    def tidy(self) -> None:
+        """Forget now every identity, path family and quota whose time has passed, here and in
+        the store: the process has gone quiet, and each would otherwise wait for the next
+        request to be let go (a burst's leftovers, scattered over the memory it took)."""
+        now = self._clock()
+        self._held.sweep(now, None)
+        self._identities.sweep(now)
+        if self._families is not None:
+            self._families.sweep(now)
+        self.store.tidy()
+
     def held(self) -> dict[str, int]:
         """What the limiter holds now: identities, path families, quotas made for either."""
         families = 0 if self._families is None else len(self._families)

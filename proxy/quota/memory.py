@@ -302,5 +302,12 @@ class MemoryStore:
         """Nothing to prepare."""
         return True
 
+    def tidy(self) -> None:
+        """Forget every key whose time has passed. Between calls a key is dropped by the next
+        call after its time; a proxy that went quiet would keep the last burst's logs (a few
+        objects per admission, scattered over the memory the burst took) until its next
+        request."""
+        self._held.sweep(self._now(), None)
+
     async def close(self) -> None:
         """Nothing to release."""

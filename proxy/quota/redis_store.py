@@ -211,6 +211,9 @@ class RedisStore:
             raise StoreUnavailable.wrapping(exc) from exc
         return True
 
+    def tidy(self) -> None:
+        """Nothing held here: Redis lets the keys expire."""
+
     async def close(self) -> None:
         """Close every connection the client opened."""
         await self.client.aclose()

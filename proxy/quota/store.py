@@ -128,6 +128,10 @@ class QuotaStore(Protocol):
     async def warm(self) -> bool:
         """Get ready before the first request; False if the store could not be reached."""
 
+    def tidy(self) -> None:
+        """Drop now what this process holds that can no longer change a decision (the process
+        has gone quiet: what it drops can be given back to the system)."""
+
     async def close(self) -> None:
         """Release connections."""
 

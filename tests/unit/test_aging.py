@@ -285,3 +285,36 @@ async def test_path_families_are_forgotten_and_stay_bounded() -> None:
             held = limiter.held()
             most = max(most, held["families"], held["quotas"], len(store))
     assert most <= 256
+
+
+async def test_tidy_forgets_a_quiet_bursts_tables_without_waiting_for_a_request() -> None:
+    """A burst of ten tenants, then quiet: a window later the tables still hold every one (nothing
+    has called since); ``tidy`` empties the limiter and the store at once, and not earlier than
+    their time."""
+    clock = Clock()
+    limiter, store = build(clock, "5/1s", most=100)
+    for n in range(10):
+        await limiter.admit(ROUTE, f"burst{n}", claims=claims(n))
+    clock.now += 0.5
+    limiter.tidy()  # still inside the window: kept
+    assert (limiter.held()["identities"], limiter.held()["quotas"], len(store)) == (10, 10, 10)
+    clock.now += 60.0
+    assert (limiter.held()["identities"], len(store)) == (10, 10)  # nobody asked since
+    limiter.tidy()
+    assert limiter.held() == {"identities": 0, "families": 0, "quotas": 0}
+    assert len(store) == 0
+
+
+async def test_tidy_on_the_fallback_store_forgets_its_local_keys() -> None:
+    """The fallback's in-process share drops the quotas whose time has passed on ``tidy``, with
+    what the fallback keeps per quota beside them, and passes the tidy on to the shared store."""
+    clock = Clock()
+    shared = MemoryStore(clock)
+    fallback = FallbackStore(shared, cooldown=1.0, expected_replicas=2, clock=clock)
+    limiter, _ = build(clock, "5/1s", most=100, store=fallback)
+    for n in range(4):
+        await limiter.admit(ROUTE, f"burst{n}", claims=claims(n))
+    assert len(fallback.local) == 4
+    clock.now += 60.0
+    limiter.tidy()
+    assert (len(fallback.local), len(shared)) == (0, 0)

@@ -110,6 +110,39 @@ def test_a_trim_collects_cycles_the_collector_has_not_reached(trimmer: Trimmer) 
         gc.enable()
 
 
+def test_a_trim_tidies_before_it_collects(process: Process) -> None:
+    """What ``tidy`` lets go of is collected in the same trim (a cycle it drops is gone by the
+    release), and a look that does not trim does not tidy."""
+    dropped: list[weakref.ref[object]] = []
+    kept: list[object] = []
+
+    def tidy() -> None:
+        while kept:
+            dropped.append(weakref.ref(kept.pop()))
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    def release() -> None:
+        assert all(ref() is None for ref in dropped)
+        process.release()
+
+    gc.disable()
+    try:
+        kept.append(Node())
+        trimmer = Trimmer(process.state, process.busy, release=release, tidy=tidy)
+        assert trimmer.look() is False
+        assert (kept != [], dropped) == (True, [])
+        process.answered = 1
+        trimmer.look()
+        assert trimmer.look() is True
+    finally:
+        gc.enable()
+    assert (len(dropped), process.released) == (1, 1)
+    assert dropped[0]() is None
+
+
 def test_glibcs_malloc_trim_is_found_and_runs() -> None:
     """On glibc (this machine's C library) the release is malloc_trim(0), which answers 0 or 1."""
     release = malloc_trim()
