@@ -60,13 +60,16 @@ lock: | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/defender-proxy run $(if $(CONFIG),--config $(CONFIG))
 
-# System tools the suite uses for real: promtool (Debian package prometheus), redis-server, and
-# curl (a client of the HTTPS proxy port).
+# System tools the suite uses for real: promtool (Debian package prometheus), redis-server,
+# curl (a client of the HTTPS proxy port) and jemalloc (libjemalloc2, the allocator `run` starts
+# on where it is found: proxy/allocator.py).
 system-tools:
 	@missing=(); \
 	command -v promtool >/dev/null || missing+=(prometheus); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
 	command -v curl >/dev/null || missing+=(curl); \
+	compgen -G '/usr/lib/*/libjemalloc.so.2' >/dev/null || [ -e /usr/lib/libjemalloc.so.2 ] \
+	  || [ -e /usr/lib64/libjemalloc.so.2 ] || missing+=(libjemalloc2); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $${missing[*]}"; \
@@ -95,7 +98,7 @@ demo: $(VENV)/.installed
 
 # Benchmarks use wrk for saturation figures (Debian package wrk) and nginx as the reference
 # proxy (Debian package nginx-light; nginx is in /usr/sbin); both installed here when root.
-bench: $(STAMP)
+bench: $(STAMP) system-tools
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 	  || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; } \

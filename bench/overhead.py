@@ -4,10 +4,11 @@ Run with ``make bench`` (or ``python -m bench.overhead``). One run starts, all o
 
 - the simulator (the upstream), pinned to core 1 with a private ``redis-server``, this script,
   its load generator and ``wrk``;
-- three proxies pinned to core 0, every feature on (routing, a quota too large ever to hold the
+- four proxies pinned to core 0, every feature on (routing, a quota too large ever to hold the
   load, classification, metrics, a JSON log line per request written to a file): ``proxy-memory``
   with the in-process quota store and tracing off (the default: nothing of OpenTelemetry is
-  imported), ``proxy-traced`` the same with tracing on (``OTEL_TRACES_EXPORTER=otlp``, every
+  imported; on jemalloc where the machine has it, as ``run`` starts), ``proxy-system`` the same
+  on CPython's and glibc's allocators (``allocator: system``), ``proxy-traced`` the same with tracing on (``OTEL_TRACES_EXPORTER=otlp``, every
   request sampled: three spans each, exported over OTLP/HTTP to the stand-in collector
   ``tests.otlp_collector``, on core 1, which decodes and counts them), ``proxy-redis`` with
   ``throttle.store`` on the private Redis;
@@ -93,7 +94,7 @@ HELD = 1000
 STREAM_BYTES = 2**30
 #: another checkout of the project (a directory), whose proxy runs as ``proxy-baseline``
 BASELINE = os.environ.get("BENCH_BASELINE", "")
-SYSTEMS = ("direct", "proxy-memory", "proxy-traced", "proxy-redis", "nginx") + (
+SYSTEMS = ("direct", "proxy-memory", "proxy-system", "proxy-traced", "proxy-redis", "nginx") + (
     ("proxy-baseline",) if BASELINE else ()
 )
 PROXIES = SYSTEMS[1:]
@@ -463,7 +464,7 @@ def _round(
         memory["vs_baseline_cpu_pct"] = (
             memory["cpu_ms_per_1000"] / base["cpu_ms_per_1000"] - 1
         ) * 100
-    for system in ("proxy-memory", "proxy-traced", "proxy-redis"):
+    for system in ("proxy-memory", "proxy-system", "proxy-traced", "proxy-redis"):
         row[system]["per_core_vs_nginx"] = (
             row[system]["sat_rps_per_core"] / row["nginx"]["sat_rps_per_core"]
         )
@@ -596,6 +597,11 @@ def main() -> None:
         running.append(collector := start_collector(1))
         running.append(memory := start_proxy(sim.port, 0, log=work / "proxy-memory.log"))
         running.append(
+            system_allocator := start_proxy(
+                sim.port, 0, log=work / "proxy-system.log", DEFENDER_PROXY_ALLOCATOR="system"
+            )
+        )
+        running.append(
             traced := start_proxy(
                 sim.port,
                 0,
@@ -610,6 +616,7 @@ def main() -> None:
         launched = {
             "direct": sim,
             "proxy-memory": memory,
+            "proxy-system": system_allocator,
             "proxy-traced": traced,
             "proxy-redis": shared,
             "nginx": nginx,

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``defender-proxy`` console script."""
     args = _parser(_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.command == "run":
-        return _run(args.config)
+        # Only as the process's own command may it start itself again on another allocator.
+        return _run(args.config, restart=argv is None)
     if args.command == "check-config":
         return _check(args.file)
     if args.command == "simulate":
@@ -110,7 +111,8 @@ def _command(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def _run(path: str | None) -> int:
+def _run(path: str | None, *, restart: bool = False) -> int:
+    from proxy.allocator import AllocatorError, settle
     from proxy.config import ConfigError, load_settings
     from proxy.serve import run
 
@@ -122,6 +124,12 @@ def _run(path: str | None) -> int:
     except ConfigError as exc:
         print(f"defender-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if restart:
+        try:
+            settle(settings.allocator)
+        except AllocatorError as exc:
+            print(f"defender-proxy: {exc}", file=sys.stderr)
+            return 2
     logs.configure(settings.log_format, settings.log_level)
     return run(settings, path)
 

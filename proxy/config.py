@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
+from proxy.allocator import ALLOCATORS
 from proxy.credentials import (
     Credentials,
     from_environment,
@@ -160,6 +161,8 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_grace: float = 25.0
+    #: the memory allocator ``run`` starts on: auto (jemalloc where found), jemalloc, system
+    allocator: str = "auto"
     tls: Tls = Tls()
     limits: Limits = Limits()
     pool: Pool = Pool()
@@ -312,6 +315,7 @@ _SCHEMA: Final[dict[str, _Spec]] = {
     "log_format": _choice("json", "console", "auto"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "shutdown_grace": _duration(_HOUR, positive=False),
+    "allocator": _choice(*ALLOCATORS),
     "tls": {"verify": _boolean, "ca_bundle": parse_ca_bundle},
     "limits": {
         "max_body": _size(1, 16 * _GiB),
@@ -362,6 +366,7 @@ _ENVIRONMENT: Final[dict[str, tuple[str, ...]]] = {
     "DEFENDER_PROXY_STORE": ("throttle", "store"),
     "DEFENDER_PROXY_LOG_FORMAT": ("log_format",),
     "DEFENDER_PROXY_REWRITE_LINKS": ("rewrite_links",),
+    "DEFENDER_PROXY_ALLOCATOR": ("allocator",),
 }
 
 

@@ -58,6 +58,8 @@ RESTART_ONLY: Final = (
     "log_format",
     # the drain's runners are made with it at start
     "shutdown_grace",
+    # fixed before the interpreter starts
+    "allocator",
     # the upstream pools: their TLS context and their size
     "tls",
     "pool",

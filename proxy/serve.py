@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from proxy import allocator, logs, tracing
 from proxy import app as wiring
-from proxy import logs, tracing
 from proxy.config import Credentials, Settings, redact_url
 from proxy.listen_tls import PairError, ServerTls
 from proxy.reload import Reloader
@@ -123,6 +123,7 @@ async def serve(
         tls_verify=settings.tls.verify,
         quota_store=redact_url(settings.throttle.store),
         tracing=traces.describe(),
+        allocator=allocator.running(),
     )
     wiring.warn_if_open(settings)
     if not settings.tls.verify:

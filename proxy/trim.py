@@ -6,7 +6,9 @@ process, and most of what it grew by is freed when the burst ends, but not given
 - objects that refer to each other wait for the cycle collector, which runs on allocations, so a
   process that has gone quiet may keep them for hours;
 - glibc keeps freed heap memory for reuse and returns to the system only what is free at the top
-  of its heap; ``malloc_trim(0)`` hands back every whole free page, wherever it lies.
+  of its heap; ``malloc_trim(0)`` hands back every whole free page, wherever it lies. jemalloc
+  (``proxy.allocator``) purges unused pages after ten seconds by itself; a purge of every arena
+  does it at once.
 
 So every ``INTERVAL`` seconds the proxy looks at what it is doing: the requests answered so far, the
 connections it holds open (callers and upstream). When nothing is in flight, nothing changed since
@@ -18,7 +20,8 @@ once after each change, and an idle one never again.
 What neither can give back is memory the allocators keep for the few objects still alive in it
 (CPython's pools of small objects, pages of the heap shared with live blocks): a burst costs a
 little for good. The cost of a trim is a few milliseconds of the event loop, once per quiet spell.
-Where the C library has no ``malloc_trim`` (musl, macOS), only the collection runs.
+Where the C library has no ``malloc_trim`` and jemalloc is not loaded (musl, macOS), only the
+collection runs.
 """
 
 from __future__ import annotations
@@ -47,14 +50,30 @@ def resident_bytes() -> int | None:
 
 
 def malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``, or None where the C library has none."""
+    """What gives freed memory back: on jemalloc (``proxy.allocator``), a flush of the event
+    loop thread's cache and a purge of every arena's unused pages; else glibc's
+    ``malloc_trim(0)``; None where the C library has neither."""
     # ctypes is imported at the first trim, after a burst: an idle proxy never loads it.
     import ctypes
 
     try:
         libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    except OSError:
+        return None
+    mallctl = getattr(libc, "mallctl", None)
+    if mallctl is not None:
+        mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
+        mallctl.argtypes += [ctypes.c_void_p, ctypes.c_size_t]
+        mallctl.restype = ctypes.c_int
+
+        def purge() -> int:
+            # 4096 is MALLCTL_ARENAS_ALL: every arena at once.
+            mallctl(b"thread.tcache.flush", None, None, None, 0)
+            return int(mallctl(b"arena.4096.purge", None, None, None, 0))
+
+        return purge
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

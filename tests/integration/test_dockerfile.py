@@ -144,3 +144,16 @@ def test_the_image_installs_only_from_the_lock(instructions: list[tuple[str, str
             assert "--no-deps" in words, f"{' '.join(words)}: neither the lock nor --no-deps"
             assert words[-1].endswith(".whl"), f"{' '.join(words)}: not the project's wheel"
     assert "requirements/runtime.txt" in locks
+
+
+def test_the_runtime_ships_jemalloc_at_a_pinned_version(
+    instructions: list[tuple[str, str]],
+) -> None:
+    """The runtime stage installs Debian's libjemalloc2 at a fixed version, without recommends,
+    and leaves no package lists behind: ``run`` finds the library and starts on it."""
+    runs = [args for keyword, args in _stages(instructions)[-1] if keyword == "RUN"]
+    installs = [run for run in runs if "apt-get install" in run]
+    assert installs, "the runtime stage installs no libjemalloc2"
+    assert re.search(r"\blibjemalloc2=\S+", installs[0]), installs[0]
+    assert "--no-install-recommends" in installs[0]
+    assert "rm -rf /var/lib/apt/lists/*" in installs[0]
