@@ -114,7 +114,6 @@ def _command(argv: Sequence[str]) -> str | None:
 def _run(path: str | None, *, restart: bool = False) -> int:
     from proxy.allocator import AllocatorError, settle
     from proxy.config import ConfigError, load_settings
-    from proxy.serve import run
 
     # SIGHUP reloads once the proxy is up; until then it must not end the process (its default),
     # and the settings read next are the file's newest anyway.
@@ -130,6 +129,10 @@ def _run(path: str | None, *, restart: bool = False) -> int:
         except AllocatorError as exc:
             print(f"defender-proxy: {exc}", file=sys.stderr)
             return 2
+    # Imported once the allocator is settled: a start that is done again on jemalloc has loaded
+    # no more than the settings need.
+    from proxy.serve import run
+
     logs.configure(settings.log_format, settings.log_level)
     return run(settings, path)
 
