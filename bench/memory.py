@@ -9,7 +9,8 @@ Run with ``make bench`` (or ``python -m bench.memory``). Three tables, medians o
 - **started and idle**: VmRSS two seconds after the admin port answers, of a bare aiohttp server
   on uvloop (one route: the floor any aiohttp service starts from), of ``defender-proxy run`` on
   its embedded defaults (its upstream an ``https://`` origin on 127.0.0.1 that nothing serves, so
-  the TLS context is built as in production and nothing leaves the machine) and of the same with
+  the TLS context is built as in production and nothing leaves the machine; on jemalloc where the
+  machine has it, as ``run`` starts), of the same on ``allocator: system`` and of the same with
   the config file ``bench.overhead`` runs it with;
 - **modules held**: how many modules the started proxy holds beyond the bare server's, by
   top-level package, and whether any of those it should not load at all (the simulator, PyYAML,
@@ -227,14 +228,16 @@ def main() -> None:
     with scratch_dir("bench-memory-") as work:
         config = work / "bench.yaml"
         config.write_text(BENCH_THROTTLE)
-        samples: dict[str, list[float]] = {"bare": [], "defaults": [], "config": []}
+        samples: dict[str, list[float]] = {"bare": [], "defaults": [], "system": [], "config": []}
         for _ in range(ROUNDS):
             port = free_port()
             samples["bare"].append(
                 _idle_rss([sys.executable, "-c", _BARE_SCRIPT, str(port)], _environ(), port)
             )
-            for name, path in (("defaults", None), ("config", config)):
+            for name, path in (("defaults", None), ("system", None), ("config", config)):
                 env = _proxy_env(path)
+                if name == "system":
+                    env["DEFENDER_PROXY_ALLOCATOR"] = "system"
                 admin = int(env["DEFENDER_PROXY_ADMIN_LISTEN"].rsplit(":", 1)[1])
                 samples[name].append(_idle_rss([sys.executable, "-m", "proxy", "run"], env, admin))
         idle = {name: median(values) for name, values in samples.items()}
@@ -242,6 +245,7 @@ def main() -> None:
         labels = {
             "bare": "bare aiohttp server, uvloop",
             "defaults": "proxy, embedded defaults",
+            "system": "the same, allocator: system",
             "config": "proxy, bench.overhead's config",
         }
         for name, label in labels.items():

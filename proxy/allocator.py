@@ -16,7 +16,9 @@ with them set when ``allocator`` asks for jemalloc and the process runs on somet
 
 - ``auto`` (the default): jemalloc where ``libjemalloc.so.2`` is found (Debian and Ubuntu:
   ``apt-get install libjemalloc2``; the image ships it), else the system's allocator, as before;
-- ``jemalloc``: jemalloc or a clear error at start;
+  also after one try where the second start is still not on it (the loader refused the library,
+  or ``python -E``/``-I`` ignored ``PYTHONMALLOC``): never a third start;
+- ``jemalloc``: jemalloc or a clear error at start (exit 2);
 - ``system``: CPython's and the C library's, never a restart.
 
 ``MALLOC_CONF`` is ``narenas:1`` unless the environment sets it: the proxy allocates on one
@@ -61,11 +63,12 @@ def find_jemalloc(dirs: Sequence[str] | None = None) -> str | None:
     return None
 
 
-def running(maps: str = "/proc/self/maps", environ: Mapping[str, str] | None = None) -> str:
+def running(maps: str = "/proc/self/maps", pymalloc: bool | None = None) -> str:
     """The allocator this process runs on: ``jemalloc`` when it is loaded and CPython hands it
-    every object (``PYTHONMALLOC=malloc``), else ``system``."""
-    env = os.environ if environ is None else environ
-    if env.get("PYTHONMALLOC", "").split("_")[0] != "malloc":
+    every object, not keeping them in arenas of its own (``pymalloc``, by default read off the
+    interpreter: it counts the blocks of its arenas, and none without them; ``PYTHONMALLOC`` is
+    ignored under ``python -E`` or ``-I``), else ``system``."""
+    if sys.getallocatedblocks() > 0 if pymalloc is None else pymalloc:
         return "system"
     try:
         with open(maps, encoding="ascii", errors="replace") as mapped:
@@ -98,7 +101,7 @@ def restart_on(
     (executable, environment), or None to go on as it is. Raises ``AllocatorError`` when
     ``choice`` is ``jemalloc`` and there is none (or the second start still is not on it)."""
     env = os.environ if environ is None else environ
-    now = running(environ=env) if now is None else now
+    now = running() if now is None else now
     if choice == "system" or now == "jemalloc":
         return None
     path = find_jemalloc() if library is None else library
@@ -106,7 +109,9 @@ def restart_on(
     if path is None or again:
         if choice == "jemalloc":
             why = (
-                f"{path} was not loaded (see the loader's message above)"
+                f"started again with {path} preloaded and PYTHONMALLOC=malloc, and still not on "
+                "it (the loader refused the library: see its message above; or python -E or -I "
+                "ignored PYTHONMALLOC)"
                 if path is not None
                 else f"no {JEMALLOC} in {', '.join(library_dirs())} "
                 "(Debian and Ubuntu: apt-get install libjemalloc2)"

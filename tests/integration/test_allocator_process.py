@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.allocator import environment_for, find_jemalloc
-from tests.procs import start_cli
+from tests.procs import Process, start_cli
 
 
 def jemalloc() -> str:
@@ -70,7 +70,7 @@ async def test_jemalloc_refused_by_the_loader_is_an_error_at_start(
     assert await process.proc.wait() == 2
     text = " ".join(str(line.get("text", "")) for line in process.lines)
     assert "allocator: jemalloc:" in text
-    assert "was not loaded" in text
+    assert "still not on it" in text
     assert not [line for line in process.lines if line.get("event") == "listening"]
 
 
@@ -98,3 +98,31 @@ def test_on_jemalloc_the_trim_purges_what_was_freed_at_once() -> None:
     before, after, code = (int(word) for word in out.split())
     assert code == 0
     assert before - after > 40 * 2**20, (before, after)
+
+
+async def test_under_python_dash_i_auto_runs_on_the_system_allocator_after_one_try(
+    simulator: TestServer, tmp_path: Path
+) -> None:
+    """``python -I`` ignores PYTHONMALLOC: the second start sees CPython's arenas still in use,
+    ``auto`` goes on once (listening, ``allocator: system``) rather than starting a third time,
+    and ``jemalloc`` is refused with exit 2, naming -E/-I."""
+    results = {}
+    for allocator in ("auto", "jemalloc"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "proxy", "run", "--config",
+            config(tmp_path, simulator, allocator),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "DEFENDER_PROXY_LOG_FORMAT": "json"}, cwd=Path.cwd(),
+        )  # fmt: skip
+        process = Process(proc, [])
+        try:
+            if allocator == "auto":
+                results[allocator] = (await process.wait_for("listening"))["allocator"]
+            else:
+                await process.drain_output()
+                results[allocator] = str(await proc.wait())
+                text = " ".join(str(line.get("text", "")) for line in process.lines)
+                assert "-E or -I" in text
+        finally:
+            await process.stop()
+    assert results == {"auto": "system", "jemalloc": "2"}
