@@ -3,6 +3,7 @@ for, how a process on it is told apart, and what a second start is given."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from proxy.allocator import (
     AllocatorError,
     environment_for,
     find_jemalloc,
+    library_dirs,
     restart_on,
     running,
 )
@@ -38,6 +40,28 @@ def test_the_first_directory_holding_the_library_is_taken(tmp_path: Path) -> Non
     (second / JEMALLOC).write_bytes(b"")
     assert find_jemalloc([str(empty), str(first), str(second)]) == str(first / JEMALLOC)
     assert find_jemalloc([str(empty)]) is None
+
+
+def test_multiarch_directories_come_first_this_machines_before_the_others(
+    tmp_path: Path,
+) -> None:
+    """Under the root, the directories named for an architecture are tried first, this
+    machine's before a foreign one; files and other directories are passed over."""
+    machine = os.uname().machine
+    for name in ("aaa-linux-gnu", f"{machine}-linux-gnu", "python3", "zzz-linux-gnueabihf"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "bbb-linux-gnu").write_text("a file")
+    dirs = library_dirs(str(tmp_path))
+    root = str(tmp_path)
+    assert dirs == [
+        f"{root}/{machine}-linux-gnu",
+        f"{root}/aaa-linux-gnu",
+        f"{root}/zzz-linux-gnueabihf",
+        "/usr/lib64",
+        root,
+        "/usr/local/lib",
+    ]
+    assert library_dirs(str(tmp_path / "missing"))[0] == "/usr/lib64"
 
 
 def test_a_process_is_on_jemalloc_only_with_the_library_loaded_and_objects_handed_to_it(
