@@ -7,8 +7,8 @@ outlive it in each (the event loop's free lists, caches, a connection still open
 of them resident for good: 1.26 × the idle RSS after ``bench.overhead``'s rounds. glibc's
 ``malloc`` under ``PYTHONMALLOC=malloc`` does no better, its heap mixing every size in one page.
 jemalloc keeps each size in slabs of a few pages and purges every page a quiet process no longer
-uses (``proxy.trim``), so a burst costs about what is still alive: 1.06 × in the same bench. It
-costs ~1.5 MiB more at idle, and no CPU (the request path measured the same or faster).
+uses (``proxy.trim``), so a burst costs little more than what is still alive: 1.086 × in the
+same bench. It costs 1.5–1.8 MiB more at idle, and no CPU or latency beyond the bench's noise.
 
 An allocator is fixed before the interpreter starts (``LD_PRELOAD``, ``PYTHONMALLOC``), so
 ``defender-proxy run`` starts itself once more, the same command in the same process (``execve``),
