@@ -16,9 +16,11 @@ with them set when ``allocator`` asks for jemalloc and the process runs on somet
 
 - ``auto`` (the default): jemalloc where ``libjemalloc.so.2`` is found (Debian and Ubuntu:
   ``apt-get install libjemalloc2``; the image ships it), else the system's allocator, as before;
-  also after one try where the second start is still not on it (the loader refused the library,
-  or ``python -E``/``-I`` ignored ``PYTHONMALLOC``): never a third start;
-- ``jemalloc``: jemalloc or a clear error at start (exit 2);
+  so too where the environment chose already (a ``PYTHONMALLOC`` of its own, another allocator
+  in ``LD_PRELOAD``), under ``python -E``/``-I`` (which ignore ``PYTHONMALLOC``), and after one
+  try where the second start is still not on it (the loader refused the library): never a
+  third start;
+- ``jemalloc``: jemalloc, over what the environment chose, or a clear error at start (exit 2);
 - ``system``: CPython's and the C library's, never a restart.
 
 ``MALLOC_CONF`` is ``narenas:1`` unless the environment sets it: the proxy allocates on one
@@ -81,8 +83,22 @@ def running(maps: str = "/proc/self/maps", pymalloc: bool | None = None) -> str:
         with open(maps, encoding="ascii", errors="replace") as mapped:
             loaded = any("/libjemalloc.so" in line for line in mapped)
     except OSError:
-        return "system"
+        # No /proc to read (a sandbox without it): what was asked of the loader is the best word.
+        loaded = "libjemalloc.so" in os.environ.get("LD_PRELOAD", "")
     return "jemalloc" if loaded else "system"
+
+
+def chosen_elsewhere(environ: Mapping[str, str]) -> str | None:
+    """What the environment already chose for memory, which ``auto`` leaves as it is: a
+    ``PYTHONMALLOC`` of its own (CPython's debug hooks, say), or another allocator preloaded
+    (mimalloc, tcmalloc, glibc's debugging malloc); None when it chose nothing."""
+    if environ.get("PYTHONMALLOC", "") not in ("", "malloc"):
+        return f"PYTHONMALLOC={environ['PYTHONMALLOC']}"
+    for library in environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        name = os.path.basename(library)
+        if "malloc" in name and not name.startswith("libjemalloc."):
+            return f"LD_PRELOAD names {name}"
+    return None
 
 
 def environment_for(library: str, environ: Mapping[str, str]) -> dict[str, str]:
@@ -92,7 +108,8 @@ def environment_for(library: str, environ: Mapping[str, str]) -> dict[str, str]:
     preload = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != library]
     env["LD_PRELOAD"] = " ".join([library, *preload])
     env["PYTHONMALLOC"] = "malloc"
-    env.setdefault("MALLOC_CONF", MALLOC_CONF)
+    if not env.get("MALLOC_CONF"):
+        env["MALLOC_CONF"] = MALLOC_CONF
     env[_RESTARTED] = "1"
     return env
 
@@ -103,13 +120,26 @@ def restart_on(
     now: str | None = None,
     library: str | None = None,
     environ: Mapping[str, str] | None = None,
+    ignore_environment: bool | None = None,
 ) -> tuple[str, dict[str, str]] | None:
     """What to start again with, for ``choice`` in a process on ``now`` (default: ``running()``):
-    (executable, environment), or None to go on as it is. Raises ``AllocatorError`` when
-    ``choice`` is ``jemalloc`` and there is none (or the second start still is not on it)."""
+    (executable, environment), or None to go on as it is. ``auto`` leaves alone what the
+    environment chose (``chosen_elsewhere``). Raises ``AllocatorError`` when ``choice`` is
+    ``jemalloc`` and there is none, or the interpreter ignores ``PYTHONMALLOC``
+    (``ignore_environment``: ``python -E`` or ``-I``; by default read off this one), or the
+    second start still is not on it."""
     env = os.environ if environ is None else environ
     now = running() if now is None else now
     if choice == "system" or now == "jemalloc":
+        return None
+    if choice == "auto" and chosen_elsewhere(env) is not None:
+        return None
+    if sys.flags.ignore_environment if ignore_environment is None else ignore_environment:
+        if choice == "jemalloc":
+            raise AllocatorError(
+                "allocator: jemalloc: this interpreter ignores PYTHONMALLOC (python -E or -I): "
+                "start it without, or set allocator: system"
+            )
         return None
     path = find_jemalloc() if library is None else library
     again = env.get(_RESTARTED) == "1"
@@ -117,8 +147,7 @@ def restart_on(
         if choice == "jemalloc":
             why = (
                 f"started again with {path} preloaded and PYTHONMALLOC=malloc, and still not on "
-                "it (the loader refused the library: see its message above; or python -E or -I "
-                "ignored PYTHONMALLOC)"
+                "it (the loader refused the library: see its message above)"
                 if path is not None
                 else f"no {JEMALLOC} in {', '.join(library_dirs())} "
                 "(Debian and Ubuntu: apt-get install libjemalloc2)"
@@ -136,8 +165,9 @@ def settle(choice: str) -> str:
     if again is None:
         return running()
     executable, env = again
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None where the descriptor was closed (``2>&-``)
+            stream.flush()
     try:
         # The command line exactly as this process got it (``-m proxy run``, the console
         # script's path, interpreter options): the second start is the same command.

@@ -74,6 +74,26 @@ async def test_jemalloc_refused_by_the_loader_is_an_error_at_start(
     assert not [line for line in process.lines if line.get("event") == "listening"]
 
 
+def test_a_closed_stderr_does_not_stop_the_second_start(
+    simulator: TestServer, tmp_path: Path
+) -> None:
+    """Started with its stderr closed (a supervisor's ``2>&-``), ``run`` still starts again on
+    jemalloc and listens."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "proxy", "run", "--config", config(tmp_path, simulator, "auto")],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "DEFENDER_PROXY_LOG_FORMAT": "json"},
+        preexec_fn=lambda: os.close(2),
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert b'"event":"listening"' in line, line
+            assert b'"allocator":"jemalloc"' in line
+        finally:
+            proc.kill()
+
+
 _PURGE = """
 import gc, sys
 from proxy.trim import malloc_trim, resident_bytes

@@ -12,6 +12,7 @@ from proxy.allocator import (
     JEMALLOC,
     MALLOC_CONF,
     AllocatorError,
+    chosen_elsewhere,
     environment_for,
     find_jemalloc,
     library_dirs,
@@ -76,6 +77,17 @@ def test_a_process_is_on_jemalloc_only_with_the_library_loaded_and_objects_hande
     assert running(str(tmp_path / "nothing"), pymalloc=False) == "system"
 
 
+def test_without_maps_to_read_the_preload_asked_for_is_taken_at_its_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No /proc (a sandbox without it): jemalloc when LD_PRELOAD names it, else system."""
+    nothing = str(tmp_path / "nothing")
+    monkeypatch.setenv("LD_PRELOAD", f"/opt/other.so {LIB}")
+    assert running(nothing, pymalloc=False) == "jemalloc"
+    monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
+    assert running(nothing, pymalloc=False) == "system"
+
+
 def test_this_interpreter_is_read_as_on_its_own_arenas() -> None:
     """The suite runs on CPython's allocator: the interpreter's own reading says system."""
     assert running() == "system"
@@ -89,6 +101,7 @@ def test_the_second_start_preloads_the_library_first_and_keeps_the_rest() -> Non
     assert (env["PYTHONMALLOC"], env["MALLOC_CONF"], env["HOME"]) == ("malloc", MALLOC_CONF, "/h")
     assert environment_for(LIB, {"MALLOC_CONF": "narenas:2"})["MALLOC_CONF"] == "narenas:2"
     assert environment_for(LIB, {})["LD_PRELOAD"] == LIB
+    assert environment_for(LIB, {"MALLOC_CONF": ""})["MALLOC_CONF"] == MALLOC_CONF
 
 
 def test_auto_and_jemalloc_start_again_where_the_library_is_and_system_never_does() -> None:
@@ -137,3 +150,43 @@ def test_the_allocator_setting_takes_three_values_from_the_file_or_the_environme
         parse_settings({"allocator": "tcmalloc"}, environ={})
     assert "allocator" in str(caught.value)
     assert "auto, jemalloc, system" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "chosen"),
+    [
+        ({"PYTHONMALLOC": "debug"}, "PYTHONMALLOC=debug"),
+        ({"PYTHONMALLOC": "pymalloc_debug"}, "PYTHONMALLOC=pymalloc_debug"),
+        ({"LD_PRELOAD": "/usr/lib/libmimalloc.so.2"}, "LD_PRELOAD names libmimalloc.so.2"),
+        ({"LD_PRELOAD": "/a.so:/usr/lib/libc_malloc_debug.so.0"}, "libc_malloc_debug.so.0"),
+    ],
+)
+def test_auto_leaves_what_the_environment_chose_and_jemalloc_overrides_it(
+    environ: dict[str, str], chosen: str
+) -> None:
+    """A PYTHONMALLOC of the operator's own, or another allocator preloaded: ``auto`` goes on as
+    it is; ``jemalloc`` starts again on jemalloc (put first) all the same."""
+    found = chosen_elsewhere(environ)
+    assert found is not None
+    assert chosen in found
+    assert restart_on("auto", now="system", library=LIB, environ=environ) is None
+    again = restart_on("jemalloc", now="system", library=LIB, environ=environ)
+    assert again is not None
+    assert again[1]["LD_PRELOAD"].split()[0] == LIB
+
+
+def test_nothing_chosen_elsewhere_when_the_preload_is_jemalloc_or_no_allocator() -> None:
+    """PYTHONMALLOC=malloc, jemalloc itself preloaded, or libraries that are no allocator."""
+    assert chosen_elsewhere({}) is None
+    assert chosen_elsewhere({"PYTHONMALLOC": "malloc", "LD_PRELOAD": LIB}) is None
+    assert chosen_elsewhere({"LD_PRELOAD": "/opt/libfaketime.so.1 /opt/libx.so"}) is None
+
+
+def test_an_interpreter_that_ignores_the_environment_is_never_started_again() -> None:
+    """Under python -E or -I PYTHONMALLOC has no effect: ``auto`` goes on without a second
+    start, ``jemalloc`` is refused at once, saying why and what to do."""
+    assert (
+        restart_on("auto", now="system", library=LIB, environ={}, ignore_environment=True) is None
+    )
+    with pytest.raises(AllocatorError, match=r"python -E or -I.*allocator: system"):
+        restart_on("jemalloc", now="system", library=LIB, environ={}, ignore_environment=True)
