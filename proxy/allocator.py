@@ -157,13 +157,14 @@ def restart_on(
     return sys.executable, environment_for(path, env)
 
 
-def settle(choice: str) -> str:
+def settle(choice: str) -> None:
     """Start the process again on jemalloc if ``choice`` asks for it and it is not (never
-    returns then); else the allocator it runs on. ``AllocatorError`` as ``restart_on``."""
+    returns then); else go on as it is (the start-up line reads ``running()``).
+    ``AllocatorError`` as ``restart_on``."""
     again = restart_on(choice)
     os.environ.pop(_RESTARTED, None)
     if again is None:
-        return running()
+        return
     executable, env = again
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:  # None where the descriptor was closed (``2>&-``)
@@ -175,4 +176,3 @@ def settle(choice: str) -> str:
     except OSError as exc:
         if choice == "jemalloc":
             raise AllocatorError(f"allocator: jemalloc: cannot start again: {exc}") from exc
-    return running()
