@@ -154,15 +154,23 @@ class Rewriter:
 def caller_origin(scheme: str, hosts: Iterable[str], own: tuple[str, int] | None) -> str:
     """``scheme://host`` from the request's one ``Host`` when it is a valid authority, else from
     the address the caller connected to (``own``: the listener's side of the connection)."""
-    given = list(hosts)
-    if len(given) == 1 and (host := valid_host(given[0])) is not None:
-        return f"{scheme}://{host}"
+    named = host_origin(scheme, hosts)
+    if named is not None:
+        return named
     if own is None:
         return f"{scheme}://localhost"
     address, port = own[0], own[1]
     shown = f"[{address}]" if ":" in address else address
     default = _DEFAULT_PORTS.get(scheme)
     return f"{scheme}://{shown}" if port == default else f"{scheme}://{shown}:{port}"
+
+
+def host_origin(scheme: str, hosts: Iterable[str]) -> str | None:
+    """``scheme://host`` from the request's one ``Host`` when it is a valid authority, else None."""
+    given = list(hosts)
+    if len(given) == 1 and (host := valid_host(given[0])) is not None:
+        return f"{scheme}://{host}"
+    return None
 
 
 def valid_host(value: str) -> str | None:

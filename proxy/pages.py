@@ -9,14 +9,14 @@ rewritten; every other answer passes byte for byte as before. An answer in anoth
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.codings import CODINGS, Recoder
-from proxy.links import Links, Rewriter, caller_origin
+from proxy.links import Links, Rewriter, caller_origin, host_origin
 
 _SHOWN_CODING: Final = re.compile(r"^[a-z0-9_.+-]{1,32}(?:, ?[a-z0-9_.+-]{1,32}){0,3}\Z")
 # No body to rewrite (204, 205), or a slice of one (206): a rewritten slice would no longer be
@@ -78,18 +78,21 @@ def plan(
     method: str,
     status: int,
     headers: CIMultiDict[str],
-    caller: str,
+    caller: Callable[[], str],
 ) -> tuple[Pipe | None, str]:
-    """The pipe for this answer's body (None: it passes unchanged) and a note for the log line."""
+    """The pipe for this answer's body (None: it passes unchanged) and a note for the log line.
+
+    ``caller`` gives the origin links are rewritten to; it is asked only for a body that is
+    rewritten (finding it may take a system call, ``origin_of``)."""
     if links is None or method == "HEAD" or not 200 <= status < 300 or status in _UNREWRITTEN:
         return None, ""
     if not is_json(headers.get("Content-Type")):
         return None, ""
     coding = ", ".join(headers.getall("Content-Encoding", [])).strip().lower()
     if coding in ("", "identity"):
-        return Pipe(links.rewriter(caller), None), ""
+        return Pipe(links.rewriter(caller()), None), ""
     if coding in CODINGS:
-        return Pipe(links.rewriter(caller), coding), ""
+        return Pipe(links.rewriter(caller()), coding), ""
     shown = coding if _SHOWN_CODING.match(coding) else "unrecognised"
     return None, f"paging links not rewritten: Content-Encoding {shown}"
 
@@ -102,7 +105,11 @@ def whole(pipe: Pipe, body: bytes) -> bytes:
 def origin_of(request: web.BaseRequest, scheme: str) -> str:
     """The origin ``request``'s caller used: ``scheme`` (the listener's) and a valid ``Host``,
     else the address the caller connected to."""
+    hosts = request.headers.getall("Host", [])
+    named = host_origin(scheme, hosts)
+    if named is not None:
+        # The usual case, without the system call that asks the socket for its address.
+        return named
     transport = request.transport
     own = None if transport is None else transport.get_extra_info("sockname")
-    hosts = request.headers.getall("Host", [])
     return caller_origin(scheme, hosts, own if isinstance(own, tuple) else None)

@@ -109,7 +109,7 @@ class Relay:
             request.method,
             upstream.status,
             headers,
-            outcome.caller_origin or pages.origin_of(request, self._scheme),
+            lambda: outcome.caller_origin or pages.origin_of(request, self._scheme),
         )
         outcome.note = note or outcome.note
         whole: bytes | None = None

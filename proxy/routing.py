@@ -62,6 +62,9 @@ from proxy.catalogue import CATALOGUE, OTHER_ROUTE, RouteSpec
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _NEVER: Final = sys.maxsize
+#: (method, path) pairs whose route a router remembers, and the longest path it remembers.
+_SEEN: Final = 512
+_SEEN_PATH: Final = 256
 
 
 class PatternError(ValueError):
@@ -248,7 +251,7 @@ class Routed:
 class Router:
     """Finds the route of a request; unmatched requests fall into ``other``."""
 
-    __slots__ = ("_any", "_depth", "_family_depth", "_specs", "_trees", "routes")
+    __slots__ = ("_any", "_depth", "_family_depth", "_seen", "_specs", "_trees", "routes")
 
     def __init__(self, specs: Iterable[RouteSpec] = CATALOGUE) -> None:
         self.routes: tuple[RouteSpec, ...] = (*specs, OTHER_ROUTE)
@@ -270,6 +273,9 @@ class Router:
                         _insert(root, segments, pattern.tail, index)
                         self._depth = max(self._depth, len(segments))
         self._family_depth = max(self._depth, FAMILY_DEPTH + 1)  # room for a leading api/v1.0
+        #: the routes of recent (method, path) pairs: tools ask for the same few paths again and
+        #: again (a list and its pages, a poll), and a route found costs a walk of the trees
+        self._seen: dict[tuple[str, str], Routed] = {}
 
     def match(self, method: str, path: str) -> RouteSpec:
         """The route for a request line's method and path (no query string)."""
@@ -278,10 +284,22 @@ class Router:
 
     def route(self, method: str, path: str) -> Routed:
         """The route, and for ``other`` the path family that keys its quota (see ``Routed``)."""
+        key = (method, path)
+        routed = self._seen.get(key)
+        if routed is not None:
+            return routed
         best, segments = self._find(method, path, self._family_depth)
         if best != _NEVER:
-            return Routed(self._specs[best])
-        return Routed(OTHER_ROUTE, "" if segments is None else family(segments))
+            routed = Routed(self._specs[best])
+        else:
+            routed = Routed(OTHER_ROUTE, "" if segments is None else family(segments))
+        if len(path) <= _SEEN_PATH:
+            # Bounded in entries and in the length of what it keeps, whatever callers send:
+            # emptied when full, so a stream of distinct paths costs a walk each, as without it.
+            if len(self._seen) >= _SEEN:
+                self._seen.clear()
+            self._seen[key] = routed
+        return routed
 
     def _find(self, method: str, path: str, most: int) -> tuple[int, list[str] | None]:
         """The index of the first pattern matching, and the path's canonical segments (None if

@@ -365,9 +365,17 @@ class Limiter:
         decided = ended - started
         if decision.admitted or policy.shadow:
             self._hold(quota, ended + max(0.0, decision.wait) + policy.horizon)
+        labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
+        if decision.admitted and decision.wait <= 0 and not deferred and not policy.shadow:
+            # Admitted at once, the usual case: the request goes upstream now, and what the
+            # admission counts in the metrics is counted on the loop's next turn, while the
+            # upstream answers, not on the way there.
+            asyncio.get_running_loop().call_soon(
+                self._count_admitted, labels, policy, decided, decision.remaining
+            )
+            return Admission(quota, decision, "admitted", 0.0, decided)
         self._store_timer.observe(decided)
         waited = deferred + max(0.0, decision.wait)
-        labels = (route, self._labels.of(claims.tid), self._labels.of(claims.app))
         children = self._series.of(labels, policy)
         children.show(decision.remaining)
         if policy.shadow:
@@ -380,24 +388,35 @@ class Limiter:
         if not decision.admitted:
             children.outcomes["refused"].inc()
             raise QuotaExceeded(route, deadline, decision)
-        if decision.wait > 0 or deferred > 0:
-            try:
-                await self._sleep(decision.wait)
-            except asyncio.CancelledError:
-                # The caller went away while waiting: give its slot back to the others.
-                self._release_later(quota, member)
-                raise
-            if self._paused_until.get(quota.key, 0.0) > self._clock():
-                # The API answered 429 while this caller waited: its slot predates the pause.
-                self._release_later(quota, member)
-                # The member already names its caller: asked again as it is, not tagged twice.
-                return await self.admit(route, fresh_member(member), max_wait, bulk, claims, family)
-            outcome = "waited"
-        else:
-            outcome = "admitted"
+        # Admitted with a wait (or after the fair share deferred it): wait for the slot.
+        try:
+            await self._sleep(decision.wait)
+        except asyncio.CancelledError:
+            # The caller went away while waiting: give its slot back to the others.
+            self._release_later(quota, member)
+            raise
+        if self._paused_until.get(quota.key, 0.0) > self._clock():
+            # The API answered 429 while this caller waited: its slot predates the pause.
+            self._release_later(quota, member)
+            # The member already names its caller: asked again as it is, not tagged twice.
+            return await self.admit(route, fresh_member(member), max_wait, bulk, claims, family)
         children.wait.observe(waited)
-        children.outcomes[outcome].inc()
-        return Admission(quota, decision, outcome, waited, decided)
+        children.outcomes["waited"].inc()
+        return Admission(quota, decision, "waited", waited, decided)
+
+    def _count_admitted(
+        self,
+        labels: tuple[str, str, str],
+        policy: RoutePolicy,
+        decided: float,
+        remaining: tuple[int, ...],
+    ) -> None:
+        """The metrics of an admission that took its slot at once (see ``admit``)."""
+        self._store_timer.observe(decided)
+        children = self._series.of(labels, policy)
+        children.show(remaining)
+        children.wait.observe(0.0)
+        children.outcomes["admitted"].inc()
 
     async def _ask(
         self, quota: Quota, member: str, deadline: float, reserve: float, shadow: bool

@@ -32,7 +32,7 @@ _RECENT = 256
 def narrowest(quota: Quota) -> int:
     """The index of ``quota``'s narrowest window (the first of equals), which the fair share
     counts in; the Redis script picks the same one."""
-    return min(range(len(quota.windows)), key=lambda i: quota.windows[i].width)
+    return quota.narrow
 
 
 class MemoryStore:
@@ -77,7 +77,7 @@ class MemoryStore:
 
     def _keep(self, quota: Quota, at: int) -> None:
         """Keep ``quota``'s key until a window after ``at`` (µs)."""
-        self._held.hold(quota.key, at + max(w.width for w in quota.windows))
+        self._held.hold(quota.key, at + quota.widest)
 
     def keep(self, quota: Quota, at: float) -> None:
         """Keep ``quota``'s key (and call ``on_forget`` for it later) until a window after ``at``
@@ -88,7 +88,7 @@ class MemoryStore:
     def _load(self, quota: Quota, now: int) -> list[list[int]]:
         self._held.sweep(now)
         logs = self._logs.get(quota.key)
-        widths = tuple(w.width for w in quota.windows)
+        widths = quota.widths
         if logs is None:
             logs = [[] for _ in quota.windows]
             self._logs[quota.key] = logs
@@ -106,7 +106,7 @@ class MemoryStore:
         if members and len(members) > 64 + 2 * max(len(log) for log in logs):
             # Names are kept while their admission can still be given back or written again;
             # swept in batches, like the logs.
-            horizon = now - max(w.width for w in quota.windows)
+            horizon = now - quota.widest
             for name in [m for m, at in members.items() if at <= horizon]:
                 del members[name]
         return logs

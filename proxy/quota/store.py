@@ -13,7 +13,7 @@ that one type and depends on no client library.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.quota.schedule import Window
@@ -62,6 +62,19 @@ class Quota:
 
     key: str
     windows: tuple[Window, ...]
+    #: the width (µs) of each window, in order
+    widths: tuple[int, ...] = field(init=False, compare=False, repr=False)
+    #: the widest window's width (µs): how long an admission can still change a decision
+    widest: int = field(init=False, compare=False, repr=False)
+    #: the index of the narrowest window (the first of equals), which the fair share counts in
+    narrow: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once: every admission asks for both.
+        widths = tuple(w.width for w in self.windows)
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "widest", max(widths, default=0))
+        object.__setattr__(self, "narrow", widths.index(min(widths)) if widths else 0)
 
 
 def quota_key(namespace: str, route: str, identity: str = "") -> str:

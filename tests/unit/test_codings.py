@@ -138,11 +138,35 @@ def test_which_answers_are_rewritten(
     headers: dict[str, str], status: int, method: str, rewritten: bool, note: str
 ) -> None:
     """2xx JSON bodies in no coding, gzip or deflate; others pass, an unknown coding with a note."""
-    pipe, said = pages.plan(LINKS, method, status, CIMultiDict(headers), CALLER)
+    pipe, said = pages.plan(LINKS, method, status, CIMultiDict(headers), lambda: CALLER)
     assert (pipe is not None, said) == (rewritten, note)
 
 
 def test_rewrite_links_off_plans_nothing() -> None:
     """Without a Links (rewrite_links: false) no answer is touched."""
     headers = CIMultiDict({"Content-Type": "application/json"})
-    assert pages.plan(None, "GET", 200, headers, CALLER) == (None, "")
+    assert pages.plan(None, "GET", 200, headers, lambda: CALLER) == (None, "")
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "content_type", "asked"),
+    [
+        ("GET", 200, "application/json", 1),
+        ("GET", 404, "application/json", 0),
+        ("GET", 200, "text/plain", 0),
+        ("HEAD", 200, "application/json", 0),
+    ],
+)
+def test_caller_origin_asked_only_for_rewritten_bodies(
+    method: str, status: int, content_type: str, asked: int
+) -> None:
+    """The caller's origin (a system call when Host is unusable) is found only for a rewrite."""
+    calls: list[str] = []
+
+    def origin() -> str:
+        calls.append(CALLER)
+        return CALLER
+
+    headers = CIMultiDict({"Content-Type": content_type})
+    pages.plan(LINKS, method, status, headers, origin)
+    assert len(calls) == asked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -62,6 +63,21 @@ async def test_a_caller_over_the_limit_sleeps_until_its_slot() -> None:
     outcomes = [(await quota.admit(ROUTE, f"m{i}")).outcome for i in range(3)]
     assert outcomes == ["admitted", "admitted", "waited"]
     assert clock.slept == [10.0]
+
+
+async def test_an_admission_at_once_is_counted_on_the_loops_next_turn() -> None:
+    """A slot taken at once is counted after the request could go upstream; a wait at once."""
+    clock = Time()
+    quota, metrics = limiter(clock, "1/10s")
+    sample = metrics.registry.get_sample_value
+    labels = {"route": ROUTE, "tenant": "anonymous", "app": "anonymous"}
+    assert (await quota.admit(ROUTE, "first")).outcome == "admitted"
+    assert sample("defender_proxy_admissions_total", {**labels, "outcome": "admitted"}) is None
+    await asyncio.sleep(0)
+    assert sample("defender_proxy_admissions_total", {**labels, "outcome": "admitted"}) == 1
+    assert sample("defender_proxy_quota_remaining", {**labels, "window": "10s"}) == 0
+    assert (await quota.admit(ROUTE, "second")).outcome == "waited"
+    assert sample("defender_proxy_admissions_total", {**labels, "outcome": "waited"}) == 1
 
 
 async def test_beyond_the_deadline_is_refused_with_plain_values() -> None:

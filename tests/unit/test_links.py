@@ -7,9 +7,12 @@ import os
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
+from proxy import pages
 from proxy.links import Links, caller_origin, valid_host
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -214,3 +217,34 @@ def test_a_rewritten_link_never_carries_json_syntax_from_host(host: str) -> None
     page = orjson.loads(out)
     assert set(page) == {"value", "@odata.nextLink"}
     assert page["@odata.nextLink"] == f"{origin}/api/machines?$skip=1"
+
+
+class _Transport:
+    """A transport that says which address the caller connected to, and counts the asks."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def get_extra_info(self, name: str) -> object:
+        self.asked += name == "sockname"
+        return ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "origin", "asked"),
+    [
+        (["proxy.internal:8443"], "https://proxy.internal:8443", 0),
+        (["a b"], "https://127.0.0.1:8080", 1),
+        ([], "https://127.0.0.1:8080", 1),
+    ],
+)
+def test_origin_of_asks_the_socket_only_without_a_usable_host(
+    hosts: list[str], origin: str, asked: int
+) -> None:
+    """A valid Host names the origin without a system call; otherwise the socket's address does."""
+    transport = _Transport()
+    headers = CIMultiDict([("Host", host) for host in hosts])
+    request = make_mocked_request("GET", "/api/machines", headers=headers, transport=transport)
+    transport.asked = 0  # the request's own making may ask
+    assert pages.origin_of(request, "https") == origin
+    assert transport.asked == asked
