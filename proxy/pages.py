@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.codings import CODINGS, Recoder
-from proxy.links import Links, Rewriter, caller_origin, host_origin
+from proxy.links import KEYS, Links, Rewriter, caller_origin, host_origin
 
 _SHOWN_CODING: Final = re.compile(r"^[a-z0-9_.+-]{1,32}(?:, ?[a-z0-9_.+-]{1,32}){0,3}\Z")
 # No body to rewrite (204, 205), or a slice of one (206): a rewritten slice would no longer be
@@ -52,6 +52,11 @@ class Pipe:
     def carried(self) -> int:
         """Plain bytes held back between chunks."""
         return self._rewriter.carried
+
+    @property
+    def plain(self) -> bool:
+        """Whether the body is rewritten as it comes, in no content coding."""
+        return self._recoder is None
 
     @property
     def passed(self) -> bool:
@@ -99,6 +104,10 @@ def plan(
 
 def whole(pipe: Pipe, body: bytes) -> bytes:
     """All of ``body`` through ``pipe`` at once. Raises ``codings.CodingError``."""
+    if pipe.plain and not any(key in body for key in KEYS):
+        # No link key anywhere in it (most answers: one item, an action's result): nothing to
+        # rewrite, and the bytes are not run through the rewriter's pattern.
+        return body
     return b"".join([*pipe.feed(body), *pipe.finish()])
 
 

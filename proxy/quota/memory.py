@@ -29,12 +29,6 @@ from proxy.quota.store import MICROS, Decision, Quota
 _RECENT = 256
 
 
-def narrowest(quota: Quota) -> int:
-    """The index of ``quota``'s narrowest window (the first of equals), which the fair share
-    counts in; the Redis script picks the same one."""
-    return quota.narrow
-
-
 class MemoryStore:
     """Admission logs in this process's memory."""
 
@@ -153,7 +147,7 @@ class MemoryStore:
         admitted = wait <= round(max_wait * MICROS)
         caller = caller_of(member)
         if admitted and caller and not shadow:
-            index = narrowest(quota)
+            index = quota.narrow
             window, log = quota.windows[index], logs[index]
             free = window.limit - (len(log) - bisect_right(log, now - window.width))
             spare = grace(window.width)
@@ -170,7 +164,8 @@ class MemoryStore:
             for log in logs:
                 insort(log, at)
             self._members.setdefault(quota.key, {})[member] = at
-            self._note_caller(quota, member, at, now)
+            if caller:
+                self._note_caller(quota, member, at, now)
             self._keep(quota, at)
         return self._decision(quota, logs, now, admitted, wait), at
 
@@ -179,14 +174,14 @@ class MemoryStore:
         entries = self._callers.get(quota.key)
         if not entries:
             return []
-        width = quota.windows[narrowest(quota)].width
+        width = quota.windows[quota.narrow].width
         gone = bisect_right(entries, (now - width, "\U0010ffff"))
         if gone:
             del entries[:gone]
         return entries
 
     def _note_caller(self, quota: Quota, member: str, at: int, now: int) -> None:
-        if caller_of(member) and at > now - quota.windows[narrowest(quota)].width:
+        if caller_of(member) and at > now - quota.windows[quota.narrow].width:
             # Trimmed here too: the admissions that skip the fair share's scan still add to it.
             self._recent(quota, now)
             insort(self._callers.setdefault(quota.key, []), (at, member))

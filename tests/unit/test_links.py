@@ -248,3 +248,29 @@ def test_origin_of_asks_the_socket_only_without_a_usable_host(
     transport.asked = 0  # the request's own making may ask
     assert pages.origin_of(request, "https") == origin
     assert transport.asked == asked
+
+
+@PROPERTY
+@given(
+    pieces=st.lists(
+        st.sampled_from(
+            [
+                b'{"value":[]',
+                b',"@odata.nextLink":"' + UPSTREAM.encode() + b'/api/machines?$skip=1"',
+                b',"@odata.deltaLink" : "' + UPSTREAM.encode() + b'\\/x"',
+                b',"@odata.context":"x"',
+                b',"@odata.nextLink":"https://elsewhere.example/x"',
+                b"}",
+            ]
+        )
+        | st.binary(max_size=12),
+        max_size=8,
+    )
+)
+def test_a_whole_body_is_rewritten_as_the_rewriter_does(pieces: list[bytes]) -> None:
+    """A body read whole comes out as the streaming rewriter makes it, links or none."""
+    body = b"".join(pieces)
+    pipe = pages.Pipe(LINKS.rewriter(CALLER), None)
+    expected, count = LINKS.rewrite(body, CALLER)
+    assert pages.whole(pipe, body) == expected
+    assert pipe.count == count
