@@ -24,6 +24,12 @@ simulator itself), and the table holds the medians over the rounds:
   timed from when it was due). Each request is timed from its write to the last byte of its answer;
   the achieved rate is checked against the target (±5 %), and how late the sends were is reported.
   Added latency is the system's percentile minus the direct call's, in the same round;
+- the same at 200 req/s once more, each system paired with the direct call in one segment: both
+  driven together at 200 req/s, the direct call half a period after each request to the system
+  (neither waits for the other at the simulator; the system's core sees only its own requests).
+  Added latency from one segment, not two taken a minute apart: on a shared machine the direct
+  call's p50 at 200 req/s moves by a third from one minute to the next (0.36 to 0.53 ms in one
+  run), and the system's with it;
 - saturation on the mix: ``wrk`` (1 thread, 32 connections, ``BENCH_SATURATION_SECONDS``) with a
   Lua script asking for an error answer on every 10th request (codes in turn; never 429, which
   would pause the route's quota), so the error envelopes are parsed, counted and logged. Besides
@@ -89,6 +95,8 @@ SATURATION_SECONDS = int(os.environ.get("BENCH_SATURATION_SECONDS", "8"))
 QUIET = float(os.environ.get("BENCH_QUIET_SECONDS", "55"))
 #: req/s → seconds of each fixed-rate segment (5,000+ samples at 1,000 req/s)
 RATES = {200: SECONDS, 1000: SECONDS / 2}
+#: the rate at which each system is measured once more, paired with the direct call (``_paired``)
+PAIRED = 200
 POOL = 64
 HELD = 1000
 STREAM_BYTES = 2**30
@@ -176,8 +184,17 @@ class _Connection(asyncio.Protocol):
             self._done(self, 0, float("nan"))
 
 
-async def _segment(port: int, rate: float, seconds: float) -> dict[str, float]:
-    """Requests to ``port`` at ``rate`` for ``seconds``, open loop; the figures of the segment."""
+async def _segment(
+    port: int,
+    rate: float,
+    seconds: float,
+    offset: float = 0.0,
+    together: asyncio.Barrier | None = None,
+) -> dict[str, float]:
+    """Requests to ``port`` at ``rate`` for ``seconds``, open loop; the figures of the segment.
+
+    With ``together``, the clock starts once every segment sharing it has its connections open
+    and warm, ``offset`` seconds later for this one (``_paired``)."""
     loop = asyncio.get_running_loop()
     idle: list[_Connection] = []
     latencies: list[float] = []
@@ -220,7 +237,9 @@ async def _segment(port: int, rate: float, seconds: float) -> dict[str, float]:
     total = round(rate * seconds)
     late: list[float] = []
     settled.clear()
-    begin = time.perf_counter() + 0.01
+    if together is not None:
+        await together.wait()
+    begin = time.perf_counter() + 0.01 + offset
     for index in range(total):
         due = begin + index / rate
         delay = due - time.perf_counter()
@@ -256,15 +275,43 @@ async def _segment(port: int, rate: float, seconds: float) -> dict[str, float]:
     }
 
 
-def _generate(segments: list[tuple[int, float, float]]) -> None:
-    """Run the segments one after the other on uvloop; print their figures (and CPU) as JSON."""
+async def _paired(port: int, direct: int, rate: float, seconds: float) -> dict[str, float]:
+    """``port`` and ``direct`` driven together, each at ``rate``, the direct call half a period
+    after each request to ``port``: the figures of ``port``, and the direct call's p50 and p99
+    over the same seconds (``paired_direct_…``).
+
+    Added latency from one segment, not two taken a minute apart: on a shared machine the direct
+    call's p50 at 200 req/s moves by a third from one minute to the next, the system's with it.
+    Half a period apart, neither request waits for the other at the simulator; the system's core
+    sees its own requests only, as in its own segment.
+    """
+    together = asyncio.Barrier(2)
+    mine, theirs = await asyncio.gather(
+        _segment(port, rate, seconds, 0.0, together),
+        _segment(direct, rate, seconds, 0.5 / rate, together),
+    )
+    return {
+        **mine,
+        "paired_direct_p50_ms": theirs["p50_ms"],
+        "paired_direct_p99_ms": theirs["p99_ms"],
+    }
+
+
+def _generate(segments: list[tuple[int, float, float, int]]) -> None:
+    """Run the segments one after the other on uvloop; print their figures (and CPU) as JSON.
+
+    A segment is (port, rate, seconds, direct port): with a direct port other than 0 it is paired
+    with the direct call (``_paired``)."""
     import uvloop
 
     async def run_all() -> list[dict[str, float]]:
         results = []
-        for port, rate, seconds in segments:
+        for port, rate, seconds, direct in segments:
             before = resource.getrusage(resource.RUSAGE_SELF)
-            result = await _segment(port, rate, seconds)
+            if direct:
+                result = await _paired(port, direct, rate, seconds)
+            else:
+                result = await _segment(port, rate, seconds)
             after = resource.getrusage(resource.RUSAGE_SELF)
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             results.append({**result, "generator_cpu_share": cpu / seconds})
@@ -275,14 +322,15 @@ def _generate(segments: list[tuple[int, float, float]]) -> None:
         print(json.dumps(runner.run(run_all())))
 
 
-def _fixed_rate(segments: list[tuple[int, float, float]]) -> list[dict[str, float]]:
-    """The generator's figures for each ``(port, rate, seconds)``, from its own process."""
+def _fixed_rate(segments: list[tuple[int, float, float, int]]) -> list[dict[str, float]]:
+    """The generator's figures for each ``(port, rate, seconds, direct port)``, from its own
+    process."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.overhead", "fixed-rate", json.dumps(segments)],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=sum(seconds + 25 for _, _, seconds in segments),
+        timeout=sum(seconds + 25 for _, _, seconds, _ in segments),
         check=False,
     )
     if out.returncode:
@@ -422,7 +470,11 @@ def _round(
     shift = (number - 1) % len(SYSTEMS)
     order = SYSTEMS[shift:] + SYSTEMS[:shift]
     row: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
-    segments = [(ports[s], float(rate), seconds) for rate, seconds in RATES.items() for s in order]
+    segments = [
+        (ports[s], float(rate), seconds, 0) for rate, seconds in RATES.items() for s in order
+    ]
+    paired = [s for s in order if s != "direct"]
+    segments += [(ports[s], float(PAIRED), RATES[PAIRED], ports["direct"]) for s in paired]
     results = iter(_fixed_rate(segments))
     for rate in RATES:
         for system in order:
@@ -432,6 +484,12 @@ def _round(
             for key in ("p50_ms", "p99_ms", "max_ms", "rate", "late_p99_ms", "opened", "failures"):
                 row[system][f"{key}@{rate}"] = result[key]
             row[system][f"generator_cpu_pct@{rate}"] = result["generator_cpu_share"] * 100
+    for system in paired:
+        result = next(results)
+        for q in ("p50", "p99"):
+            added = result[f"{q}_ms"] - result[f"paired_direct_{q}_ms"]
+            row[system][f"paired_added_{q}_ms@{PAIRED}"] = added
+        row[system][f"paired_failures@{PAIRED}"] = result["failures"]
     for system in order:
         time.sleep(0.5)
         row[system].update(_saturate(ports[system], pids[system], pids["direct"], script))
@@ -461,6 +519,8 @@ def _round(
         base = row["proxy-baseline"]
         for rate in RATES:
             memory[f"vs_baseline_p50_ms@{rate}"] = memory[f"p50_ms@{rate}"] - base[f"p50_ms@{rate}"]
+        key = f"paired_added_p50_ms@{PAIRED}"
+        memory[f"vs_baseline_paired_p50_ms@{PAIRED}"] = memory[key] - base[key]
         memory["vs_baseline_cpu_pct"] = (
             memory["cpu_ms_per_1000"] / base["cpu_ms_per_1000"] - 1
         ) * 100
@@ -477,6 +537,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("added_p50_ms@200", "added p50 at 200 req/s, ms", ".3f"),
     ("added_p99_ms@200", "added p99 at 200 req/s, ms", ".3f"),
     ("rate@200", "achieved rate (target 200), req/s", ".1f"),
+    ("paired_added_p50_ms@200", "added p50 at 200, paired with direct, ms", ".3f"),
+    ("paired_added_p99_ms@200", "added p99 at 200, paired with direct, ms", ".3f"),
     ("p50_ms@1000", "latency p50 at 1,000 req/s, ms", ".3f"),
     ("p99_ms@1000", "latency p99 at 1,000 req/s, ms", ".3f"),
     ("added_p50_ms@1000", "added p50 at 1,000 req/s, ms", ".3f"),
@@ -491,6 +553,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("traced_extra_cpu_pct", "tracing on: CPU per request over off, %", ".1f"),
     ("vs_baseline_p50_ms@200", "over BENCH_BASELINE: p50 at 200, ms", ".3f"),
     ("vs_baseline_p50_ms@1000", "over BENCH_BASELINE: p50 at 1,000, ms", ".3f"),
+    ("vs_baseline_paired_p50_ms@200", "over BENCH_BASELINE: paired added p50 at 200, ms", ".3f"),
     ("vs_baseline_cpu_pct", "over BENCH_BASELINE: CPU per request, %", ".1f"),
     ("sat_rps", "saturation on the mix (wrk), req/s", ".0f"),
     ("sat_busy_pct", "its CPU during it, % of its core", ".0f"),
@@ -515,6 +578,8 @@ ROWS: list[tuple[str, str, str]] = [
 TARGETS: list[tuple[str, str, str, float]] = [
     ("proxy-memory", "added_p50_ms@200", "<=", 0.5),
     ("proxy-memory", "added_p99_ms@200", "<=", 2.0),
+    ("proxy-memory", "paired_added_p50_ms@200", "<=", 0.5),
+    ("proxy-memory", "paired_added_p99_ms@200", "<=", 2.0),
     ("proxy-memory", "added_p50_ms@1000", "<=", 1.0),
     ("proxy-memory", "sat_rps_per_core", ">=", 4000.0),
     ("proxy-memory", "per_core_vs_nginx", ">=", 0.10),
@@ -546,6 +611,11 @@ def _warnings(rounds: list[dict[str, dict[str, float]]]) -> list[str]:
                 if abs(figures[f"rate@{rate}"] - rate) > 0.05 * rate:
                     achieved = figures[f"rate@{rate}"]
                     found.append(f"round {number}, {system}: {achieved:.0f} req/s for {rate}")
+            if figures.get(f"paired_failures@{PAIRED}"):
+                failed = figures[f"paired_failures@{PAIRED}"]
+                found.append(
+                    f"round {number}, {system}: {failed:.0f} failed paired at {PAIRED} req/s"
+                )
             if not 9 <= figures["sat_error_pct"] <= 11:
                 share = figures["sat_error_pct"]
                 found.append(f"round {number}, {system}: {share:.1f} % errors in the mix")

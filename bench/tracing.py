@@ -121,7 +121,7 @@ def _off_against_baseline(baseline: Path) -> None:
                     pair.reverse()
                 for name, proxy in pair:
                     cpu = cpu_seconds(proxy.pid)
-                    (result,) = overhead._fixed_rate([(proxy.port, 500.0, 4.0)])
+                    (result,) = overhead._fixed_rate([(proxy.port, 500.0, 4.0, 0)])
                     used = cpu_seconds(proxy.pid) - cpu
                     figures[name]["fixed"].append(used / result["answers"] * 1e6)
                 for name, proxy in pair:
