@@ -553,7 +553,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("traced_extra_cpu_pct", "tracing on: CPU per request over off, %", ".1f"),
     ("vs_baseline_p50_ms@200", "over BENCH_BASELINE: p50 at 200, ms", ".3f"),
     ("vs_baseline_p50_ms@1000", "over BENCH_BASELINE: p50 at 1,000, ms", ".3f"),
-    ("vs_baseline_paired_p50_ms@200", "over BENCH_BASELINE: paired added p50 at 200, ms", ".3f"),
+    ("vs_baseline_paired_p50_ms@200", "over BENCH_BASELINE: paired p50 at 200, ms", ".3f"),
     ("vs_baseline_cpu_pct", "over BENCH_BASELINE: CPU per request, %", ".1f"),
     ("sat_rps", "saturation on the mix (wrk), req/s", ".0f"),
     ("sat_busy_pct", "its CPU during it, % of its core", ".0f"),
