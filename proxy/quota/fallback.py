@@ -141,7 +141,7 @@ class FallbackStore(Generic[Shared]):
         Retry-After with the rest, and the other replicas would admit into it."""
         calls: list[Awaitable[object]] = []
         for quota, local in list(self._shares.values()):
-            widest = max(w.width for w in quota.windows) / MICROS
+            widest = quota.widest / MICROS
             admissions = self.local.since(local, widest)
             if admissions:
                 calls.append(self.shared.restore(quota, admissions))
@@ -185,7 +185,7 @@ class FallbackStore(Generic[Shared]):
         """Whether ``quota`` is still within one window of this replica's recovery."""
         if self._recovered_at is None:
             return False
-        return now < self._recovered_at + max(w.width for w in quota.windows) / MICROS
+        return now < self._recovered_at + quota.widest / MICROS
 
     async def admit(
         self,

@@ -59,7 +59,7 @@ def route_table(
             priority == "bulk",
             mode == "shadow",
             scopes.get(spec.name, "shared"),
-            max((w.width for w in quota.windows), default=0) / MICROS,
+            quota.widest / MICROS,
         )
     return table
 
