@@ -51,7 +51,8 @@ _SHOWN_DIGITS: Final = 40
 def shown(value: object, characters: int = _SHOWN_CHARACTERS) -> str:
     """``value`` as a problem message shows it: its repr, bounded in length and never raising.
 
-    Text is cut short (past ``characters``); numbers too long to print are given by their
+    Text is cut short (past ``characters`` of it, or of its repr, where escapes such as
+    ``\\x00`` make it up to ten times longer); numbers too long to print are given by their
     length; lists and mappings by their kind, since their repr may be huge (aliases in YAML) or
     nested past the recursion limit.
     """
@@ -62,9 +63,14 @@ def shown(value: object, characters: int = _SHOWN_CHARACTERS) -> str:
             return repr(value)
         return f"a number of about {int(math.log10(abs(value))) + 1} digits"
     if isinstance(value, str | bytes):
-        if len(value) <= characters:
-            return repr(value)
-        return f"{value[:characters]!r}… ({len(value)} characters)"
+        text = repr(value[:characters])
+        if len(text) > characters + 3:  # the quotes and a bytes prefix
+            text = text[:characters] + "…"
+        elif len(value) <= characters:
+            return text
+        else:
+            text += "…"
+        return f"{text} ({len(value)} characters)"
     if isinstance(value, list | tuple | set | frozenset | dict):
         return f"a {type(value).__name__} of {len(value)} items"
     return repr(value)[:_SHOWN_CHARACTERS]

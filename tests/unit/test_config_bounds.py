@@ -23,7 +23,7 @@ from unittest import mock
 import pytest
 import trustme
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy import cli
@@ -505,6 +505,8 @@ def test_a_device_is_refused(tmp_path: Path, device: str) -> None:
         lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
     )
 )
+@example(b"\x00" * 50)
+@example("\U0010ffff" * 30)
 def test_shown_never_raises_and_stays_short(value: object) -> None:
     """Any value YAML can produce is shown in a bounded number of characters."""
     assert len(shown(value)) < 200
