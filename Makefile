@@ -68,6 +68,7 @@ system-tools:
 	command -v promtool >/dev/null || missing+=(prometheus); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
 	command -v curl >/dev/null || missing+=(curl); \
+	command -v openssl >/dev/null || missing+=(openssl); \
 	compgen -G '/usr/lib/*/libjemalloc.so.2' >/dev/null || [ -e /usr/lib/libjemalloc.so.2 ] \
 	  || [ -e /usr/lib64/libjemalloc.so.2 ] || missing+=(libjemalloc2); \
 	if [ $${#missing[@]} -gt 0 ]; then \

@@ -7,7 +7,9 @@ Run with ``make bench`` (or ``python -m bench.memory``). Three tables, medians o
   aiohttp, its server, the logging and metrics libraries, then the proxy's layers up to its CLI)
   and reports its VmRSS after each: what every stage adds;
 - **started and idle**: VmRSS two seconds after the admin port answers, of a bare aiohttp server
-  on uvloop (one route: the floor any aiohttp service starts from), of ``defender-proxy run`` on
+  on uvloop (one route: the floor any aiohttp service starts from), of the same server holding
+  the libraries the proxy's request path is built on (``LIBRARIES``: metrics, logs, JSON, the
+  upstream's parser, brotli; the floor of any proxy made of them), of ``defender-proxy run`` on
   its embedded defaults (its upstream an ``https://`` origin on 127.0.0.1 that nothing serves, so
   the TLS context is built as in production and nothing leaves the machine; on jemalloc where the
   machine has it, as ``run`` starts), of the same on ``allocator: system`` and of the same with
@@ -73,10 +75,15 @@ for label, statement in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 
+#: What the proxy's request path is built on beyond aiohttp and uvloop, imported by the "bare
+#: server with the libraries" row: what any proxy made of them holds before a line of its own.
+LIBRARIES = "import prometheus_client, structlog, orjson, httptools, brotli"
+
 _BARE_SCRIPT = """
 import asyncio, sys
 import uvloop
 from aiohttp import web
+# libraries
 
 async def main(port):
     app = web.Application()
@@ -228,12 +235,22 @@ def main() -> None:
     with scratch_dir("bench-memory-") as work:
         config = work / "bench.yaml"
         config.write_text(BENCH_THROTTLE)
-        samples: dict[str, list[float]] = {"bare": [], "defaults": [], "system": [], "config": []}
+        samples: dict[str, list[float]] = {
+            "bare": [],
+            "libraries": [],
+            "defaults": [],
+            "system": [],
+            "config": [],
+        }
         for _ in range(ROUNDS):
-            port = free_port()
-            samples["bare"].append(
-                _idle_rss([sys.executable, "-c", _BARE_SCRIPT, str(port)], _environ(), port)
-            )
+            for name, script in (
+                ("bare", _BARE_SCRIPT),
+                ("libraries", _BARE_SCRIPT.replace("# libraries", LIBRARIES)),
+            ):
+                port = free_port()
+                samples[name].append(
+                    _idle_rss([sys.executable, "-c", script, str(port)], _environ(), port)
+                )
             for name, path in (("defaults", None), ("system", None), ("config", config)):
                 env = _proxy_env(path)
                 if name == "system":
@@ -244,6 +261,7 @@ def main() -> None:
         print(f"\nstarted and idle (VmRSS {SETTLE:g} s after listening, medians of {ROUNDS})")
         labels = {
             "bare": "bare aiohttp server, uvloop",
+            "libraries": "the same with the proxy's libraries",
             "defaults": "proxy, embedded defaults",
             "system": "the same, allocator: system",
             "config": "proxy, bench.overhead's config",

@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from proxy import trust
 from proxy.config import Settings
 from proxy.errors import CallerGoneError, CallerTimeoutError, RefusalError
 from proxy.upstream import Pool
@@ -155,8 +156,14 @@ def response_length(raw: RawHeaders) -> int | None:
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
-    """Verified TLS by default, with an optional custom CA bundle; unverified only when asked."""
-    context = ssl.create_default_context(cafile=settings.tls.ca_bundle)
+    """Verified TLS by default, against the system's CAs (``proxy.trust``) or a custom CA bundle;
+    unverified only when asked."""
+    ca_bundle = settings.tls.ca_bundle
+    context = (
+        trust.system_context()
+        if ca_bundle is None
+        else ssl.create_default_context(cafile=ca_bundle)
+    )
     if not settings.tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

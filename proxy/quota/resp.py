@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from proxy import trust
+
 Reply = int | bytes | str | None | list["Reply"]
 Arg = str | int | bytes
 
@@ -197,7 +199,13 @@ class Client:
         self._host = parts.hostname
         self._port = parts.port or 6379
         # ca_bundle (tls.ca_bundle) replaces the system's CAs, as for the upstream.
-        self._tls = ssl.create_default_context(cafile=ca_bundle) if scheme == "rediss" else None
+        self._tls: ssl.SSLContext | None = None
+        if scheme == "rediss":
+            self._tls = (
+                trust.system_context()
+                if ca_bundle is None
+                else ssl.create_default_context(cafile=ca_bundle)
+            )
         database = parts.path.strip("/")
         self._hello: list[list[Arg]] = []
         if parts.password is not None:
