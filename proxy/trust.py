@@ -11,8 +11,10 @@ The directory stands in for the bundle only where it holds the very same certifi
 certificate of the bundle and of the directory's hashed entries is compared, as two sets, once
 at start (~10 ms for Debian's). A bundle someone appended a CA to, a custom
 ``SSL_CERT_FILE``, a directory without hash links (Red Hat's layout) or anything unreadable
-keeps the bundle, loaded as before: the trust the upstream is verified against never changes,
-only when its certificates are read.
+keeps the bundle, loaded as before: the trust the upstream is verified against is the same,
+only read later. One difference: a CA added to or removed from the directory after start
+(``update-ca-certificates`` in a running container) counts from the next handshake that looks
+for it, where a bundle read at start is what the process trusts until it restarts.
 """
 
 from __future__ import annotations
