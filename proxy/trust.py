@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import ssl
+import stat
 from typing import Final
 
 #: An entry OpenSSL's directory lookup reads: the subject's hash, a dot, a sequence number
@@ -30,6 +31,8 @@ from typing import Final
 _HASHED: Final = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 _BEGIN: Final = b"-----BEGIN CERTIFICATE-----"
 _END: Final = b"-----END CERTIFICATE-----"
+#: A bundle past this size keeps the bundle (Debian's holds 144 CAs in 220 KB).
+_MAX_FILE: Final = 16 * 1024 * 1024
 
 
 def _certificates(pem: bytes) -> set[bytes] | None:
@@ -53,11 +56,16 @@ def _certificates(pem: bytes) -> set[bytes] | None:
 
 
 def _read(path: str) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (a link is followed) of at most ``_MAX_FILE``
+    bytes: a FIFO or a device named like a certificate never blocks or floods the start."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as file:
-            return file.read()
+            data = file.read(_MAX_FILE + 1)
     except OSError:
         return None
+    return data if len(data) <= _MAX_FILE else None
 
 
 def directory_for(cafile: str | None, capath: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import ssl
 import subprocess
@@ -116,6 +117,22 @@ def test_nothing_to_compare_keeps_the_bundle(tmp_path: Path) -> None:
     assert trust.directory_for(cafile, str(bare)) is None
     assert trust.directory_for(str(empty), capath) is None
     (Path(capath) / "0badc0de.0").symlink_to(tmp_path / "gone.pem")
+    assert trust.directory_for(cafile, capath) is None
+
+
+@pytest.mark.parametrize("entry", ["fifo", "device", "oversized"])
+def test_an_entry_that_is_not_a_small_file_is_never_read(tmp_path: Path, entry: str) -> None:
+    """A FIFO, a device or an oversized file named like a hashed entry keeps the bundle, and the
+    check returns (a FIFO with no writer would block an open, a device never ends)."""
+    ca = trustme.CA()
+    cafile, capath = _store(tmp_path / "store", [ca], [ca])
+    named = Path(capath) / "0badc0de.0"
+    if entry == "fifo":
+        os.mkfifo(named)
+    elif entry == "device":
+        named.symlink_to("/dev/zero")
+    else:
+        named.write_bytes(ca.cert_pem.bytes() + b"\n" * trust._MAX_FILE)
     assert trust.directory_for(cafile, capath) is None
 
 
