@@ -629,12 +629,14 @@ def _print_table(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Print the table of medians with the targets' verdicts; return the verdicts."""
     verdicts = []
     print(f"\nmedians of {ROUNDS} rounds")
-    print(f"{'figure':<42}" + "".join(f"{s:>14}" for s in SYSTEMS) + "  target")
+    # A column one wider than its longest name, so that no two names run together.
+    width = max(14, *(len(s) + 1 for s in SYSTEMS))
+    print(f"{'figure':<42}" + "".join(f"{s:>{width}}" for s in SYSTEMS) + "  target")
     for key, label, fmt in ROWS:
         cells = []
         for system in SYSTEMS:
             value = summary[system].get(key)
-            cells.append(f"{value:>14{fmt}}" if value is not None else f"{'—':>14}")
+            cells.append(f"{value:>{width}{fmt}}" if value is not None else f"{'—':>{width}}")
         notes = []
         for system, figure, op, bound in TARGETS:
             if figure == key:
