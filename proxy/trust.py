@@ -26,9 +26,10 @@ import ssl
 import stat
 from typing import Final
 
-#: An entry OpenSSL's directory lookup reads: the subject's hash, a dot, a sequence number
-#: (CRLs, ``<hash>.r<n>``, are not certificates and are left out).
-_HASHED: Final = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+#: An entry OpenSSL's directory lookup reads: the subject's hash, a dot, a sequence number as
+#: ``%d`` prints it (CRLs, ``<hash>.r<n>``, are not certificates, and ``<hash>.00`` is never
+#: read: both are left out).
+_HASHED: Final = re.compile(r"[0-9a-f]{8}\.(0|[1-9][0-9]*)")
 _BEGIN: Final = b"-----BEGIN CERTIFICATE-----"
 _END: Final = b"-----END CERTIFICATE-----"
 #: A bundle past this size keeps the bundle (Debian's holds 144 CAs in 220 KB).
@@ -68,6 +69,16 @@ def _read(path: str) -> bytes | None:
     return data if len(data) <= _MAX_FILE else None
 
 
+def _contiguous(names: list[str]) -> bool:
+    """Whether the entries of each subject hash are numbered 0, 1, 2… without a gap: OpenSSL
+    reads ``<hash>.0``, ``.1``… until one is missing, and would never see an entry past a gap."""
+    numbers: dict[str, set[int]] = {}
+    for name in names:
+        prefix, _, number = name.partition(".")
+        numbers.setdefault(prefix, set()).add(int(number))
+    return all(taken == set(range(len(taken))) for taken in numbers.values())
+
+
 def directory_for(cafile: str | None, capath: str | None) -> str | None:
     """``capath`` when its hashed entries hold exactly the certificates of ``cafile`` (so
     verifying against the directory is verifying against the bundle), else None."""
@@ -75,18 +86,18 @@ def directory_for(cafile: str | None, capath: str | None) -> str | None:
         return None
     try:
         with os.scandir(capath) as entries:
-            hashed = [entry.path for entry in entries if _HASHED.fullmatch(entry.name)]
+            names = [entry.name for entry in entries if _HASHED.fullmatch(entry.name)]
     except OSError:
         return None
-    if not hashed:
+    if not names or not _contiguous(names):
         return None
     bundle = _read(cafile)
     wanted = _certificates(bundle) if bundle is not None else None
     if not wanted:
         return None
     held: set[bytes] = set()
-    for path in hashed:
-        pem = _read(path)
+    for name in names:
+        pem = _read(os.path.join(capath, name))
         certificates = _certificates(pem) if pem is not None else None
         if not certificates:
             return None

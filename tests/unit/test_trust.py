@@ -120,6 +120,23 @@ def test_nothing_to_compare_keeps_the_bundle(tmp_path: Path) -> None:
     assert trust.directory_for(cafile, capath) is None
 
 
+def test_an_entry_openssl_would_not_read_keeps_the_bundle(tmp_path: Path) -> None:
+    """A certificate OpenSSL would never read (``<hash>.2`` with no ``<hash>.1``, or
+    ``<hash>.00``) keeps the bundle; numbered ``.0`` again, the directory is used."""
+    ca, moved = trustme.CA(), trustme.CA()
+    cafile, capath = _store(tmp_path / "store", [ca, moved], [ca, moved])
+    (entry,) = [
+        link
+        for link in Path(capath).iterdir()
+        if link.suffix == ".0" and link.resolve().read_bytes() == moved.cert_pem.bytes()
+    ]
+    for unread in (".2", ".00"):
+        entry.rename(entry.with_suffix(unread))
+        assert trust.directory_for(cafile, capath) is None, unread
+        entry.with_suffix(unread).rename(entry)
+    assert trust.directory_for(cafile, capath) == capath
+
+
 @pytest.mark.parametrize("entry", ["fifo", "device", "oversized"])
 def test_an_entry_that_is_not_a_small_file_is_never_read(tmp_path: Path, entry: str) -> None:
     """A FIFO, a device or an oversized file named like a hashed entry keeps the bundle, and the
