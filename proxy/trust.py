@@ -1,7 +1,7 @@
 """The certificates the upstream's TLS is verified against when no ``tls.ca_bundle`` is set.
 
 ``ssl.create_default_context()`` loads the system's bundle file whole: OpenSSL parses every CA
-in it (144 on Debian 12) into the context and keeps them, 0.8 MiB of a process that idles at
+in it (142 to 144 on Debian 12) into the context and keeps them, 0.8 MiB of a process that idles at
 under 50, for the one or two a Microsoft endpoint's chain is signed by. The same trust store is
 also a hashed directory (``/etc/ssl/certs``, ``<subject hash>.<n>`` links kept by
 ``update-ca-certificates``), from which OpenSSL reads a CA the first time a handshake needs it
@@ -32,7 +32,7 @@ from typing import Final
 _HASHED: Final = re.compile(r"[0-9a-f]{8}\.(0|[1-9][0-9]*)")
 _BEGIN: Final = b"-----BEGIN CERTIFICATE-----"
 _END: Final = b"-----END CERTIFICATE-----"
-#: A bundle past this size keeps the bundle (Debian's holds 144 CAs in 220 KB).
+#: A bundle past this size keeps the bundle (Debian's holds some 140 CAs in 220 KB).
 _MAX_FILE: Final = 16 * 1024 * 1024
 
 
