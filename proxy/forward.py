@@ -170,12 +170,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def make_pool(settings: Settings, origin: str | None = None) -> Pool:
-    """The pool of connections to ``origin`` (default: ``upstream``) for the life of the process."""
+def make_pool(
+    settings: Settings, origin: str | None = None, tls: ssl.SSLContext | None = None
+) -> Pool:
+    """The pool of connections to ``origin`` (default: ``upstream``) for the life of the process,
+    over ``tls`` for an ``https`` origin (default: a context of its own, ``tls_context``)."""
     origin = origin or settings.upstream
+    if origin.startswith("https:"):
+        tls = tls if tls is not None else tls_context(settings)
+    else:
+        tls = None
     return Pool(
         origin,
-        ssl_context=tls_context(settings) if origin.startswith("https:") else None,
+        ssl_context=tls,
         connect_timeout=settings.timeouts.connect,
         read_timeout=settings.timeouts.read,
         pool_timeout=settings.timeouts.pool,

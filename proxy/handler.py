@@ -23,6 +23,7 @@ at each of those points.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -184,9 +185,10 @@ class Proxy:
             timeouts = settings.timeouts
             self.pool.retime(timeouts.connect, timeouts.read, timeouts.pool)
 
-    async def start(self) -> None:
-        """Open the upstream connection pool."""
-        self.pool = forward.make_pool(self.settings, self._upstream)
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Open the upstream connection pool, over ``tls`` if given (one context shared by every
+        listener of a process) else a context of its own."""
+        self.pool = forward.make_pool(self.settings, self._upstream, tls)
 
     async def probe(self) -> None:
         """Connect to the upstream once and hang up (``Pool.probe``): can it be reached?"""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,11 @@ import trustme
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from proxy.config import Timeouts, Tls
+from proxy import app as wiring
+from proxy import forward
+from proxy.config import Address, Settings, Timeouts, Tls, Upstream
 from proxy.errors import PROXY_HEADER
+from proxy.forward import tls_context
 from proxy.simulator import SimConfig, make_app
 from tests.conftest import Stack
 
@@ -162,3 +167,41 @@ async def test_verify_false_accepts_any_certificate(
     response = await stack.client.get("/api/machines")
     assert response.status == 200
     assert await response.read() == MACHINES
+
+
+async def test_listeners_share_one_tls_context(
+    aiohttp_server: AiohttpServer,
+    aiohttp_raw_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    ca: trustme.CA,
+    ca_bundle: str,
+    base_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two https upstreams in one process are verified through one TLS context, made once."""
+    first = await serve_tls(aiohttp_server, ca, "127.0.0.1")
+    second = await serve_tls(aiohttp_server, ca, "127.0.0.1")
+    made: list[ssl.SSLContext] = []
+
+    def counted(settings: Settings) -> ssl.SSLContext:
+        context = tls_context(settings)
+        made.append(context)
+        return context
+
+    monkeypatch.setattr(forward, "tls_context", counted)
+    listen = Address("127.0.0.1", 0)
+    upstreams = tuple(
+        Upstream(name, f"https://127.0.0.1:{server.port}", listen, "all")
+        for name, server in (("one", first), ("two", second))
+    )
+    settings = replace(
+        base_settings, upstreams=upstreams, tls=Tls(verify=True, ca_bundle=ca_bundle)
+    )
+    proxies, admin = wiring.build(settings)
+    await aiohttp_client(admin)
+    assert len(made) == 1
+    for proxy in proxies:
+        client = await aiohttp_client(await aiohttp_raw_server(proxy.handle))
+        response = await client.get("/api/machines")
+        assert response.status == 200
+        assert await response.read() == MACHINES
