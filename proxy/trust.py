@@ -32,7 +32,7 @@ from typing import Final
 _HASHED: Final = re.compile(r"[0-9a-f]{8}\.(0|[1-9][0-9]*)")
 _BEGIN: Final = b"-----BEGIN CERTIFICATE-----"
 _END: Final = b"-----END CERTIFICATE-----"
-#: A bundle past this size keeps the bundle (Debian's holds some 140 CAs in 220 KB).
+#: A bundle or an entry past this size keeps the bundle (Debian's bundle: some 140 CAs, 220 KB).
 _MAX_FILE: Final = 16 * 1024 * 1024
 
 
