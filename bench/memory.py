@@ -12,8 +12,9 @@ Run with ``make bench`` (or ``python -m bench.memory``). Three tables, medians o
   upstream's parser, brotli; the floor of any proxy made of them), of ``defender-proxy run`` on
   its embedded defaults (its upstream an ``https://`` origin on 127.0.0.1 that nothing serves, so
   the TLS context is built as in production and nothing leaves the machine; on jemalloc where the
-  machine has it, as ``run`` starts), of the same on ``allocator: system`` and of the same with
-  the config file ``bench.overhead`` runs it with;
+  machine has it, as ``run`` starts), of the same on ``allocator: system``, of the same with
+  the config file ``bench.overhead`` runs it with, and of ``UPSTREAMS`` listeners to ``https``
+  origins with the system's CA bundle as ``tls.ca_bundle`` (what each TLS context costs);
 - **modules held**: how many modules the started proxy holds beyond the bare server's, by
   top-level package, and whether any of those it should not load at all (the simulator, PyYAML,
   OpenTelemetry, redis-py, azure-identity, MSAL, cryptography) is among them.
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -141,6 +143,28 @@ def _proxy_env(config: Path | None = None) -> dict[str, str]:
     return env
 
 
+#: Listeners of the "several upstreams" row: each with an ``https`` origin of its own.
+UPSTREAMS = 4
+
+
+def _upstreams_config(work: Path) -> Path | None:
+    """A config of ``UPSTREAMS`` listeners, each in front of an ``https`` origin on 127.0.0.1
+    that nothing serves, trusting the system's CA bundle named as ``tls.ca_bundle`` (so every
+    TLS context made would parse it whole); None where the system has no bundle file."""
+    # None where the system has no such file (typeshed says str).
+    bundle: str | None = ssl.get_default_verify_paths().cafile
+    if bundle is None:
+        return None
+    entries = "".join(
+        f"  - {{name: u{number}, origin: 'https://127.0.0.1:{free_port()}', "
+        f"listen: '127.0.0.1:{free_port()}', catalogue: all}}\n"
+        for number in range(UPSTREAMS)
+    )
+    path = work / "upstreams.yaml"
+    path.write_text(f"upstreams:\n{entries}tls: {{verify: true, ca_bundle: '{bundle}'}}\n")
+    return path
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -235,12 +259,14 @@ def main() -> None:
     with scratch_dir("bench-memory-") as work:
         config = work / "bench.yaml"
         config.write_text(BENCH_THROTTLE)
+        several = _upstreams_config(work)
         samples: dict[str, list[float]] = {
             "bare": [],
             "libraries": [],
             "defaults": [],
             "system": [],
             "config": [],
+            "upstreams": [],
         }
         for _ in range(ROUNDS):
             for name, script in (
@@ -251,12 +277,24 @@ def main() -> None:
                 samples[name].append(
                     _idle_rss([sys.executable, "-c", script, str(port)], _environ(), port)
                 )
-            for name, path in (("defaults", None), ("system", None), ("config", config)):
+            for name, path in (
+                ("defaults", None),
+                ("system", None),
+                ("config", config),
+                ("upstreams", several),
+            ):
+                if name == "upstreams" and path is None:
+                    continue
                 env = _proxy_env(path)
                 if name == "system":
                     env["DEFENDER_PROXY_ALLOCATOR"] = "system"
+                if name == "upstreams":  # the config's listeners replace the shorthand's
+                    del env["DEFENDER_PROXY_UPSTREAM"], env["DEFENDER_PROXY_LISTEN"]
                 admin = int(env["DEFENDER_PROXY_ADMIN_LISTEN"].rsplit(":", 1)[1])
                 samples[name].append(_idle_rss([sys.executable, "-m", "proxy", "run"], env, admin))
+        if several is None:
+            print("no system CA bundle: the row of several upstreams is left out")
+            del samples["upstreams"]
         idle = {name: median(values) for name, values in samples.items()}
         print(f"\nstarted and idle (VmRSS {SETTLE:g} s after listening, medians of {ROUNDS})")
         labels = {
@@ -265,11 +303,15 @@ def main() -> None:
             "defaults": "proxy, embedded defaults",
             "system": "the same, allocator: system",
             "config": "proxy, bench.overhead's config",
+            "upstreams": f"proxy, {UPSTREAMS} https upstreams, CA bundle",
         }
+        width = max(len(label) for label in labels.values()) + 1
         for name, label in labels.items():
+            if name not in samples:
+                continue
             values = ", ".join(f"{v:.1f}" for v in samples[name])
             over = f"  (+{idle[name] - idle['bare']:.1f} over bare)" if name != "bare" else ""
-            print(f"{label:<34}{idle[name]:>8.1f} MiB  [{values}]{over}")
+            print(f"{label:<{width}}{idle[name]:>8.1f} MiB  [{values}]{over}")
 
         held = _proxy_modules(work)
     bare = _bare_modules()
