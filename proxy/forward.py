@@ -158,12 +158,7 @@ def response_length(raw: RawHeaders) -> int | None:
 def tls_context(settings: Settings) -> ssl.SSLContext:
     """Verified TLS by default, against the system's CAs (``proxy.trust``) or a custom CA bundle;
     unverified only when asked."""
-    ca_bundle = settings.tls.ca_bundle
-    context = (
-        trust.system_context()
-        if ca_bundle is None
-        else ssl.create_default_context(cafile=ca_bundle)
-    )
+    context = trust.verifying(settings.tls.ca_bundle)
     if not settings.tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -113,3 +113,11 @@ def system_context() -> ssl.SSLContext:
     if directory is None:
         return ssl.create_default_context()
     return ssl.create_default_context(capath=directory)
+
+
+def verifying(ca_bundle: str | None) -> ssl.SSLContext:
+    """A context that verifies servers against ``ca_bundle`` (a PEM file, in place of the
+    system's CAs) when one is given, else against the system's CAs (``system_context``)."""
+    if ca_bundle is None:
+        return system_context()
+    return ssl.create_default_context(cafile=ca_bundle)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -199,13 +198,7 @@ class Client:
         self._host = parts.hostname
         self._port = parts.port or 6379
         # ca_bundle (tls.ca_bundle) replaces the system's CAs, as for the upstream.
-        self._tls: ssl.SSLContext | None = None
-        if scheme == "rediss":
-            self._tls = (
-                trust.system_context()
-                if ca_bundle is None
-                else ssl.create_default_context(cafile=ca_bundle)
-            )
+        self._tls = trust.verifying(ca_bundle) if scheme == "rediss" else None
         database = parts.path.strip("/")
         self._hello: list[list[Arg]] = []
         if parts.password is not None:
