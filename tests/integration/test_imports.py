@@ -131,19 +131,28 @@ async def test_tracing_on_imports_the_sdk_and_its_exporter() -> None:
     } <= _telemetry(modules)
 
 
-# `defender-proxy run` as the console script runs it; once the admin port answers, the names in
-# sys.modules go to the file argv[1] names and the process stops itself with SIGTERM.
+# `defender-proxy run` as the console script runs it; once the admin port answers /healthz (so
+# the start-up line is written: an accepted connection alone came before it on a loaded
+# machine), the names in sys.modules go to the file argv[1] names and the process stops itself
+# with SIGTERM.
 _RUN = """
 import os, signal, socket, sys, threading, time
+
+def answered(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5) as sock:
+            sock.settimeout(2.0)
+            sock.sendall(b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
+            return sock.recv(64).startswith(b"HTTP/1.")
+    except OSError:
+        return False
 
 def dump():
     port = int(os.environ["DEFENDER_PROXY_ADMIN_LISTEN"].rsplit(":", 1)[1])
     for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        if answered(port):
             break
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     with open(sys.argv[1], "w") as out:
         out.write("\\n".join(sorted(sys.modules)))
     os.kill(os.getpid(), signal.SIGTERM)
